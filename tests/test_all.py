@@ -1,0 +1,68 @@
+"""The public surface: ``xzatoma.__all__`` is exactly what the package promises."""
+
+from __future__ import annotations
+
+import inspect
+
+import xzatoma
+
+EXPECTED = {
+    "Agent",
+    "RunResult",
+    "RunStatus",
+    "ErrorType",
+    "Completion",
+    "Message",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    "OpenAIProvider",
+    "Provider",
+    "Tool",
+    "ToolContext",
+    "ToolResult",
+    "tool",
+    "BatchResult",
+    "ParallelSubagentTool",
+    "QuotaLimits",
+    "QuotaStatistics",
+    "QuotaTracker",
+    "Runtime",
+    "SubagentConfig",
+    "SubagentTask",
+    "SubagentTool",
+    "Event",
+    "Hook",
+    "Hooks",
+    "ConfigError",
+    "DepthLimitExceeded",
+    "ProviderError",
+    "QuotaExceeded",
+    "XzatomaError",
+}
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert set(xzatoma.__all__) == EXPECTED
+    assert len(xzatoma.__all__) == len(EXPECTED)
+
+
+def test_every_public_name_is_importable_and_documented_where_it_is_a_class() -> None:
+    for name in xzatoma.__all__:
+        value = getattr(xzatoma, name)
+        if isinstance(value, type):
+            assert value.__doc__, f"{name} has no docstring"
+
+
+def test_public_classes_say_they_come_from_xzatoma() -> None:
+    for name in xzatoma.__all__:
+        value = getattr(xzatoma, name)
+        if isinstance(value, type) or inspect.isfunction(value):
+            assert value.__module__.startswith("xzatoma"), name
+
+
+def test_error_tree() -> None:
+    assert issubclass(xzatoma.ConfigError, xzatoma.XzatomaError)
+    assert issubclass(xzatoma.ConfigError, ValueError)
+    for name in ("ProviderError", "QuotaExceeded", "DepthLimitExceeded"):
+        assert issubclass(getattr(xzatoma, name), xzatoma.XzatomaError)

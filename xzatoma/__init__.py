@@ -1,0 +1,86 @@
+"""xzatoma: a runtime for LLM agents that delegate to subagents, recursively and in parallel
+batches, under one quota and a depth limit, with OpenTelemetry built in."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._agent import Agent as Agent
+from ._hooks import Event as Event
+from ._hooks import Hook as Hook
+from ._hooks import Hooks as Hooks
+from ._limits import QuotaLimits as QuotaLimits
+from ._limits import QuotaStatistics as QuotaStatistics
+from ._limits import QuotaTracker as QuotaTracker
+from ._result import ErrorType as ErrorType
+from ._result import RunResult as RunResult
+from ._result import RunStatus as RunStatus
+from ._runtime import Runtime as Runtime
+from ._subagents import BatchResult as BatchResult
+from ._subagents import ParallelSubagentTool as ParallelSubagentTool
+from ._subagents import SubagentConfig as SubagentConfig
+from ._subagents import SubagentTask as SubagentTask
+from ._subagents import SubagentTool as SubagentTool
+from ._tools import Tool as Tool
+from ._tools import ToolContext as ToolContext
+from ._tools import ToolResult as ToolResult
+from ._tools import tool as tool
+from ._types import Completion as Completion
+from ._types import Message as Message
+from ._types import ToolCall as ToolCall
+from ._types import ToolSpec as ToolSpec
+from ._types import Usage as Usage
+from .errors import ConfigError as ConfigError
+from .errors import DepthLimitExceeded as DepthLimitExceeded
+from .errors import ProviderError as ProviderError
+from .errors import QuotaExceeded as QuotaExceeded
+from .errors import XzatomaError as XzatomaError
+from .providers import OpenAIProvider as OpenAIProvider
+from .providers import Provider as Provider
+
+try:
+    __version__ = version("xzatoma")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = (
+    # the agent loop and its result
+    "Agent",
+    "RunResult",
+    "RunStatus",
+    "ErrorType",
+    # chat types
+    "Completion",
+    "Message",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    # providers
+    "OpenAIProvider",
+    "Provider",
+    # tools
+    "Tool",
+    "ToolContext",
+    "ToolResult",
+    "tool",
+    # subagents, quota and the front door
+    "BatchResult",
+    "ParallelSubagentTool",
+    "QuotaLimits",
+    "QuotaStatistics",
+    "QuotaTracker",
+    "Runtime",
+    "SubagentConfig",
+    "SubagentTask",
+    "SubagentTool",
+    # events
+    "Event",
+    "Hook",
+    "Hooks",
+    # errors
+    "ConfigError",
+    "DepthLimitExceeded",
+    "ProviderError",
+    "QuotaExceeded",
+    "XzatomaError",
+)

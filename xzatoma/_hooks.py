@@ -1,0 +1,223 @@
+"""The events the core emits, and the dispatcher that hands them to subscribers.
+
+The runtime never asks "is telemetry on?": it emits plain events to :class:`Hooks`, and
+subscribers (telemetry, progress display, a user's own) turn them into whatever they need.
+Every ``*Started`` event is followed by exactly one matching ``*Ended`` event, whatever the
+end (answer, failure, timeout, cancellation). A subscriber that raises is logged once and
+dropped, never fatal (the habit of trio's instrumentation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from ._result import ErrorType, RunResult, RunStatus
+from ._types import Usage
+
+__all__ = (
+    "BatchEnded",
+    "BatchStarted",
+    "Event",
+    "Hook",
+    "Hooks",
+    "ModelCallEnded",
+    "ModelCallStarted",
+    "RunEnded",
+    "RunStarted",
+    "SubagentEnded",
+    "SubagentStarted",
+    "ToolCallEnded",
+    "ToolCallStarted",
+)
+
+logger = logging.getLogger("xzatoma.hooks")
+
+new_id = itertools.count(1).__next__
+"""Process-unique event ids; ``parent_id`` links an event to the scope it happened in."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """An agent run began. ``parent_id`` is the tool call that spawned it (None at the root)."""
+
+    id: int
+    parent_id: int | None
+    name: str
+    label: str
+    depth: int
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    """An agent run ended; ``usage`` is its own model calls only."""
+
+    id: int
+    parent_id: int | None
+    name: str
+    label: str
+    depth: int
+    provider: str
+    model: str
+    status: RunStatus
+    error_type: ErrorType | None
+    turns: int
+    usage: Usage
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCallStarted:
+    """A model call began inside run ``run_id``."""
+
+    id: int
+    run_id: int
+    depth: int
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCallEnded:
+    """A model call ended; ``error_type`` is set when it raised or was cancelled."""
+
+    id: int
+    run_id: int
+    depth: int
+    provider: str
+    model: str
+    usage: Usage
+    duration: float
+    error_type: str | None
+    response_model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    """A tool call began inside run ``run_id``."""
+
+    id: int
+    run_id: int
+    depth: int
+    tool: str
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnded:
+    """A tool call ended; ``is_error`` when the model got an ``Error:`` message."""
+
+    id: int
+    run_id: int
+    depth: int
+    tool: str
+    call_id: str
+    is_error: bool
+    duration: float
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentStarted:
+    """A spawn was attempted (refused ones included); ``depth`` is the child's."""
+
+    id: int
+    parent_id: int | None
+    label: str
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentEnded:
+    """A spawn ended; ``usage`` is the child's own calls, ``turns`` its model calls."""
+
+    id: int
+    parent_id: int | None
+    label: str
+    depth: int
+    status: RunStatus
+    error_type: ErrorType | None
+    turns: int
+    usage: Usage
+    duration: float
+    truncated: bool
+    result: RunResult
+    """The child's whole result (output included), as its parent's caller will see it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStarted:
+    """A parallel batch began; ``depth`` is its tasks' depth."""
+
+    id: int
+    parent_id: int | None
+    depth: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEnded:
+    """A parallel batch ended; ``status`` is complete, partial or failed."""
+
+    id: int
+    parent_id: int | None
+    depth: int
+    size: int
+    status: str
+    successful: int
+    failed: int
+    cancelled: int
+    usage: Usage
+    duration: float
+
+
+Event: TypeAlias = (
+    RunStarted
+    | RunEnded
+    | ModelCallStarted
+    | ModelCallEnded
+    | ToolCallStarted
+    | ToolCallEnded
+    | SubagentStarted
+    | SubagentEnded
+    | BatchStarted
+    | BatchEnded
+)
+
+Hook: TypeAlias = Callable[[Event], None]
+"""A subscriber: called synchronously with each event; must be quick and must not block."""
+
+
+class Hooks:
+    """Dispatches events to subscribers; a subscriber that raises is logged and dropped."""
+
+    __slots__ = ("_hooks",)
+
+    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
+        self._hooks: list[Hook] = list(hooks)
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def add(self, hook: Hook) -> None:
+        """Subscribe ``hook`` to every later event."""
+        self._hooks.append(hook)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every subscriber, in subscription order."""
+        for hook in tuple(self._hooks):
+            try:
+                hook(event)
+            except Exception:
+                logger.exception(
+                    "xzatoma hook %r raised on %s and has been disabled",
+                    hook,
+                    type(event).__name__,
+                )
+                if hook in self._hooks:
+                    self._hooks.remove(hook)

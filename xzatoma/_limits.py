@@ -1,0 +1,177 @@
+"""Policy objects for a tree of agents: the shared quota, the depth rule, output truncation.
+
+Plain synchronous code with tiny methods, testable without an event loop; the async
+machinery calls them. Reservation happens under a lock in one call, so there is no window
+between "is a slot free?" and "take it" even if threads share a tracker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
+
+__all__ = (
+    "Clock",
+    "QuotaLimits",
+    "QuotaStatistics",
+    "QuotaTracker",
+    "check_depth",
+    "truncate_utf8",
+)
+
+Clock = Callable[[], float]
+"""Seconds from an arbitrary origin, never going back (``time.monotonic`` by default)."""
+
+TRUNCATION_MARKER = "\n[... output truncated to {limit} bytes]"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimits:
+    """Limits shared by a whole tree of subagents; ``None`` means unlimited."""
+
+    max_executions: int | None = None
+    """Subagent executions that may start (failed and cancelled ones count)."""
+    max_total_tokens: int | None = None
+    """Tokens the whole tree may consume; charged after every model call."""
+    max_total_time: float | None = None
+    """Seconds from the tracker's creation after which no subagent may run."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_executions", "max_total_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 0):
+                raise ConfigError(f"{name} must be a non-negative integer or None, got {value!r}")
+        if self.max_total_time is not None and not self.max_total_time > 0:
+            raise ConfigError(
+                f"max_total_time must be a positive number of seconds or None, "
+                f"got {self.max_total_time!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatistics:
+    """A frozen snapshot of a tracker: what was used, the limits, and what remains."""
+
+    executions: int
+    total_tokens: int
+    elapsed: float
+    limits: QuotaLimits
+    remaining_executions: int | None
+    remaining_tokens: int | None
+    remaining_time: float | None
+
+
+class QuotaTracker:
+    """The one quota a whole agent tree shares.
+
+    A spawn calls :meth:`reserve` (atomic check-and-take of an execution slot); every model
+    call is charged with :meth:`charge`; a running subagent calls :meth:`check_running`
+    before each model call so it stops as soon as the tree is out of tokens or time.
+    """
+
+    __slots__ = ("_clock", "_executions", "_lock", "_started", "_tokens", "limits")
+
+    def __init__(self, limits: QuotaLimits | None = None, *, clock: Clock = time.monotonic) -> None:
+        self.limits = limits if limits is not None else QuotaLimits()
+        self._clock = clock
+        self._started = clock()
+        self._executions = 0
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def _check_tokens_and_time(self) -> None:
+        limits = self.limits
+        if limits.max_total_tokens is not None and self._tokens >= limits.max_total_tokens:
+            raise QuotaExceeded(limit="tokens", used=self._tokens, maximum=limits.max_total_tokens)
+        if limits.max_total_time is not None:
+            elapsed = self._clock() - self._started
+            if elapsed >= limits.max_total_time:
+                raise QuotaExceeded(limit="time", used=elapsed, maximum=limits.max_total_time)
+
+    def check(self) -> None:
+        """Raise :class:`QuotaExceeded` if a new execution could not start now (takes nothing)."""
+        with self._lock:
+            self._check_executions()
+            self._check_tokens_and_time()
+
+    def _check_executions(self) -> None:
+        maximum = self.limits.max_executions
+        if maximum is not None and self._executions >= maximum:
+            raise QuotaExceeded(limit="executions", used=self._executions, maximum=maximum)
+
+    def reserve(self) -> None:
+        """Take one execution slot, or raise :class:`QuotaExceeded` and take nothing."""
+        with self._lock:
+            self._check_executions()
+            self._check_tokens_and_time()
+            self._executions += 1
+
+    def check_running(self) -> None:
+        """Raise :class:`QuotaExceeded` if a running subagent must not call its model again."""
+        with self._lock:
+            self._check_tokens_and_time()
+
+    def charge(self, tokens: int) -> None:
+        """Add the tokens of one model call; siblings see them at once."""
+        with self._lock:
+            self._tokens += tokens
+
+    def remaining_time(self) -> float | None:
+        """Seconds left under ``max_total_time`` (never negative), or None if unlimited."""
+        if self.limits.max_total_time is None:
+            return None
+        return max(0.0, self.limits.max_total_time - (self._clock() - self._started))
+
+    def statistics(self) -> QuotaStatistics:
+        """A frozen snapshot: used, limits and remaining."""
+        with self._lock:
+            limits = self.limits
+            executions, tokens = self._executions, self._tokens
+        elapsed = self._clock() - self._started
+        return QuotaStatistics(
+            executions=executions,
+            total_tokens=tokens,
+            elapsed=elapsed,
+            limits=limits,
+            remaining_executions=None
+            if limits.max_executions is None
+            else max(0, limits.max_executions - executions),
+            remaining_tokens=None
+            if limits.max_total_tokens is None
+            else max(0, limits.max_total_tokens - tokens),
+            remaining_time=self.remaining_time(),
+        )
+
+
+def check_depth(depth: int, max_depth: int) -> None:
+    """Raise :class:`DepthLimitExceeded` unless an agent at ``depth`` may spawn a child."""
+    if depth >= max_depth:
+        raise DepthLimitExceeded(max_depth=max_depth, depth=depth)
+
+
+def truncate_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
+    """Cut ``text`` to at most ``max_bytes`` of UTF-8, marker included, on a character boundary.
+
+    Returns the text and whether it was cut. Lone surrogates (which cannot be encoded) are
+    replaced so the result is always valid UTF-8.
+    """
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return (text if len(data) == len(text) or _encodable(text) else data.decode()), False
+    marker = TRUNCATION_MARKER.format(limit=max_bytes).encode()
+    keep = max(0, max_bytes - len(marker))
+    # errors="ignore" drops a multi-byte character split at the cut, so the text stays valid.
+    head = data[:keep].decode("utf-8", "ignore")
+    return head + marker.decode(), True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

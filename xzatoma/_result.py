@@ -1,0 +1,107 @@
+"""What a run returns: ``RunResult``, a node of the result tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._types import Message, Usage
+
+__all__ = ("ErrorType", "RunResult", "RunStatus")
+
+RunStatus = Literal["complete", "incomplete", "failed", "cancelled"]
+"""How a run ended: answered, ran out of turns, failed, or was cancelled."""
+
+ErrorType = Literal[
+    "quota_exceeded",
+    "max_depth_reached",
+    "invalid_input",
+    "initialization_failed",
+    "execution_failed",
+    "timeout",
+    "cancelled",
+]
+"""Why a run or a spawn did not complete; the bounded set used as a metric attribute."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of one agent run, with the runs it delegated to as ``children``."""
+
+    output: str
+    """The final answer (for a subagent: what the parent received, possibly truncated)."""
+    status: RunStatus
+    """``complete``, ``incomplete``, ``failed`` or ``cancelled``."""
+    turns: int = 0
+    """Model calls this agent made."""
+    usage: Usage = field(default_factory=Usage)
+    """This agent's own model calls only."""
+    children: tuple[RunResult, ...] = ()
+    """The subagent runs this agent spawned, in the order their tool calls were given."""
+    messages: tuple[Message, ...] = ()
+    """The whole conversation of this agent."""
+    error_type: ErrorType | None = None
+    """Why the run did not complete, when it did not."""
+    error: str | None = None
+    """A readable account of what went wrong, when something did."""
+    label: str = ""
+    """The run's label (the agent's name at the root, the task label for a subagent)."""
+    depth: int = 0
+    """0 for the root, d+1 for a child of an agent at depth d."""
+    truncated: bool = False
+    """Whether ``output`` was cut to ``output_max_size``."""
+    duration: float = 0.0
+    """Seconds from start to end, by the runtime's clock."""
+    total_usage: Usage = field(init=False)
+    """This agent's usage plus every descendant's, each model call counted once."""
+
+    def __post_init__(self) -> None:
+        total = self.usage
+        for child in self.children:
+            total = total + child.total_usage
+        object.__setattr__(self, "total_usage", total)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run answered (``complete``)."""
+        return self.status == "complete"
+
+    def to_dict(self, *, messages: bool = False) -> dict[str, object]:
+        """A JSON-ready view of the tree (used by ``--json``); messages only when asked."""
+        data: dict[str, object] = {
+            "label": self.label,
+            "depth": self.depth,
+            "status": self.status,
+            "output": self.output,
+            "turns": self.turns,
+            "error_type": self.error_type,
+            "error": self.error,
+            "truncated": self.truncated,
+            "duration_s": round(self.duration, 6),
+            "usage": _usage_dict(self.usage),
+            "total_usage": _usage_dict(self.total_usage),
+            "children": [c.to_dict(messages=messages) for c in self.children],
+        }
+        if messages:
+            data["messages"] = [_message_dict(m) for m in self.messages]
+        return data
+
+
+def _usage_dict(usage: Usage) -> dict[str, int]:
+    return {
+        "requests": usage.requests,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _message_dict(message: Message) -> dict[str, object]:
+    data: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        data["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    return data

@@ -1,0 +1,151 @@
+"""``Runtime``: the front door that wires a tree of agents to one quota and one set of hooks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from ._agent import Agent
+from ._hooks import Hook, Hooks, new_id
+from ._limits import Clock, QuotaLimits, QuotaTracker
+from ._result import RunResult
+from ._subagents import (
+    BatchResult,
+    ParallelSubagentTool,
+    SubagentConfig,
+    SubagentTask,
+    SubagentTool,
+)
+from ._tools import Tool, ToolContext, TreeContext
+from ._types import ToolCall
+from .errors import ConfigError
+from .providers._base import Provider
+
+__all__ = ("Runtime",)
+
+
+class Runtime:
+    """One agent tree's shared setup: provider, subagent config, quota and event hooks.
+
+    ``runtime.agent()`` makes a depth-0 agent with both subagent tools wired to one
+    :class:`QuotaTracker`; ``runtime.run_batch()`` runs a parallel batch from Python with no
+    parent model. Every agent and batch of one runtime shares the tracker, so quotas hold for
+    the whole tree.
+
+    Args:
+        provider: The model for the root and (unless overridden) every subagent.
+        subagents: How subagents are spawned (depth, turns, output size, concurrency).
+        quota: Limits shared by every subagent of this runtime.
+        telemetry: An event subscriber for OpenTelemetry; ``None`` subscribes
+            ``xzatoma.telemetry`` (which goes to OTel's no-op API unless an SDK is configured),
+            ``False`` subscribes nothing.
+        hooks: More event subscribers (progress display, your own).
+        clock: The clock for durations and the quota's time limit.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        subagents: SubagentConfig | None = None,
+        quota: QuotaLimits | None = None,
+        telemetry: Hook | bool | None = None,
+        hooks: Iterable[Hook] = (),
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.config = subagents if subagents is not None else SubagentConfig()
+        self.tracker = QuotaTracker(quota, clock=clock)
+        self.clock = clock
+        self.hooks = Hooks(hooks)
+        if telemetry is None or telemetry is True:
+            from .telemetry import TelemetrySubscriber
+
+            self.hooks.add(TelemetrySubscriber())
+        elif telemetry is not False:
+            self.hooks.add(telemetry)
+        self.subagent_tool = SubagentTool(self.config, self.tracker)
+        self.parallel_tool = ParallelSubagentTool(self.config, self.tracker)
+
+    def agent(
+        self,
+        *,
+        tools: Sequence[Tool[Any]] = (),
+        system_prompt: str | None = None,
+        max_turns: int = 50,
+        name: str = "agent",
+        timeout: float | None = None,
+    ) -> Agent:
+        """A depth-0 agent with ``tools`` plus both subagent tools, on this runtime's quota."""
+        return Agent(
+            self.provider,
+            tools=[*tools, self.subagent_tool, self.parallel_tool],
+            system_prompt=system_prompt,
+            max_turns=max_turns,
+            name=name,
+            timeout=timeout,
+            hooks=self.hooks,
+            quota=self.tracker,
+            clock=self.clock,
+        )
+
+    async def run(self, prompt: str, **agent_options: Any) -> RunResult:
+        """``await runtime.agent(**agent_options).run(prompt)``."""
+        return await self.agent(**agent_options).run(prompt)
+
+    async def run_batch(
+        self,
+        tasks: Iterable[SubagentTask | Mapping[str, Any]],
+        *,
+        max_concurrent: int | None = None,
+        fail_fast: bool = False,
+        tools: Sequence[Tool[Any]] = (),
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the tree, not a wait
+    ) -> BatchResult:
+        """Run a parallel batch of subagents at depth 1, with no parent model.
+
+        ``tasks`` are :class:`SubagentTask` or dicts of its keys (``label``, ``task_prompt``,
+        ``summary_prompt``, ``allowed_tools``, ``max_turns``); ``allowed_tools`` name entries
+        of ``tools``. Results come back in input order. Raises :class:`ConfigError` for
+        invalid tasks or an invalid ``max_concurrent`` before anything runs.
+        """
+        parsed = [_task(t, i) for i, t in enumerate(tasks)]
+        if not parsed:
+            raise ConfigError("run_batch needs at least one task")
+        if max_concurrent is not None and (
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or max_concurrent < 1
+        ):
+            raise ConfigError(
+                f"max_concurrent must be an integer of at least 1, got {max_concurrent!r}"
+            )
+        root = self.agent(tools=tools, name="batch", timeout=timeout)
+        tree = TreeContext(self.hooks, self.clock, self.tracker)
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        ctx = ToolContext(
+            root,
+            ToolCall("batch", "parallel_subagent", ""),
+            0,
+            "batch",
+            0,
+            new_id(),
+            deadline,
+            tree,
+        )
+        return await self.parallel_tool.spawner.run_batch(
+            ctx, parsed, max_concurrent=max_concurrent, fail_fast=fail_fast
+        )
+
+
+def _task(task: SubagentTask | Mapping[str, Any], index: int) -> SubagentTask:
+    if isinstance(task, SubagentTask):
+        return task
+    try:
+        return SubagentTask.model_validate(task)
+    except Exception as exc:
+        raise ConfigError(f"task {index}: {exc}") from None

@@ -1,0 +1,561 @@
+"""The subagent tools: ``subagent`` (one child) and ``parallel_subagent`` (a batch).
+
+Both are thin model-facing shells over :class:`Spawner`, which owns one execution from
+start to end: checks in the contract's order (quota, depth, arguments), the atomic quota
+reservation, the child's tools and deadline, the run, truncation, and exactly one start and
+one end event whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.lowlevel
+import pydantic
+
+from ._agent import Agent, RunState
+from ._hooks import BatchEnded, BatchStarted, SubagentEnded, SubagentStarted, new_id
+from ._limits import QuotaTracker, check_depth, truncate_utf8
+from ._result import ErrorType, RunResult
+from ._tools import Tool, ToolContext, ToolResult
+from ._types import Usage
+from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
+from .providers._base import Provider
+
+__all__ = (
+    "BatchResult",
+    "ParallelSubagentArgs",
+    "ParallelSubagentTool",
+    "SubagentConfig",
+    "SubagentTask",
+    "SubagentTool",
+)
+
+DEFAULT_SUMMARY_PROMPT = "Summarize your findings concisely"
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentConfig:
+    """How subagents are spawned; shared by both subagent tools of a tree."""
+
+    max_depth: int = 3
+    """Deepest level a subagent may run at (root is 0); 1..10."""
+    default_max_turns: int = 10
+    """Model calls a subagent may make when its task does not say; 1..100."""
+    output_max_size: int = 1_048_576
+    """Bytes of UTF-8 the parent receives from a child, marker included; at least 1024."""
+    max_concurrent: int = 5
+    """Tasks of one parallel batch in flight at once, unless the call says otherwise."""
+    summary_prompt: str | None = DEFAULT_SUMMARY_PROMPT
+    """Sent after the task answer; the answer to it is what the parent receives. None: off."""
+    timeout: float | None = None
+    """Seconds each subagent may run (also bounded by its parent and the quota)."""
+    provider: Provider | None = None
+    """Model for children instead of the parent's."""
+    model: str | None = None
+    """Model name for children (the provider must offer ``with_model``)."""
+
+    def __post_init__(self) -> None:
+        p = "agent.subagent"
+        _int_in(self.max_depth, f"{p}.max_depth", 1, 10, "(stack overflow risk)")
+        _int_in(self.default_max_turns, f"{p}.default_max_turns", 1, 100)
+        if _not_int(self.output_max_size) or self.output_max_size < 1024:
+            raise ConfigError(f"{p}.output_max_size must be at least 1024 bytes")
+        if _not_int(self.max_concurrent) or self.max_concurrent < 1:
+            raise ConfigError(f"{p}.max_concurrent must be greater than 0")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"{p}.timeout_seconds must be greater than 0")
+
+
+def _not_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _int_in(value: int, name: str, low: int, high: int, why: str = "") -> None:
+    if _not_int(value) or value < low:
+        raise ConfigError(f"{name} must be greater than {low - 1}")
+    if value > high:
+        raise ConfigError(f"{name} cannot exceed {high}" + (f" {why}" if why else ""))
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+NonBlank = Annotated[str, pydantic.AfterValidator(_not_blank)]
+
+
+class SubagentTask(pydantic.BaseModel):
+    """One task for a subagent: what the model sends, and what ``run_batch`` takes."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    label: NonBlank = pydantic.Field(
+        max_length=200, description="A short name for this subagent's task."
+    )
+    task_prompt: NonBlank = pydantic.Field(
+        description="The complete instructions for the subagent; it sees nothing else."
+    )
+    summary_prompt: str | None = pydantic.Field(
+        default=None,
+        description="What the subagent is asked after its task, to shape what you receive.",
+    )
+    allowed_tools: list[str] | None = pydantic.Field(
+        default=None,
+        description="Names of your tools the subagent may use (default: all of them).",
+    )
+    max_turns: int | None = pydantic.Field(
+        default=None, ge=1, le=50, description="Model calls the subagent may make (1-50)."
+    )
+
+
+class ParallelSubagentArgs(pydantic.BaseModel):
+    """The arguments of ``parallel_subagent``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    tasks: list[SubagentTask] = pydantic.Field(
+        min_length=1, description="The tasks, each run by its own subagent."
+    )
+    max_concurrent: int | None = pydantic.Field(
+        default=None, ge=1, description="How many subagents run at once."
+    )
+    fail_fast: bool = pydantic.Field(
+        default=False, description="Cancel the remaining tasks at the first failure."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The outcome of a parallel batch."""
+
+    results: tuple[RunResult, ...]
+    """One result per task, in input order."""
+    status: Literal["complete", "partial", "failed"]
+    """``complete``: all succeeded; ``failed``: none did; else ``partial``."""
+    successful: int
+    failed: int
+    cancelled: int
+    duration: float
+
+    @property
+    def total_usage(self) -> Usage:
+        """Every model call of every task's tree, each counted once."""
+        total = Usage()
+        for result in self.results:
+            total = total + result.total_usage
+        return total
+
+
+def _succeeded(result: RunResult) -> bool:
+    return result.status in ("complete", "incomplete")
+
+
+class Spawner:
+    """Runs subagent executions for one tree: the logic both subagent tools share."""
+
+    def __init__(self, config: SubagentConfig, quota: QuotaTracker | None) -> None:
+        self.config = config
+        self.quota = quota
+
+    # -- checks ------------------------------------------------------------------------------
+    def precheck(self, ctx: ToolContext) -> tuple[ErrorType, str] | None:
+        """Quota, then depth: the refusals that come before the arguments are read."""
+        try:
+            if self.quota is not None:
+                self.quota.check()
+            check_depth(ctx.depth, self.config.max_depth)
+        except QuotaExceeded as exc:
+            return "quota_exceeded", str(exc)
+        except DepthLimitExceeded as exc:
+            return "max_depth_reached", str(exc)
+        return None
+
+    def refuse(
+        self, ctx: ToolContext, label: str, error_type: ErrorType, message: str
+    ) -> RunResult:
+        """Record a spawn refused before it started (one start, one end) and describe it."""
+        hooks, depth = ctx.tree.hooks, ctx.depth + 1
+        exec_id = new_id()
+        result = RunResult(
+            "", "failed", error_type=error_type, error=message, label=label, depth=depth
+        )
+        if hooks:
+            hooks.emit(SubagentStarted(exec_id, ctx.event_id, label, depth))
+            hooks.emit(
+                SubagentEnded(
+                    exec_id, ctx.event_id, label, depth, "failed", error_type, 0, Usage(), 0.0,
+                    False, result,
+                )
+            )  # fmt: skip
+        ctx.add_child(result)
+        return result
+
+    def _child_tools(
+        self, ctx: ToolContext, task: SubagentTask
+    ) -> tuple[list[Tool[Any]], list[Tool[Any]]]:
+        """The child's offered tools and its hidden subagent tools (for depth refusals)."""
+        parent_tools = ctx.agent.tools
+        subagent_tools = [t for t in parent_tools if t.is_subagent_tool]
+        if task.allowed_tools is None:
+            chosen = [t for t in parent_tools if not t.is_subagent_tool]
+        else:
+            by_name = {t.name: t for t in parent_tools}
+            chosen = []
+            for name in dict.fromkeys(task.allowed_tools):
+                found = by_name.get(name)
+                if found is None:
+                    have = ", ".join(t.name for t in parent_tools if not t.is_subagent_tool)
+                    raise ValueError(
+                        f"allowed_tools names '{name}', which this agent does not have "
+                        f"(it has: {have or 'no tools'})"
+                    )
+                if found.is_subagent_tool:
+                    raise ValueError(
+                        f"allowed_tools may not name '{name}': subagent tools are given to a "
+                        "subagent automatically while its depth allows"
+                    )
+                chosen.append(found)
+        if ctx.depth + 1 < self.config.max_depth:
+            return chosen + subagent_tools, []
+        return chosen, subagent_tools
+
+    def _child_provider(self, parent: Provider) -> Provider:
+        provider = self.config.provider or parent
+        model = self.config.model
+        if model is None or model == provider.model:
+            return provider
+        with_model = getattr(provider, "with_model", None)
+        if with_model is None:
+            raise ConfigError(
+                f"cannot switch provider {provider.name!r} to model {model!r}: it has no "
+                "with_model(); set SubagentConfig.provider instead"
+            )
+        result: Provider = with_model(model)
+        return result
+
+    def _deadline(self, ctx: ToolContext) -> tuple[float, ErrorType]:
+        now = anyio.current_time()
+        deadline, kind = ctx.deadline, "timeout"
+        if self.config.timeout is not None:
+            deadline = min(deadline, now + self.config.timeout)
+        if self.quota is not None:
+            left = self.quota.remaining_time()
+            if left is not None and now + left < deadline:
+                deadline, kind = now + left, "quota_exceeded"
+        return deadline, kind  # type: ignore[return-value]
+
+    # -- one execution -----------------------------------------------------------------------
+    async def execute(
+        self, ctx: ToolContext, task: SubagentTask, state: RunState | None = None, order: int = 0
+    ) -> RunResult:
+        """Run one child at ``ctx.depth + 1`` and record it on ``ctx``.
+
+        Returns the child's result; never raises but for the caller's cancellation, which is
+        recorded (event and result tree) as ``cancelled`` and re-raised.
+        """
+        hooks, clock = ctx.tree.hooks, ctx.tree.clock
+        depth, label = ctx.depth + 1, task.label
+        state = state if state is not None else RunState()
+        exec_id = new_id()
+        started = clock()
+        if hooks:
+            hooks.emit(SubagentStarted(exec_id, ctx.event_id, label, depth))
+        result: RunResult | None = None
+        try:
+            result = await self._execute(ctx, task, state, depth)
+            return result
+        finally:
+            duration = clock() - started
+            end = result or state.result(
+                "cancelled", "cancelled", "cancelled before it finished",
+                label=label, depth=depth, duration=duration,
+            )  # fmt: skip
+            state.final = end
+            ctx.add_child(end, order)
+            if hooks:
+                hooks.emit(
+                    SubagentEnded(
+                        exec_id, ctx.event_id, label, depth, end.status, end.error_type,
+                        end.turns, end.usage, duration, end.truncated, end,
+                    )
+                )  # fmt: skip
+
+    async def _execute(
+        self, ctx: ToolContext, task: SubagentTask, state: RunState, depth: int
+    ) -> RunResult:
+        label = task.label
+        try:
+            check_depth(ctx.depth, self.config.max_depth)
+            offered, hidden = self._child_tools(ctx, task)
+        except DepthLimitExceeded as exc:
+            return RunResult(
+                "",
+                "failed",
+                error_type="max_depth_reached",
+                error=str(exc),
+                label=label,
+                depth=depth,
+            )
+        except ValueError as exc:
+            return RunResult(
+                "", "failed", error_type="invalid_input", error=str(exc), label=label, depth=depth
+            )
+        try:
+            child = Agent(
+                self._child_provider(ctx.agent.provider),
+                tools=offered,
+                max_turns=task.max_turns or self.config.default_max_turns,
+                name="subagent",
+                hooks=ctx.tree.hooks,
+                quota=ctx.tree.quota,
+                clock=ctx.tree.clock,
+                _hidden_tools=hidden,
+            )
+        except Exception as exc:
+            return RunResult(
+                "", "failed", error_type="initialization_failed",
+                error=f"could not start the subagent: {exc}", label=label, depth=depth,
+            )  # fmt: skip
+        if self.quota is not None:
+            try:
+                self.quota.reserve()
+            except QuotaExceeded as exc:
+                return RunResult(
+                    "",
+                    "failed",
+                    error_type="quota_exceeded",
+                    error=str(exc),
+                    label=label,
+                    depth=depth,
+                )
+        summary = task.summary_prompt or self.config.summary_prompt
+        deadline, deadline_error = self._deadline(ctx)
+        result = await child.run_in_tree(
+            task.task_prompt,
+            tree=ctx.tree,
+            depth=depth,
+            label=label,
+            parent_id=ctx.event_id,
+            deadline=deadline,
+            deadline_error=deadline_error,
+            followups=(summary,) if summary else (),
+            state=state,
+        )
+        output, truncated = truncate_utf8(result.output, self.config.output_max_size)
+        if truncated or output is not result.output:
+            result = replace(result, output=output, truncated=truncated)
+        return result
+
+    # -- a batch -----------------------------------------------------------------------------
+    @staticmethod
+    def _settled(
+        ctx: ToolContext,
+        task: SubagentTask,
+        result: RunResult | None,
+        state: RunState | None,
+        index: int,
+    ) -> RunResult:
+        """A task's final result: what it returned, what it had when cancelled, or a
+        placeholder for a task cancelled before it started (recorded in the tree here)."""
+        if result is not None:
+            return result
+        if state is not None and state.final is not None:
+            return state.final
+        placeholder = RunResult(
+            "",
+            "cancelled",
+            error_type="cancelled",
+            error="cancelled before it started",
+            label=task.label,
+            depth=ctx.depth + 1,
+        )
+        ctx.add_child(placeholder, index)
+        return placeholder
+
+    async def run_batch(
+        self,
+        ctx: ToolContext,
+        tasks: Sequence[SubagentTask],
+        *,
+        max_concurrent: int | None,
+        fail_fast: bool,
+    ) -> BatchResult:
+        """Run ``tasks`` as children of ``ctx``'s agent, at most ``max_concurrent`` at once."""
+        hooks, clock = ctx.tree.hooks, ctx.tree.clock
+        limiter = anyio.CapacityLimiter(max_concurrent or self.config.max_concurrent)
+        count = len(tasks)
+        results: list[RunResult | None] = [None] * count
+        states: list[RunState | None] = [None] * count
+        batch_id, depth = new_id(), ctx.depth + 1
+        started = clock()
+        if hooks:
+            hooks.emit(BatchStarted(batch_id, ctx.event_id, depth, count))
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def run_one(index: int) -> None:
+                    async with limiter:
+                        # fail_fast may have cancelled the batch while this task waited.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                        state = states[index] = RunState()
+                        result = await self.execute(ctx, tasks[index], state, index)
+                    results[index] = result
+                    if fail_fast and not _succeeded(result):
+                        tg.cancel_scope.cancel()
+
+                for index in range(count):
+                    tg.start_soon(run_one, index)
+        finally:
+            final = [
+                self._settled(ctx, task, results[i], states[i], i) for i, task in enumerate(tasks)
+            ]
+            ok = sum(1 for r in final if _succeeded(r))
+            cancelled = sum(1 for r in final if r.status == "cancelled")
+            failed = count - ok - cancelled
+            status: Literal["complete", "partial", "failed"] = (
+                "complete" if ok == count else "failed" if ok == 0 else "partial"
+            )
+            duration = clock() - started
+            if hooks:
+                usage = Usage()
+                for r in final:
+                    usage = usage + r.total_usage
+                hooks.emit(
+                    BatchEnded(
+                        batch_id, ctx.event_id, depth, count, status, ok, failed, cancelled,
+                        usage, duration,
+                    )
+                )  # fmt: skip
+        return BatchResult(tuple(final), status, ok, failed, cancelled, duration)
+
+
+_REFUSALS = frozenset(
+    {"quota_exceeded", "max_depth_reached", "invalid_input", "initialization_failed"}
+)
+
+
+def _describe(result: RunResult) -> ToolResult:
+    """What the parent model reads about one child."""
+    if result.status == "complete":
+        return ToolResult(result.output)
+    if result.status == "incomplete":
+        note = f"[subagent '{result.label}' ended incomplete: {result.error}]\n"
+        return ToolResult(note + result.output)
+    message = result.error or result.status
+    if result.turns or result.error_type not in _REFUSALS:
+        message = f"subagent '{result.label}' {result.status} ({result.error_type}): {message}"
+        if result.output:
+            message += f"\nPartial output:\n{result.output}"
+    return ToolResult.error(message)
+
+
+class SubagentTool(Tool[SubagentTask]):
+    """The ``subagent`` tool: delegate one task to a fresh agent one level deeper."""
+
+    name = "subagent"
+    description = (
+        "Delegate a self-contained task to a subagent with a fresh context. It can use your "
+        "tools (or the subset in allowed_tools) and returns its summarized findings."
+    )
+    parameters = SubagentTask
+    is_subagent_tool = True
+
+    def __init__(
+        self, config: SubagentConfig | None = None, quota: QuotaTracker | None = None
+    ) -> None:
+        self.spawner = Spawner(config or SubagentConfig(), quota)
+
+    async def invoke(self, ctx: ToolContext) -> ToolResult:
+        refusal = self.spawner.precheck(ctx)
+        if refusal is None:
+            try:
+                task = self.validate_arguments(ctx.call.arguments)
+            except ValueError as exc:
+                refusal = ("invalid_input", str(exc))
+        if refusal is not None:
+            return _describe(self.spawner.refuse(ctx, _label_of(ctx.call.arguments), *refusal))
+        return _describe(await self.spawner.execute(ctx, task))
+
+
+class ParallelSubagentTool(Tool[ParallelSubagentArgs]):
+    """The ``parallel_subagent`` tool: run a batch of independent tasks at once."""
+
+    name = "parallel_subagent"
+    description = (
+        "Run several independent tasks at once, each in its own subagent. Returns JSON with "
+        "each task's output and status, in the order given."
+    )
+    parameters = ParallelSubagentArgs
+    is_subagent_tool = True
+
+    def __init__(
+        self, config: SubagentConfig | None = None, quota: QuotaTracker | None = None
+    ) -> None:
+        self.spawner = Spawner(config or SubagentConfig(), quota)
+
+    async def invoke(self, ctx: ToolContext) -> ToolResult:
+        refusal = self.spawner.precheck(ctx)
+        if refusal is None:
+            try:
+                args = self.validate_arguments(ctx.call.arguments)
+            except ValueError as exc:
+                refusal = ("invalid_input", str(exc))
+        if refusal is not None:
+            result = self.spawner.refuse(ctx, "parallel_subagent", *refusal)
+            return ToolResult.error(result.error or "refused")
+        batch = await self.spawner.run_batch(
+            ctx, args.tasks, max_concurrent=args.max_concurrent, fail_fast=args.fail_fast
+        )
+        if batch.status == "failed":
+            count = len(batch.results)
+            return ToolResult.error(
+                f"parallel batch failed: none of the {count} tasks succeeded.\n{batch_json(batch)}"
+            )
+        return ToolResult(batch_json(batch))
+
+
+def batch_json(batch: BatchResult) -> str:
+    """The JSON the model receives from ``parallel_subagent``."""
+    tasks = [
+        {
+            "label": r.label,
+            "success": _succeeded(r),
+            "status": r.status,
+            "output": r.output,
+            "error": r.error if r.status != "complete" else None,
+            "error_type": r.error_type,
+            "duration_ms": round(r.duration * 1000, 3),
+            "tokens_used": r.total_usage.total_tokens,
+            "turns": r.turns,
+        }
+        for r in batch.results
+    ]
+    return json.dumps(
+        {
+            "tasks": tasks,
+            "successful": batch.successful,
+            "failed": batch.failed,
+            "cancelled": batch.cancelled,
+            "status": batch.status,
+            "total_duration_ms": round(batch.duration * 1000, 3),
+            "total_tokens": batch.total_usage.total_tokens,
+        },
+        ensure_ascii=False,
+    )
+
+
+def _label_of(arguments: str) -> str:
+    """The label of a refused call, for events only (never a metric attribute)."""
+    try:
+        data = json.loads(arguments)
+    except ValueError:
+        return "subagent"
+    label = data.get("label") if isinstance(data, dict) else None
+    return label if isinstance(label, str) and label.strip() else "subagent"

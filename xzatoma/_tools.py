@@ -1,0 +1,229 @@
+"""Tools the model may call: the ``Tool`` base, ``ToolResult``, and the ``@tool`` decorator.
+
+A tool's parameters are a pydantic model, so the JSON schema the model sees and the
+validation of what it sends come from one place. Bad arguments never crash a run: they come
+back to the model as an ``Error:`` tool message it can correct.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_type_hints, overload
+
+import anyio
+import pydantic
+
+from ._hooks import Hooks
+from ._limits import Clock, QuotaTracker
+from ._result import RunResult
+from ._types import ToolCall, ToolSpec
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+__all__ = ("FunctionTool", "Tool", "ToolContext", "ToolResult", "tool")
+
+ArgsT = TypeVar("ArgsT", bound=pydantic.BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool gives back: the text the model reads, plus what only the caller sees."""
+
+    content: str
+    """The tool message the model receives."""
+    is_error: bool = False
+    """True when ``content`` reports a refusal or failure (it then starts with ``Error:``)."""
+
+    @classmethod
+    def error(cls, message: str) -> ToolResult:
+        """An ``Error: ...`` result the model can read and react to."""
+        return cls(f"Error: {message}", True)
+
+
+@dataclass(frozen=True, slots=True)
+class TreeContext:
+    """What every run of one agent tree shares: event hooks, the clock and the quota."""
+
+    hooks: Hooks
+    clock: Clock
+    quota: QuotaTracker | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool may know about the run that called it."""
+
+    agent: Agent
+    """The agent whose model asked for the call (its tools, provider and settings)."""
+    call: ToolCall
+    """The call being answered."""
+    depth: int
+    """The calling agent's depth (0 at the root)."""
+    label: str
+    """The calling run's label."""
+    run_id: int
+    """Event id of the calling run."""
+    event_id: int
+    """Event id of this tool call; runs spawned by it name it as their parent."""
+    deadline: float
+    """Absolute deadline of the calling run on anyio's clock (``math.inf`` when none)."""
+    tree: TreeContext
+    """Hooks, clock and quota shared by the whole tree."""
+    children: list[tuple[int, RunResult]] = field(default_factory=list)
+    """Where this call's subagent results go (see :meth:`add_child`)."""
+
+    def add_child(self, result: RunResult, order: int = 0) -> None:
+        """Attach a subagent result to the calling run's tree.
+
+        Recorded as soon as the child ends (also when the call is later cancelled or timed
+        out), so no finished child is lost; ``order`` sorts the children of one call.
+        """
+        self.children.append((order, result))
+
+    def remaining_time(self) -> float:
+        """Seconds until the calling run's deadline (``math.inf`` when none)."""
+        if self.deadline == math.inf:
+            return math.inf
+        return max(0.0, self.deadline - anyio.current_time())
+
+
+class Tool(Generic[ArgsT]):
+    """A tool: a name, a description, a pydantic parameters model and an async ``run``.
+
+    Subclass it and set ``name``, ``description`` and ``parameters``, or decorate a typed
+    async function with :func:`tool`. ``run`` returns a ``str`` or a :class:`ToolResult`.
+    """
+
+    name: str
+    description: str = ""
+    parameters: type[ArgsT]
+    is_subagent_tool: ClassVar[bool] = False
+    """True for the subagent tools, which a child's ``allowed_tools`` may never name."""
+
+    _spec: ToolSpec | None = None
+
+    async def run(self, args: ArgsT, ctx: ToolContext) -> ToolResult | str:
+        """Do the work for validated ``args``."""
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> ToolSpec:
+        """What the model is told about this tool (computed once)."""
+        if self._spec is None:
+            self._spec = ToolSpec(self.name, self.description, self.parameters_schema())
+        return self._spec
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The JSON schema of the parameters model, as the model sees it."""
+        return self.parameters.model_json_schema()
+
+    def validate_arguments(self, arguments: str) -> ArgsT:
+        """Parse the model's raw JSON into the parameters model (raises ``ValueError``)."""
+        try:
+            return self.parameters.model_validate_json(arguments or "{}")
+        except pydantic.ValidationError as exc:
+            raise ValueError(describe_validation_error(self.name, exc)) from None
+
+    async def invoke(self, ctx: ToolContext) -> ToolResult:
+        """Validate ``ctx.call``'s arguments and run; bad arguments become an ``Error:``."""
+        try:
+            args = self.validate_arguments(ctx.call.arguments)
+        except ValueError as exc:
+            return ToolResult.error(str(exc))
+        result = await self.run(args, ctx)
+        return result if isinstance(result, ToolResult) else ToolResult(result)
+
+
+def describe_validation_error(tool_name: str, exc: pydantic.ValidationError) -> str:
+    """One readable line per defect, so the model can fix its call."""
+    problems = []
+    for error in exc.errors(include_url=False)[:10]:
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        if error["type"] == "json_invalid":
+            problems.append(f"arguments are not valid JSON ({error['msg']})")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    return f"Invalid arguments for tool '{tool_name}': " + "; ".join(problems)
+
+
+class FunctionTool(Tool[pydantic.BaseModel]):
+    """A tool made from a typed async function by :func:`tool`."""
+
+    def __init__(
+        self,
+        func: Callable[..., Awaitable[object]],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@tool needs an async function, got {func!r}")
+        self.func = func
+        self.name = name or func.__name__
+        self.description = description or inspect.cleandoc(func.__doc__ or "")
+        hints = get_type_hints(func)
+        fields: dict[str, Any] = {}
+        self._ctx_param: str | None = None
+        for param in inspect.signature(func).parameters.values():
+            annotation = hints.get(param.name, Any)
+            if annotation is ToolContext:
+                self._ctx_param = param.name
+                continue
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (annotation, default)
+        model_name = "".join(part.title() for part in self.name.split("_")) + "Args"
+        self.parameters = pydantic.create_model(
+            model_name,
+            __config__=pydantic.ConfigDict(extra="forbid"),
+            **fields,
+        )
+
+    async def run(self, args: pydantic.BaseModel, ctx: ToolContext) -> ToolResult | str:
+        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        if self._ctx_param is not None:
+            kwargs[self._ctx_param] = ctx
+        value = await self.func(**kwargs)
+        if isinstance(value, ToolResult | str):
+            return value
+        return json.dumps(value, default=str)
+
+
+@overload
+def tool(func: Callable[..., Awaitable[object]], /) -> FunctionTool: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Awaitable[object]]], FunctionTool]: ...
+def tool(
+    func: Callable[..., Awaitable[object]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> FunctionTool | Callable[[Callable[..., Awaitable[object]]], FunctionTool]:
+    """Make a :class:`Tool` from a typed async function.
+
+    The parameters model is built from the signature (annotations and defaults), the
+    description from the docstring. A parameter annotated ``ToolContext`` receives the
+    context and is hidden from the model. A return value that is not a ``str`` or
+    ``ToolResult`` is sent to the model as JSON.
+
+    Example::
+
+        @tool
+        async def add(a: int, b: int) -> str:
+            "Add two integers."
+            return str(a + b)
+    """
+    if func is not None:
+        return FunctionTool(func, name=name, description=description)
+
+    def decorate(f: Callable[..., Awaitable[object]]) -> FunctionTool:
+        return FunctionTool(f, name=name, description=description)
+
+    return decorate

@@ -1,0 +1,416 @@
+"""The YAML configuration file: its pydantic models, loading, validation and overrides.
+
+Keys are those of DESIGN.md section 6; unknown keys are refused by their dotted name. The
+subagent limits are checked by building the core's :class:`~xzatoma.SubagentConfig`, so its
+messages (``agent.subagent.max_depth must be greater than 0``, ...) are spelled once. The API
+key is never stored here: ``provider.api_key_env`` names the environment variable to read it
+from. Precedence is command line > file > defaults (see :func:`apply_overrides`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeGuard
+
+import pydantic
+import yaml
+
+from ._limits import QuotaLimits
+from ._subagents import DEFAULT_SUMMARY_PROMPT, SubagentConfig, SubagentTask
+from .errors import ConfigError
+from .providers import OpenAIProvider
+from .providers._base import Provider
+
+__all__ = (
+    "DEFAULT_BASE_URLS",
+    "OVERRIDE_KEYS",
+    "AgentSettings",
+    "PrometheusSettings",
+    "ProviderSettings",
+    "ProviderType",
+    "SubagentSettings",
+    "TelemetrySettings",
+    "XzatomaConfig",
+    "apply_overrides",
+    "load_config",
+    "load_tasks",
+)
+
+ProviderType = Literal["openai", "ollama", "vllm", "llamacpp", "lmstudio"]
+"""Every type is the same OpenAI-compatible client; the type only picks a default base URL."""
+
+DEFAULT_BASE_URLS: Mapping[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "ollama": "http://127.0.0.1:11434/v1",
+    "vllm": "http://127.0.0.1:8000/v1",
+    "llamacpp": "http://127.0.0.1:8080/v1",
+    "lmstudio": "http://127.0.0.1:1234/v1",
+}
+
+_API_KEY_HINT = (
+    "an API key is never read from a file or a flag; put the name of the environment "
+    "variable that holds it in provider.api_key_env (or pass --api-key-env NAME)"
+)
+
+
+class _Section(pydantic.BaseModel):
+    # strict: YAML already gives typed values, so "3" for an integer is a mistake to report.
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ProviderSettings(_Section):
+    """``provider``: which OpenAI-compatible endpoint to call."""
+
+    type: ProviderType | None = None
+    """``openai``, ``ollama``, ``vllm``, ``llamacpp`` or ``lmstudio``: one client, a default URL."""
+    base_url: str | None = None
+    """The API root, e.g. ``http://127.0.0.1:11434/v1``; defaults to the type's URL."""
+    model: str | None = None
+    """The model name the endpoint serves."""
+    api_key_env: str | None = None
+    """The environment variable holding the API key (none: send no key)."""
+
+    @property
+    def endpoint(self) -> str | None:
+        """The base URL to call: ``base_url``, else the type's default, else None."""
+        if self.base_url is not None:
+            return self.base_url
+        return DEFAULT_BASE_URLS[self.type] if self.type is not None else None
+
+
+def _provider_shorthand(value: object) -> object:
+    # `provider: ollama` under agent.subagent is short for `provider: {type: ollama}`.
+    return {"type": value} if isinstance(value, str) else value
+
+
+class SubagentSettings(_Section):
+    """``agent.subagent``: how subagents are spawned, and the quota they share."""
+
+    max_depth: int = 3
+    """Deepest level a subagent may run at (the root is 0); 1..10."""
+    default_max_turns: int = 10
+    """Model calls a subagent may make when its task does not say; 1..100."""
+    output_max_size: int = 1_048_576
+    """Bytes of a child's output the parent receives; at least 1024."""
+    max_concurrent: int = 5
+    """Tasks of one parallel batch in flight at once."""
+    summary_prompt: str | None = DEFAULT_SUMMARY_PROMPT
+    """Asked after each task; ``null`` turns the summary turn off."""
+    timeout_seconds: float | None = None
+    """Seconds each subagent may run."""
+    max_executions: int | None = None
+    """Subagent executions the whole tree may start."""
+    max_total_tokens: int | None = None
+    """Tokens the whole tree may consume."""
+    max_total_time: float | None = None
+    """Seconds after which no subagent may run."""
+    provider: ProviderSettings | None = None
+    """Another endpoint for subagents (a mapping like ``provider``, or just a type name)."""
+    model: str | None = None
+    """Another model for subagents, on the same endpoint unless ``provider`` is set."""
+
+    _shorthand = pydantic.field_validator("provider", mode="before")(_provider_shorthand)
+
+
+class AgentSettings(_Section):
+    """``agent``: the root agent, and its subagents."""
+
+    max_turns: int = 50
+    """Model calls the root agent may make."""
+    timeout_seconds: float | None = None
+    """Seconds the whole run may take."""
+    subagent: SubagentSettings = SubagentSettings()
+    """How subagents are spawned."""
+
+
+class PrometheusSettings(_Section):
+    """``telemetry.prometheus``: where ``/metrics`` is served."""
+
+    host: str = "127.0.0.1"
+    """The interface to bind; loopback unless you choose otherwise."""
+    port: int = 9464
+    """The TCP port (0 picks a free one)."""
+
+
+class TelemetrySettings(_Section):
+    """``telemetry``: OpenTelemetry metrics and the Prometheus endpoint."""
+
+    enabled: bool = False
+    """Serve ``/metrics`` while a command runs."""
+    prometheus: PrometheusSettings = PrometheusSettings()
+    """Where to serve it."""
+
+
+class XzatomaConfig(_Section):
+    """The whole configuration file; every section is optional."""
+
+    provider: ProviderSettings = ProviderSettings()
+    """The model endpoint."""
+    agent: AgentSettings = AgentSettings()
+    """The root agent and its subagents."""
+    telemetry: TelemetrySettings = TelemetrySettings()
+    """Metrics."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> XzatomaConfig:
+        """Validate a parsed file; raises :class:`ConfigError` with one readable line."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                "the configuration must be a mapping with the sections provider, agent, "
+                f"telemetry; got {type(data).__name__}"
+            )
+        try:
+            config = cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Check the limits pydantic's types cannot express (the section 6 messages)."""
+        self.subagent_config()
+        self.quota_limits()
+        p, a = "agent.subagent", self.agent
+        if a.max_turns < 1:
+            raise ConfigError("agent.max_turns must be greater than 0")
+        if a.timeout_seconds is not None and not a.timeout_seconds > 0:
+            raise ConfigError("agent.timeout_seconds must be greater than 0")
+        if not 0 <= self.telemetry.prometheus.port <= 65535:
+            raise ConfigError("telemetry.prometheus.port must be between 0 and 65535")
+        for name, section in (("provider", self.provider), (f"{p}.provider", a.subagent.provider)):
+            url = section.base_url if section is not None else None
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{name}.base_url must start with http:// or https://")
+
+    def subagent_config(self, provider: Provider | None = None) -> SubagentConfig:
+        """The core's :class:`SubagentConfig` (it raises the section 6 messages)."""
+        s = self.agent.subagent
+        return SubagentConfig(
+            max_depth=s.max_depth,
+            default_max_turns=s.default_max_turns,
+            output_max_size=s.output_max_size,
+            max_concurrent=s.max_concurrent,
+            summary_prompt=s.summary_prompt,
+            timeout=s.timeout_seconds,
+            provider=provider,
+            model=s.model,
+        )
+
+    def quota_limits(self) -> QuotaLimits:
+        """The shared quota, with messages naming the configuration keys."""
+        s, p = self.agent.subagent, "agent.subagent"
+        for name in ("max_executions", "max_total_tokens"):
+            value = getattr(s, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{p}.{name} must be at least 0")
+        if s.max_total_time is not None and not s.max_total_time > 0:
+            raise ConfigError(f"{p}.max_total_time must be greater than 0")
+        return QuotaLimits(s.max_executions, s.max_total_tokens, s.max_total_time)
+
+    def build_provider(
+        self, env: Mapping[str, str] | None = None, *, subagents: bool = False
+    ) -> OpenAIProvider | None:
+        """The client for ``provider``; None when no endpoint is given.
+
+        With ``subagents``: the client for subagents when ``agent.subagent.provider`` or
+        ``agent.subagent.model`` asks for one, else None (children use the parent's).
+        Raises :class:`ConfigError` when there is an endpoint but no model, or when
+        ``api_key_env`` names a variable that is not set.
+        """
+        s = self.agent.subagent
+        section, where, model = self.provider, "provider", self.provider.model
+        if subagents:
+            if s.provider is None and s.model is None:
+                return None
+            if s.provider is not None:
+                section, where = s.provider, "agent.subagent.provider"
+            model = (s.provider.model if s.provider else None) or s.model or model
+        if section.endpoint is None:
+            return None
+        if not model:
+            raise ConfigError(f"no model given for {section.endpoint}: set {where}.model")
+        key = None
+        if section.api_key_env:
+            key = (os.environ if env is None else env).get(section.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"environment variable {section.api_key_env} (named by {where}.api_key_env) "
+                    "is not set"
+                )
+        return OpenAIProvider(section.endpoint, model, api_key=key)
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """The first problem, named by its dotted key."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        if loc[-1] in ("api_key", "key", "token", "api_token"):
+            return f"unknown key '{key}': {_API_KEY_HINT}"
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{key}'{hint}; allowed here: {', '.join(known)}"
+    if error["type"] in ("model_type", "dict_type"):
+        return f"{key} must be a mapping of keys, got {error.get('input')!r}"
+    got = error.get("input")
+    shown = "" if isinstance(got, Mapping) else f", got {got!r}"
+    return f"{key}: {_readable(error['msg'])}{shown}"
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model: type[pydantic.BaseModel] = XzatomaConfig
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        nested = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
+        model = nested[0] if nested else pydantic.BaseModel
+    return list(model.model_fields)
+
+
+def _is_model(value: object) -> TypeGuard[type[pydantic.BaseModel]]:
+    return isinstance(value, type) and issubclass(value, pydantic.BaseModel)
+
+
+def _readable(message: str) -> str:
+    return message[0].lower() + message[1:] if message else message
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+
+
+def _yaml(path: Path, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> XzatomaConfig:
+    """Read and validate a YAML configuration file.
+
+    Raises :class:`ConfigError` (``"{path}: {problem}"``) for a missing or unreadable file,
+    invalid YAML, an unknown key or an invalid value. An empty file is all defaults.
+    """
+    path = Path(path)
+    data = _yaml(path, _read(path, "configuration"))
+    try:
+        return XzatomaConfig.from_dict({} if data is None else data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+_OVERRIDES: Mapping[str, tuple[str, ...]] = {
+    "provider_type": ("provider", "type"),
+    "base_url": ("provider", "base_url"),
+    "model": ("provider", "model"),
+    "api_key_env": ("provider", "api_key_env"),
+    "max_turns": ("agent", "max_turns"),
+    "timeout": ("agent", "timeout_seconds"),
+    "max_depth": ("agent", "subagent", "max_depth"),
+    "subagent_max_turns": ("agent", "subagent", "default_max_turns"),
+    "max_concurrent": ("agent", "subagent", "max_concurrent"),
+    "max_executions": ("agent", "subagent", "max_executions"),
+    "max_total_tokens": ("agent", "subagent", "max_total_tokens"),
+    "max_total_time": ("agent", "subagent", "max_total_time"),
+    "metrics_host": ("telemetry", "prometheus", "host"),
+    "metrics_port": ("telemetry", "prometheus", "port"),
+}
+
+
+OVERRIDE_KEYS: Mapping[str, str] = {name: ".".join(path) for name, path in _OVERRIDES.items()}
+"""The names :func:`apply_overrides` accepts, each with the dotted key it sets."""
+
+
+def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig:
+    """A copy of ``config`` with the command line's values on top (``None`` = not given).
+
+    Keys: ``provider_type``, ``base_url``, ``model``, ``api_key_env``, ``max_turns``,
+    ``timeout``, ``max_depth``, ``subagent_max_turns``, ``max_concurrent``,
+    ``max_executions``, ``max_total_tokens``, ``max_total_time``, ``metrics_host``,
+    ``metrics_port`` (a port also turns ``telemetry.enabled`` on). The result is validated
+    again, so an override gets the same messages as the file.
+    """
+    data = config.model_dump()
+    for name, value in overrides.items():
+        if name not in _OVERRIDES:
+            raise TypeError(f"apply_overrides() got an unexpected override {name!r}")
+        if value is None:
+            continue
+        *parents, leaf = _OVERRIDES[name]
+        section = data
+        for part in parents:
+            section = section[part]
+        section[leaf] = value
+        if name == "metrics_port":
+            data["telemetry"]["enabled"] = True
+    return XzatomaConfig.from_dict(data)
+
+
+def load_tasks(path: str | os.PathLike[str]) -> list[SubagentTask]:
+    """Read the tasks of ``xzatoma batch``: ``.jsonl`` (one JSON object per line) or
+    ``.yaml``/``.yml`` (a list of tasks, or a mapping with a ``tasks`` list).
+
+    Raises :class:`ConfigError` naming the file and the line of the bad task.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: a tasks file must end in .jsonl, .yaml or .yml")
+    text = _read(path, "tasks")
+    items: list[tuple[int, object]] = []
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((number, json.loads(line)))
+                except ValueError as exc:
+                    raise ConfigError(f"{path}, line {number}: invalid JSON: {exc}") from None
+    else:
+        items = _yaml_items(path, text)
+    if not items:
+        raise ConfigError(f"{path}: no tasks")
+    tasks = []
+    for number, item in items:
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{path}, line {number}: a task must be a mapping, got {item!r}")
+        try:
+            tasks.append(SubagentTask.model_validate(item))
+        except pydantic.ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            key = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                allowed = ", ".join(SubagentTask.model_fields)
+                detail = f"unknown key '{key}'; a task has: {allowed}"
+            else:
+                detail = f"{key}: {_readable(error['msg'])}"
+            raise ConfigError(f"{path}, line {number}: {detail}") from None
+    return tasks
+
+
+def _yaml_items(path: Path, text: str) -> list[tuple[int, object]]:
+    data = _yaml(path, text)
+    if isinstance(data, Mapping) and set(data) == {"tasks"}:
+        data = data["tasks"]
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a list of tasks, or a mapping with a 'tasks' list")
+    node = yaml.compose(text)  # the same document again, for the line of each item
+    if isinstance(node, yaml.MappingNode):
+        node = node.value[0][1]
+    lines = [item.start_mark.line + 1 for item in node.value] if node is not None else []
+    return list(zip(lines, data, strict=True))

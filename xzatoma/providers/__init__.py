@@ -1,0 +1,8 @@
+"""Model providers: the protocol and the OpenAI-compatible client."""
+
+from __future__ import annotations
+
+from ._base import Provider as Provider
+from .openai import OpenAIProvider as OpenAIProvider
+
+__all__ = ("OpenAIProvider", "Provider")

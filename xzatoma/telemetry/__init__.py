@@ -1,0 +1,43 @@
+"""OpenTelemetry for xzatoma: subagent metrics, GenAI metrics and spans, Prometheus ``/metrics``.
+
+The core emits events; :class:`TelemetrySubscriber` (which ``Runtime`` subscribes by default)
+records them to the providers set with :func:`configure`, or to OpenTelemetry's global ones,
+which are the no-op API until an SDK is installed. :func:`start_metrics_server` serves them to
+Prometheus. This package is the only part of xzatoma that imports ``opentelemetry``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._config import configure as configure
+from ._metrics import SubagentMetrics as SubagentMetrics
+from ._server import MetricsServer as MetricsServer
+from ._server import start_metrics_server as start_metrics_server
+from ._subscriber import TelemetrySubscriber as TelemetrySubscriber
+
+if TYPE_CHECKING:
+    from ._capture import HistogramSnapshot as HistogramSnapshot
+    from ._capture import TelemetryCapture as TelemetryCapture
+    from ._capture import capture_telemetry as capture_telemetry
+
+__all__ = (
+    "configure",
+    "start_metrics_server",
+    "MetricsServer",
+    "SubagentMetrics",
+    "TelemetrySubscriber",
+    # testing
+    "capture_telemetry",
+    "TelemetryCapture",
+    "HistogramSnapshot",
+)
+
+
+def __getattr__(name: str) -> object:
+    # The in-memory capture pulls in the OTel SDK; import it only when a test asks for it.
+    if name in ("HistogramSnapshot", "TelemetryCapture", "capture_telemetry"):
+        from . import _capture
+
+        return getattr(_capture, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,121 @@
+"""Which OpenTelemetry providers xzatoma records to: ``configure()`` and the state it sets.
+
+One module-level state object, read on every event, so subscribers made before ``configure()``
+follow it. Each ``configure()`` bumps a generation number and drops the cached meter and
+tracer; the instruments are cached against that number, so the hot path looks nothing up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry import metrics, trace
+
+from . import _names
+
+__all__ = (
+    "Configuration",
+    "configuration",
+    "configure",
+    "meter_is_configured",
+    "restore",
+    "state",
+)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """The providers set by ``configure()``; ``None`` means OpenTelemetry's global one."""
+
+    meter_provider: metrics.MeterProvider | None = None
+    tracer_provider: trace.TracerProvider | None = None
+
+
+class _State:
+    """The current configuration, with the meter and tracer looked up from it (cached)."""
+
+    __slots__ = ("_meter", "_tracer", "config", "generation")
+
+    def __init__(self) -> None:
+        self.config = Configuration()
+        self.generation = 0
+        self._meter: metrics.Meter | None = None
+        self._tracer: trace.Tracer | None = None
+
+    def set(self, config: Configuration) -> None:
+        self.config = config
+        self.generation += 1
+        self._meter = None
+        self._tracer = None
+
+    def meter(self) -> metrics.Meter:
+        meter = self._meter
+        if meter is None:
+            provider = self.config.meter_provider or metrics.get_meter_provider()
+            meter = self._meter = provider.get_meter(_names.SCOPE, _version())
+        return meter
+
+    def tracer(self) -> trace.Tracer:
+        tracer = self._tracer
+        if tracer is None:
+            provider = self.config.tracer_provider or trace.get_tracer_provider()
+            tracer = self._tracer = provider.get_tracer(_names.SCOPE, _version())
+        return tracer
+
+
+state = _State()
+"""The process-wide telemetry configuration of xzatoma."""
+
+
+def configure(
+    meter_provider: metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> None:
+    """Record xzatoma's metrics and spans to these providers.
+
+    Either left out (``None``) means OpenTelemetry's global provider, which is the no-op API
+    until an SDK is installed with ``opentelemetry.metrics.set_meter_provider`` /
+    ``opentelemetry.trace.set_tracer_provider``. Calling ``configure()`` with no arguments
+    goes back to the global providers. Subscribers that already exist follow the change at
+    their next event; a subagent execution already counted finishes on the provider it
+    started on, so ``active_count`` always returns to zero where it went up.
+
+    Args:
+        meter_provider: Where the ``subagent.*`` and ``gen_ai.client.*`` instruments go.
+        tracer_provider: Where the ``invoke_agent``, ``execute_tool`` and ``chat`` spans go.
+    """
+    state.set(Configuration(meter_provider, tracer_provider))
+
+
+def configuration() -> Configuration:
+    """The current configuration, to restore later with :func:`restore`."""
+    return state.config
+
+
+def restore(config: Configuration) -> None:
+    """Put back a configuration returned by :func:`configuration`."""
+    state.set(config)
+
+
+def meter_is_configured() -> bool:
+    """Whether metrics go anywhere: a provider was configured, or a global SDK is installed."""
+    if state.config.meter_provider is not None:
+        return True
+    return not _is_noop(metrics.get_meter_provider())
+
+
+def _is_noop(provider: metrics.MeterProvider) -> bool:
+    if isinstance(provider, metrics.NoOpMeterProvider):
+        return True
+    # Until the global provider is set, the API hands out a proxy that forwards to nothing.
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - a future API that renamed its private proxy
+        return False
+    return isinstance(provider, _ProxyMeterProvider)

@@ -1,0 +1,280 @@
+"""The instruments of DESIGN.md section 5, and ``SubagentMetrics``, the per-execution recorder.
+
+``SubagentMetrics`` is the Python form of the seed's panic-safe recorder: it counts an
+execution and raises ``active_count`` when made, records its outcome exactly once, and, used
+as a context manager, records ``cancelled`` or ``execution_failed`` for an exit that recorded
+nothing, so ``executions = completions + errors`` and ``active = 0`` hold at rest whatever
+happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+from typing import Final, Literal, get_args
+
+import anyio
+from opentelemetry import metrics
+
+from .._result import ErrorType
+from . import _names as n
+from ._config import state
+
+__all__ = (
+    "BATCH_SIZE_BUCKETS",
+    "DURATION_BUCKETS",
+    "OPERATION_DURATION_BUCKETS",
+    "TOKEN_BUCKETS",
+    "TURN_BUCKETS",
+    "Instruments",
+    "SubagentMetrics",
+    "current_instruments",
+)
+
+DURATION_BUCKETS: Final = tuple(round(0.1 * 2**k, 1) for k in range(13))
+"""Seconds, as ``gen_ai.invoke_agent.duration``: 0.1, 0.2, 0.4 ... 409.6 (doubling)."""
+TOKEN_BUCKETS: Final = tuple(float(4**k) for k in range(14))
+"""Tokens, as ``gen_ai.client.token.usage``: 1, 4, 16 ... 67108864 (times four)."""
+TURN_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 100.0)
+"""Model calls per execution."""
+BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+"""Tasks per parallel batch."""
+OPERATION_DURATION_BUCKETS: Final = tuple(round(0.01 * 2**k, 2) for k in range(14))
+"""Seconds, as ``gen_ai.client.operation.duration``: 0.01, 0.02, 0.04 ... 81.92 (doubling)."""
+
+_ERROR_TYPES: Final = frozenset(get_args(ErrorType))
+_COMPLETION_STATUSES: Final = frozenset({"complete", "incomplete"})
+
+
+class Instruments:
+    """Every instrument xzatoma records, created once per meter."""
+
+    __slots__ = (
+        "active",
+        "batch_size",
+        "batches",
+        "completions",
+        "duration",
+        "errors",
+        "executions",
+        "operation_duration",
+        "token_usage",
+        "tokens",
+        "turns",
+    )
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.executions = meter.create_counter(
+            n.EXECUTIONS, n.UNIT_EXECUTION, "Subagent spawn attempts, refused ones included."
+        )
+        self.duration = meter.create_histogram(
+            n.DURATION,
+            n.UNIT_SECONDS,
+            "Seconds from spawn to end of every finished subagent execution.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.turns = meter.create_histogram(
+            n.TURNS_USED,
+            n.UNIT_TURN,
+            "Model calls of each subagent execution that made at least one.",
+            explicit_bucket_boundaries_advisory=TURN_BUCKETS,
+        )
+        self.tokens = meter.create_histogram(
+            n.TOKENS_CONSUMED,
+            n.UNIT_TOKEN,
+            "Tokens of each subagent execution that consumed any, failed ones included.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.completions = meter.create_counter(
+            n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
+        )
+        self.errors = meter.create_counter(
+            n.ERRORS, n.UNIT_ERROR, "Refused, failed, timed-out or cancelled subagent executions."
+        )
+        self.active = meter.create_up_down_counter(
+            n.ACTIVE_COUNT, n.UNIT_EXECUTION, "Subagent executions in progress."
+        )
+        self.batches = meter.create_counter(
+            n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
+        )
+        self.batch_size = meter.create_histogram(
+            n.BATCH_SIZE,
+            n.UNIT_TASK,
+            "Tasks per parallel subagent batch.",
+            explicit_bucket_boundaries_advisory=BATCH_SIZE_BUCKETS,
+        )
+        self.token_usage = meter.create_histogram(
+            n.TOKEN_USAGE,
+            n.UNIT_TOKEN,
+            "Input and output tokens of each model call.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.operation_duration = meter.create_histogram(
+            n.OPERATION_DURATION,
+            n.UNIT_SECONDS,
+            "Seconds of each model call.",
+            explicit_bucket_boundaries_advisory=OPERATION_DURATION_BUCKETS,
+        )
+
+
+class _Cache:
+    __slots__ = ("generation", "instruments")
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.instruments: Instruments | None = None
+
+
+_cache = _Cache()
+
+
+def current_instruments() -> Instruments:
+    """The instruments of the current configuration (made on first use after ``configure``)."""
+    cache = _cache
+    if cache.instruments is None or cache.generation != state.generation:
+        generation = state.generation
+        cache.instruments = Instruments(state.meter())
+        cache.generation = generation
+    return cache.instruments
+
+
+class SubagentMetrics:
+    """Records one subagent execution: counted when made, its outcome exactly once.
+
+    Making one adds 1 to ``subagent.executions`` and ``subagent.active_count`` at ``depth``.
+    Then exactly one of :meth:`record_completion` or :meth:`record_error` takes effect (a
+    second call is ignored and returns False); either records the duration, the turns and
+    tokens when there were any, and brings ``active_count`` back down. Used as a context
+    manager, an exit that recorded nothing records ``cancelled`` on cancellation and
+    ``execution_failed`` otherwise (an exception, or a caller that forgot), so the invariant
+    ``executions = completions + errors`` holds whatever the exit.
+
+    Args:
+        label: The task's label; kept for ``repr`` and logs, never used as an attribute.
+        depth: The subagent's depth (1 for a child of the root).
+        instruments: Where to record; default: those of the current :func:`configure`.
+    """
+
+    __slots__ = ("_attrs", "_instruments", "_recorded", "_started", "depth", "label")
+
+    def __init__(self, label: str, depth: int, *, instruments: Instruments | None = None) -> None:
+        self.label = label
+        self.depth = depth
+        self._instruments = instruments if instruments is not None else current_instruments()
+        self._attrs: dict[str, int] = {n.DEPTH: depth}
+        self._recorded = False
+        self._started = time.monotonic()
+        self._instruments.executions.add(1, self._attrs)
+        self._instruments.active.add(1, self._attrs)
+
+    def __repr__(self) -> str:
+        state = "recorded" if self._recorded else "active"
+        return f"SubagentMetrics(label={self.label!r}, depth={self.depth}, {state})"
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the outcome has been recorded (active_count is back down)."""
+        return self._recorded
+
+    def record_completion(
+        self,
+        turns: int,
+        tokens: int,
+        status: Literal["complete", "incomplete"] = "complete",
+        *,
+        duration: float | None = None,
+    ) -> bool:
+        """Record a run that returned an answer (``complete``, or ``incomplete``: out of turns).
+
+        Args:
+            turns: Model calls the execution made.
+            tokens: Tokens it consumed.
+            status: ``complete`` or ``incomplete``.
+            duration: Seconds it took; default: since this recorder was made.
+
+        Returns:
+            True if this call recorded the outcome, False if one was already recorded.
+        """
+        if status not in _COMPLETION_STATUSES:
+            raise ValueError(f"status must be 'complete' or 'incomplete', got {status!r}")
+        if self._recorded:
+            return False
+        self._recorded = True
+        try:
+            self._instruments.completions.add(1, {n.DEPTH: self.depth, n.STATUS: status})
+        finally:
+            self._finish(status, turns, tokens, duration)
+        return True
+
+    def record_error(
+        self,
+        error_type: ErrorType,
+        *,
+        turns: int = 0,
+        tokens: int = 0,
+        duration: float | None = None,
+    ) -> bool:
+        """Record a refused, failed, timed-out or cancelled execution.
+
+        Args:
+            error_type: One of the bounded set (``quota_exceeded``, ``max_depth_reached``,
+                ``invalid_input``, ``initialization_failed``, ``execution_failed``,
+                ``timeout``, ``cancelled``).
+            turns: Model calls it made before it ended.
+            tokens: Tokens it consumed before it ended.
+            duration: Seconds it took; default: since this recorder was made.
+
+        Returns:
+            True if this call recorded the outcome, False if one was already recorded.
+        """
+        if error_type not in _ERROR_TYPES:
+            raise ValueError(f"unknown error_type {error_type!r}")
+        if self._recorded:
+            return False
+        self._recorded = True
+        status = "cancelled" if error_type == "cancelled" else "failed"
+        try:
+            self._instruments.errors.add(1, {n.DEPTH: self.depth, n.ERROR_TYPE: error_type})
+        finally:
+            self._finish(status, turns, tokens, duration)
+        return True
+
+    def _finish(self, status: str, turns: int, tokens: int, duration: float | None) -> None:
+        inst, attrs = self._instruments, self._attrs
+        try:
+            if duration is None:
+                duration = time.monotonic() - self._started
+            inst.duration.record(duration, {n.DEPTH: self.depth, n.STATUS: status})
+            if turns > 0:
+                inst.turns.record(turns, attrs)
+            if tokens > 0:
+                inst.tokens.record(tokens, attrs)
+        finally:
+            inst.active.add(-1, attrs)
+
+    def __enter__(self) -> SubagentMetrics:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._recorded:
+            cancelled = exc is not None and _is_cancellation(exc)
+            self.record_error("cancelled" if cancelled else "execution_failed")
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the async library's cancellation (or a group of nothing else)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except RuntimeError:  # no async library running (sniffio found none): not a cancellation
+        return False
+    return isinstance(exc, cancelled)

@@ -1,0 +1,105 @@
+"""Every metric, span and attribute name xzatoma's telemetry uses, spelled once.
+
+The subagent instruments are the contract of DESIGN.md section 5; the ``gen_ai.*`` names follow
+the OpenTelemetry GenAI semantic conventions. The Prometheus exporter turns ``.`` into ``_``,
+appends ``_total`` to counters and the unit (``_seconds``) when the unit is a real one; units in
+braces such as ``{execution}`` are annotations and add nothing. The Prometheus names the
+instruments come out under are listed here too, for tests and docs.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCOPE: Final = "xzatoma"
+"""Meter and tracer scope name (the version is the package's)."""
+
+# -- subagent instruments (DESIGN.md section 5) ----------------------------------------------
+EXECUTIONS: Final = "subagent.executions"
+DURATION: Final = "subagent.duration"
+TURNS_USED: Final = "subagent.turns_used"
+TOKENS_CONSUMED: Final = "subagent.tokens_consumed"
+COMPLETIONS: Final = "subagent.completions"
+ERRORS: Final = "subagent.errors"
+ACTIVE_COUNT: Final = "subagent.active_count"
+BATCHES: Final = "subagent.batches"
+BATCH_SIZE: Final = "subagent.batch.size"
+
+# -- GenAI client instruments ----------------------------------------------------------------
+TOKEN_USAGE: Final = "gen_ai.client.token.usage"
+OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+
+PROMETHEUS_NAMES: Final = {
+    EXECUTIONS: "subagent_executions_total",
+    DURATION: "subagent_duration_seconds",
+    TURNS_USED: "subagent_turns_used",
+    TOKENS_CONSUMED: "subagent_tokens_consumed",
+    COMPLETIONS: "subagent_completions_total",
+    ERRORS: "subagent_errors_total",
+    ACTIVE_COUNT: "subagent_active_count",
+    BATCHES: "subagent_batches_total",
+    BATCH_SIZE: "subagent_batch_size",
+    TOKEN_USAGE: "gen_ai_client_token_usage",
+    OPERATION_DURATION: "gen_ai_client_operation_duration_seconds",
+}
+"""Instrument name -> the metric family name in the Prometheus text exposition."""
+
+# -- units -----------------------------------------------------------------------------------
+UNIT_SECONDS: Final = "s"
+UNIT_EXECUTION: Final = "{execution}"
+UNIT_TURN: Final = "{turn}"
+UNIT_TOKEN: Final = "{token}"
+UNIT_ERROR: Final = "{error}"
+UNIT_BATCH: Final = "{batch}"
+UNIT_TASK: Final = "{task}"
+
+# -- metric attributes (bounded values only: never a label, prompt or id) --------------------
+DEPTH: Final = "depth"
+STATUS: Final = "status"
+ERROR_TYPE: Final = "error_type"
+
+# -- GenAI attributes ------------------------------------------------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+OTEL_ERROR_TYPE: Final = "error.type"
+
+TOKEN_TYPE_INPUT: Final = "input"
+TOKEN_TYPE_OUTPUT: Final = "output"
+
+OP_CHAT: Final = "chat"
+OP_INVOKE_AGENT: Final = "invoke_agent"
+OP_EXECUTE_TOOL: Final = "execute_tool"
+
+# -- xzatoma span attributes -----------------------------------------------------------------
+XZ_DEPTH: Final = "xzatoma.depth"
+XZ_LABEL: Final = "xzatoma.label"
+XZ_STATUS: Final = "xzatoma.status"
+XZ_TURNS: Final = "xzatoma.turns"
+XZ_TOTAL_TOKENS: Final = "xzatoma.usage.total_tokens"
+
+TOOL_ERROR: Final = "tool_error"
+"""``error.type`` of an ``execute_tool`` span whose tool answered ``Error: ...``."""
+CANCELLED: Final = "cancelled"
+
+
+def invoke_agent_span(name: str) -> str:
+    """``invoke_agent {name}``: the span of one agent run."""
+    return f"{OP_INVOKE_AGENT} {name}"
+
+
+def execute_tool_span(tool: str) -> str:
+    """``execute_tool {tool}``: the span of one tool call."""
+    return f"{OP_EXECUTE_TOOL} {tool}"
+
+
+def chat_span(model: str) -> str:
+    """``chat {model}``: the span of one model call."""
+    return f"{OP_CHAT} {model}"
