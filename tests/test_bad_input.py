@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from _http_server import Reply, ScriptedHTTPServer
 
 from xzatoma import Agent, Completion, Message, OpenAIProvider, Runtime, SubagentConfig, ToolSpec
 from xzatoma import tool as make_tool
+from xzatoma.cli import main
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 pytestmark = pytest.mark.anyio
@@ -185,11 +187,168 @@ async def test_provider_reply_defects_fail_the_run_with_a_clear_error(
     assert "Traceback" not in (result.error or "")
 
 
+# -- configuration files, through `xzatoma config validate` -------------------------------
+
+CONFIG_CASES: dict[str, tuple[str, str]] = {
+    "unknown top-level key": ("agnt: {}\n", "unknown key 'agnt' (did you mean 'agent'?)"),
+    "unknown nested key": (
+        "agent:\n  subagent:\n    max_dept: 3\n",
+        "unknown key 'agent.subagent.max_dept' (did you mean 'max_depth'?)",
+    ),
+    "api key in the file": (
+        "provider:\n  api_key: sk-x\n",
+        "an API key is never read from a file or a flag",
+    ),
+    "max_depth 0": (
+        "agent:\n  subagent:\n    max_depth: 0\n",
+        "agent.subagent.max_depth must be greater than 0",
+    ),
+    "max_depth 11": (
+        "agent:\n  subagent:\n    max_depth: 11\n",
+        "agent.subagent.max_depth cannot exceed 10 (stack overflow risk)",
+    ),
+    "default_max_turns 0": (
+        "agent:\n  subagent:\n    default_max_turns: 0\n",
+        "agent.subagent.default_max_turns must be greater than 0",
+    ),
+    "default_max_turns 101": (
+        "agent:\n  subagent:\n    default_max_turns: 101\n",
+        "agent.subagent.default_max_turns cannot exceed 100",
+    ),
+    "output_max_size 1023": (
+        "agent:\n  subagent:\n    output_max_size: 1023\n",
+        "agent.subagent.output_max_size must be at least 1024 bytes",
+    ),
+    "wrong type": ("agent:\n  max_turns: ten\n", "agent.max_turns: input should be a valid"),
+    "number as a string": (
+        "agent:\n  subagent:\n    max_depth: '3'\n",
+        "agent.subagent.max_depth: input should be a valid integer, got '3'",
+    ),
+    "negative timeout": ("agent:\n  timeout_seconds: -1\n", "must be greater than 0"),
+    "unknown provider type": (
+        "provider:\n  type: anthropic\n",
+        "provider.type: input should be 'openai', 'ollama'",
+    ),
+    "port out of range": (
+        "telemetry:\n  prometheus:\n    port: 70000\n",
+        "telemetry.prometheus.port must be between 0 and 65535",
+    ),
+    "section not a mapping": ("agent: [1, 2]\n", "agent must be a mapping of keys"),
+    "negative token limit": (
+        "agent:\n  subagent:\n    max_total_tokens: -1\n",
+        "agent.subagent.max_total_tokens must be at least 0",
+    ),
+    "base_url not http": (
+        "provider:\n  base_url: ftp://x\n",
+        "provider.base_url must start with http:// or https://",
+    ),
+    "YAML syntax error": ("agent: {max_turns: [\n", ""),
+    "not a mapping at all": ("- 1\n- 2\n", ""),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_config_defects(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text, expected = CONFIG_CASES[case]
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    code = main(["config", "validate", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert_one_error_line(err)
+    assert expected in err
+
+
+# -- command-line misuse ---------------------------------------------------------------------
+
+CLI_CASES: dict[str, tuple[list[str], str]] = {
+    "no command": ([], "xzatoma: error:"),
+    "unknown command": (["fly"], "invalid choice: 'fly'"),
+    "unknown flag": (["run", "--frobnicate", "x"], "unrecognized arguments: --frobnicate"),
+    "run without a prompt or endpoint": (["run"], "xzatoma: error:"),
+    "max-depth not a number": (["run", "--max-depth", "deep", "x"], "--max-depth"),
+    "max-depth 0": (
+        ["run", "--max-depth", "0", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "x"],
+        "max_depth must be greater than 0",
+    ),
+    "max-concurrent 0": (
+        [
+            "run",
+            "--max-concurrent",
+            "0",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "x",
+        ],
+        "max_concurrent must be greater than 0",
+    ),
+    "no endpoint": (["run", "hello"], "xzatoma demo"),
+    "unset api key variable": (
+        [
+            "run",
+            "--api-key-env",
+            "XZ_SURELY_UNSET_VAR",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "x",
+        ],
+        "XZ_SURELY_UNSET_VAR",
+    ),
+    "missing config file": (["run", "--config", "/nonexistent/x.yaml", "x"], "/nonexistent/x.yaml"),
+    "missing batch file": (
+        [
+            "batch",
+            "/nonexistent/tasks.jsonl",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+        ],
+        "/nonexistent/tasks.jsonl",
+    ),
+    "validate without a file": (["config", "validate"], "xzatoma: error:"),
+    "unreachable endpoint": (
+        ["run", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "x"],
+        "could not connect",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_command_line_misuse(
+    case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XZ_SURELY_UNSET_VAR", raising=False)
+    argv, expected = CLI_CASES[case]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code  # type: ignore[assignment]
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert_one_error_line(err)
+    assert expected in err
+
+
+def assert_one_error_line(err: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("xzatoma: error: ")]
+    assert len(errors) == 1, err
+
+
 def count_cases() -> dict[str, int]:
     """How many bad-input cases the suite holds (quoted in the closing note)."""
     return {
         "tool arguments": len(TOOL_ARGUMENT_CASES) + 1,
         "provider replies": len(PROVIDER_REPLY_CASES),
+        "configuration": len(CONFIG_CASES),
+        "command line": len(CLI_CASES),
     }
 
 

@@ -647,7 +647,7 @@ async def test_a_broken_meter_provider_turns_metrics_off_and_spans_go_on(
         result = await runtime.run("root")
     assert result.status == "complete"
     assert len(caplog.records) == 1
-    assert "metrics are off" in caplog.records[0].getMessage()
+    assert "metrics is off" in caplog.records[0].getMessage()
     assert len(captured.spans_named("invoke_agent subagent")) == 1
     assert len(captured.spans_named("chat scripted")) == 3
     assert subscriber.in_flight == 0

@@ -206,11 +206,12 @@ class Hooks:
 
     def add(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every later event."""
-        self._hooks.append(hook)
+        self._hooks = [*self._hooks, hook]
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber, in subscription order."""
-        for hook in tuple(self._hooks):
+        # The list is replaced, never changed in place, so iterating it needs no copy.
+        for hook in self._hooks:
             try:
                 hook(event)
             except Exception:
@@ -219,5 +220,4 @@ class Hooks:
                     hook,
                     type(event).__name__,
                 )
-                if hook in self._hooks:
-                    self._hooks.remove(hook)
+                self._hooks = [h for h in self._hooks if h is not hook]

@@ -61,6 +61,16 @@ class _State:
             meter = self._meter = provider.get_meter(_names.SCOPE, _version())
         return meter
 
+    def tracing(self) -> bool:
+        """Whether spans can go anywhere: a provider was configured, or a global SDK is set.
+
+        Read at every span start (a cheap global look-up), so a global provider installed
+        later is picked up; until then no span objects are made at all.
+        """
+        if self.config.tracer_provider is not None:
+            return True
+        return not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+
     def tracer(self) -> trace.Tracer:
         tracer = self._tracer
         if tracer is None:
@@ -68,6 +78,8 @@ class _State:
             tracer = self._tracer = provider.get_tracer(_names.SCOPE, _version())
         return tracer
 
+
+_NO_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 state = _State()
 """The process-wide telemetry configuration of xzatoma."""

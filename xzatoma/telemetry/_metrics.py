@@ -10,7 +10,10 @@ happened.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import weakref
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Final, Literal, get_args
 
@@ -29,6 +32,7 @@ __all__ = (
     "TURN_BUCKETS",
     "Instruments",
     "SubagentMetrics",
+    "Tally",
     "current_instruments",
 )
 
@@ -47,8 +51,45 @@ _ERROR_TYPES: Final = frozenset(get_args(ErrorType))
 _COMPLETION_STATUSES: Final = frozenset({"complete", "incomplete"})
 
 
+class Tally:
+    """A cumulative sum kept in-process and reported by an observable instrument.
+
+    ``add`` has the signature of ``Counter.add`` but costs a dict update, not an SDK
+    measurement (about 5 µs each in the OTel Python SDK): the SDK reads the totals only when
+    a reader collects, so the cost is per scrape and per series, not per execution. The
+    exported data is the same cumulative sum a synchronous instrument would give.
+    """
+
+    __slots__ = ("_lock", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[tuple[str, str | int], ...], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, amount: int, attributes: Mapping[str, str | int]) -> None:
+        """Add ``amount`` to the series of ``attributes`` (always built in the same order)."""
+        key = tuple(attributes.items())
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def value(self, attributes: Mapping[str, str | int]) -> int:
+        """The current total of one series (0 if it never moved)."""
+        with self._lock:
+            return self._values.get(tuple(attributes.items()), 0)
+
+    def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        """The observable instrument's callback: one observation per series."""
+        with self._lock:
+            items = list(self._values.items())
+        return [metrics.Observation(total, dict(key)) for key, total in items]
+
+
 class Instruments:
-    """Every instrument xzatoma records, created once per meter."""
+    """Every instrument xzatoma records, created once per meter.
+
+    Sums (``executions``, ``completions``, ``errors``, ``active``, ``batches``) are
+    :class:`Tally` objects behind observable counters; histograms are synchronous.
+    """
 
     __slots__ = (
         "active",
@@ -65,8 +106,8 @@ class Instruments:
     )
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self.executions = meter.create_counter(
-            n.EXECUTIONS, n.UNIT_EXECUTION, "Subagent spawn attempts, refused ones included."
+        self.executions = _observable_counter(
+            meter, n.EXECUTIONS, n.UNIT_EXECUTION, "Subagent spawn attempts, refused ones included."
         )
         self.duration = meter.create_histogram(
             n.DURATION,
@@ -86,17 +127,21 @@ class Instruments:
             "Tokens of each subagent execution that consumed any, failed ones included.",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
-        self.completions = meter.create_counter(
-            n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
+        self.completions = _observable_counter(
+            meter, n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
         )
-        self.errors = meter.create_counter(
-            n.ERRORS, n.UNIT_ERROR, "Refused, failed, timed-out or cancelled subagent executions."
+        self.errors = _observable_counter(
+            meter, n.ERRORS, n.UNIT_ERROR, "Refused, failed, timed-out or cancelled executions."
         )
-        self.active = meter.create_up_down_counter(
-            n.ACTIVE_COUNT, n.UNIT_EXECUTION, "Subagent executions in progress."
+        self.active = Tally()
+        meter.create_observable_up_down_counter(
+            n.ACTIVE_COUNT,
+            [self.active.observe],
+            n.UNIT_EXECUTION,
+            "Subagent executions in progress.",
         )
-        self.batches = meter.create_counter(
-            n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
+        self.batches = _observable_counter(
+            meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
         )
         self.batch_size = meter.create_histogram(
             n.BATCH_SIZE,
@@ -118,23 +163,38 @@ class Instruments:
         )
 
 
+def _observable_counter(meter: metrics.Meter, name: str, unit: str, description: str) -> Tally:
+    tally = Tally()
+    meter.create_observable_counter(name, [tally.observe], unit, description)
+    return tally
+
+
 class _Cache:
-    __slots__ = ("generation", "instruments")
+    __slots__ = ("by_meter", "generation", "instruments")
 
     def __init__(self) -> None:
         self.generation = -1
         self.instruments: Instruments | None = None
+        # One set of instruments per meter, ever: an observable instrument registered twice
+        # on one meter would keep only its first callback (and so its first tallies).
+        self.by_meter: weakref.WeakKeyDictionary[metrics.Meter, Instruments] = (
+            weakref.WeakKeyDictionary()
+        )
 
 
 _cache = _Cache()
 
 
 def current_instruments() -> Instruments:
-    """The instruments of the current configuration (made on first use after ``configure``)."""
+    """The instruments of the current configuration (made on first use of each meter)."""
     cache = _cache
     if cache.instruments is None or cache.generation != state.generation:
         generation = state.generation
-        cache.instruments = Instruments(state.meter())
+        meter = state.meter()
+        instruments = cache.by_meter.get(meter)
+        if instruments is None:
+            instruments = cache.by_meter[meter] = Instruments(meter)
+        cache.instruments = instruments
         cache.generation = generation
     return cache.instruments
 
@@ -162,7 +222,7 @@ class SubagentMetrics:
         self.label = label
         self.depth = depth
         self._instruments = instruments if instruments is not None else current_instruments()
-        self._attrs: dict[str, int] = {n.DEPTH: depth}
+        self._attrs = _depth_attributes(depth)
         self._recorded = False
         self._started = time.monotonic()
         self._instruments.executions.add(1, self._attrs)
@@ -202,7 +262,7 @@ class SubagentMetrics:
             return False
         self._recorded = True
         try:
-            self._instruments.completions.add(1, {n.DEPTH: self.depth, n.STATUS: status})
+            self._instruments.completions.add(1, _pair(self.depth, n.STATUS, status))
         finally:
             self._finish(status, turns, tokens, duration)
         return True
@@ -235,7 +295,7 @@ class SubagentMetrics:
         self._recorded = True
         status = "cancelled" if error_type == "cancelled" else "failed"
         try:
-            self._instruments.errors.add(1, {n.DEPTH: self.depth, n.ERROR_TYPE: error_type})
+            self._instruments.errors.add(1, _pair(self.depth, n.ERROR_TYPE, error_type))
         finally:
             self._finish(status, turns, tokens, duration)
         return True
@@ -245,7 +305,7 @@ class SubagentMetrics:
         try:
             if duration is None:
                 duration = time.monotonic() - self._started
-            inst.duration.record(duration, {n.DEPTH: self.depth, n.STATUS: status})
+            inst.duration.record(duration, _pair(self.depth, n.STATUS, status))
             if turns > 0:
                 inst.turns.record(turns, attrs)
             if tokens > 0:
@@ -265,6 +325,27 @@ class SubagentMetrics:
         if not self._recorded:
             cancelled = exc is not None and _is_cancellation(exc)
             self.record_error("cancelled" if cancelled else "execution_failed")
+
+
+_depth_cache: dict[int, dict[str, int]] = {}
+_pair_cache: dict[tuple[int, str, str], dict[str, int | str]] = {}
+
+
+def _depth_attributes(depth: int) -> dict[str, int]:
+    """``{"depth": depth}``, one shared dict per depth (never changed once made)."""
+    found = _depth_cache.get(depth)
+    if found is None:
+        found = _depth_cache[depth] = {n.DEPTH: depth}
+    return found
+
+
+def _pair(depth: int, key: str, value: str) -> dict[str, int | str]:
+    """``{"depth": depth, key: value}``, shared; keys are bounded (depth 0..11, fixed sets)."""
+    cache_key = (depth, key, value)
+    found = _pair_cache.get(cache_key)
+    if found is None:
+        found = _pair_cache[cache_key] = {n.DEPTH: depth, key: value}
+    return found
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -61,7 +61,10 @@ class MetricsServer:
         self._lock = threading.Lock()
         self._stopped = False
         self._thread = threading.Thread(
-            target=httpd.serve_forever, name=f"xzatoma-metrics-{self.port}", daemon=True
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so stop() returns promptly, not after 0.5 s
+            name=f"xzatoma-metrics-{self.port}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -163,7 +166,8 @@ def start_metrics_server(
             owned = (provider, previous)
             configure(provider, previous.tracer_provider)
     try:
-        httpd = _bind(host, port, _metrics_only(prometheus_client.make_wsgi_app(registry)))
+        render = _SingleFlight(lambda: prometheus_client.generate_latest(registry))
+        httpd = _bind(host, port, _metrics_only(render))
     except OSError as exc:
         if owned is not None:
             restore(owned[1])
@@ -182,12 +186,67 @@ def _resource() -> Resource:
     return Resource.create({"service.name": "xzatoma"})
 
 
-def _metrics_only(metrics_app: _WSGIApp) -> _WSGIApp:
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result = b""
+        self.error: BaseException | None = None
+
+
+class _SingleFlight:
+    """At most one collection at a time; scrapes that arrive meanwhile share its result.
+
+    A collection costs milliseconds of CPU under the GIL, so fifty clients scraping at once
+    would otherwise run fifty identical collections and slow the agents down. A shared
+    result is at most one collection old.
+    """
+
+    def __init__(self, produce: Callable[[], bytes]) -> None:
+        self._produce = produce
+        self._lock = threading.Lock()
+        self._flight: _Flight | None = None
+
+    def __call__(self) -> bytes:
+        with self._lock:
+            flight, leader = self._flight, False
+            if flight is None:
+                flight = self._flight = _Flight()
+                leader = True
+        if leader:
+            try:
+                flight.result = self._produce()
+            except BaseException as exc:
+                flight.error = exc
+            finally:
+                with self._lock:
+                    self._flight = None
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.result
+
+
+_EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _metrics_only(render: Callable[[], bytes]) -> _WSGIApp:
     def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") in ("/metrics", "/metrics/"):
-            return metrics_app(environ, start_response)
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"Not found: the metrics are at /metrics\n"]
+        text = [("Content-Type", "text/plain; charset=utf-8")]
+        if environ.get("PATH_INFO", "/") not in ("/metrics", "/metrics/"):
+            start_response("404 Not Found", text)
+            return [b"Not found: the metrics are at /metrics\n"]
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [*text, ("Allow", "GET, HEAD")])
+            return [b"Method not allowed: /metrics answers GET\n"]
+        body = render()
+        headers = [("Content-Type", _EXPOSITION), ("Content-Length", str(len(body)))]
+        start_response("200 OK", headers)
+        return [b""] if method == "HEAD" else [body]
 
     return app
 
@@ -198,5 +257,8 @@ def _bind(host: str, port: int, app: _WSGIApp) -> WSGIServer:
     class Server(ThreadingMixIn, WSGIServer):
         address_family = family
         daemon_threads = True
+        # wsgiref listens with a backlog of 5: a burst of scrapers beyond it waits for TCP
+        # to retry the connection (1 s, then 3 s). Prometheus fleets and dashboards burst.
+        request_queue_size = 128
 
     return make_server(host, port, app, server_class=Server, handler_class=_QuietHandler)

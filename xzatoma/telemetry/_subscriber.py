@@ -56,13 +56,26 @@ class TelemetrySubscriber:
         traces: Record the ``invoke_agent``, ``execute_tool`` and ``chat`` spans.
     """
 
-    __slots__ = ("_executions", "_metrics_on", "_spans", "_spans_on")
+    __slots__ = ("_dispatch", "_executions", "_metrics_on", "_spans", "_spans_on")
 
     def __init__(self, *, metrics: bool = True, traces: bool = True) -> None:
         self._metrics_on = metrics
         self._spans_on = traces
         self._executions: dict[int, SubagentMetrics] = {}
         self._spans: dict[int, Span] = {}
+        self._dispatch: dict[type, tuple[tuple[bool, _Handler], ...]] = {}
+        self._build_dispatch()
+
+    def _build_dispatch(self) -> None:
+        """One table from event class to its handlers (``True`` marks the metrics half)."""
+        table: dict[type, list[tuple[bool, _Handler]]] = {}
+        if self._metrics_on:
+            for kind, handler in _METRIC_HANDLERS.items():
+                table.setdefault(kind, []).append((True, handler))
+        if self._spans_on:
+            for kind, handler in _SPAN_HANDLERS.items():
+                table.setdefault(kind, []).append((False, handler))
+        self._dispatch = {kind: tuple(handlers) for kind, handlers in table.items()}
 
     def __repr__(self) -> str:
         return f"TelemetrySubscriber(metrics={self._metrics_on}, traces={self._spans_on})"
@@ -73,33 +86,31 @@ class TelemetrySubscriber:
         return len(self._executions) + len(self._spans)
 
     def __call__(self, event: Event) -> None:
-        kind = type(event)
-        if self._metrics_on:
-            on_metric = _METRIC_HANDLERS.get(kind)
-            if on_metric is not None:
-                try:
-                    on_metric(self, event)
-                except Exception:
-                    self._metrics_on = False
-                    self._executions.clear()
-                    logger.exception(
-                        "xzatoma telemetry: recording metrics failed on %s; metrics are off "
-                        "for this subscriber, the run goes on",
-                        kind.__name__,
-                    )
-        if self._spans_on:
-            on_span = _SPAN_HANDLERS.get(kind)
-            if on_span is not None:
-                try:
-                    on_span(self, event)
-                except Exception:
-                    self._spans_on = False
-                    self._spans.clear()
-                    logger.exception(
-                        "xzatoma telemetry: recording spans failed on %s; tracing is off "
-                        "for this subscriber, the run goes on",
-                        kind.__name__,
-                    )
+        handlers = self._dispatch.get(type(event))
+        if handlers is None:
+            return
+        for is_metrics, handler in handlers:
+            try:
+                handler(self, event)
+            except Exception:
+                self._switch_off(is_metrics, type(event).__name__)
+
+    def _switch_off(self, is_metrics: bool, event_name: str) -> None:
+        """A half that raised is logged once and turned off; the other half and the run go on."""
+        if is_metrics:
+            self._metrics_on = False
+            self._executions.clear()
+        else:
+            self._spans_on = False
+            self._spans.clear()
+        self._build_dispatch()
+        logger.exception(
+            "xzatoma telemetry: recording %s failed on %s; %s is off for this subscriber, "
+            "the run goes on",
+            "metrics" if is_metrics else "spans",
+            event_name,
+            "metrics" if is_metrics else "tracing",
+        )
 
     # -- metrics ---------------------------------------------------------------------------
     def _subagent_started(self, event: SubagentStarted) -> None:
@@ -125,23 +136,15 @@ class TelemetrySubscriber:
 
     def _model_call_metrics(self, event: ModelCallEnded) -> None:
         inst = current_instruments()
-        attrs: dict[str, str] = {
-            n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
-            n.GEN_AI_PROVIDER_NAME: event.provider,
-            n.GEN_AI_REQUEST_MODEL: event.model,
-        }
-        if event.response_model is not None:
-            attrs[n.GEN_AI_RESPONSE_MODEL] = event.response_model
-        if event.error_type is not None:
-            attrs[n.OTEL_ERROR_TYPE] = event.error_type
-        inst.operation_duration.record(event.duration, attrs)
+        call_attrs, input_attrs, output_attrs = _gen_ai_attributes(
+            event.provider, event.model, event.response_model, event.error_type
+        )
+        inst.operation_duration.record(event.duration, call_attrs)
         usage = event.usage
         # A call that failed, or whose provider reported no usage, has no token counts to give.
         if event.error_type is None and usage != _NO_USAGE:
-            attrs[n.GEN_AI_TOKEN_TYPE] = n.TOKEN_TYPE_INPUT
-            inst.token_usage.record(usage.prompt_tokens, attrs)
-            attrs = {**attrs, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_OUTPUT}
-            inst.token_usage.record(usage.completion_tokens, attrs)
+            inst.token_usage.record(usage.prompt_tokens, input_attrs)
+            inst.token_usage.record(usage.completion_tokens, output_attrs)
 
     # -- spans -----------------------------------------------------------------------------
     def _start(
@@ -159,6 +162,10 @@ class TelemetrySubscriber:
         )
 
     def _run_started(self, event: RunStarted) -> None:
+        # Decided once per run: with only the no-op API, no span objects are made at all,
+        # and the run's model and tool calls (which nest under its span) make none either.
+        if not state.tracing():
+            return
         self._start(
             event.id,
             event.parent_id,
@@ -193,6 +200,8 @@ class TelemetrySubscriber:
         span.end()
 
     def _model_call_started(self, event: ModelCallStarted) -> None:
+        if event.run_id not in self._spans:
+            return
         self._start(
             event.id,
             event.run_id,
@@ -221,6 +230,8 @@ class TelemetrySubscriber:
         span.end()
 
     def _tool_started(self, event: ToolCallStarted) -> None:
+        if event.run_id not in self._spans:
+            return
         self._start(
             event.id,
             event.run_id,
@@ -241,6 +252,42 @@ class TelemetrySubscriber:
         if span.is_recording() and (event.cancelled or event.is_error):
             _fail(span, n.CANCELLED if event.cancelled else n.TOOL_ERROR)
         span.end()
+
+
+_GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
+_gen_ai_cache: dict[tuple[str, str, str | None, str | None], _GenAIAttributes] = {}
+
+
+def _gen_ai_attributes(
+    provider: str, model: str, response_model: str | None, error_type: str | None
+) -> _GenAIAttributes:
+    """The attribute sets of one model call (call, input tokens, output tokens), made once.
+
+    Shared dicts, never changed after they are made; the cache is bounded because its keys
+    are (provider, model, response model, error type), a small set in any real deployment.
+    """
+    key = (provider, model, response_model, error_type)
+    found = _gen_ai_cache.get(key)
+    if found is not None:
+        return found
+    call: dict[str, str] = {
+        n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
+        n.GEN_AI_PROVIDER_NAME: provider,
+        n.GEN_AI_REQUEST_MODEL: model,
+    }
+    if response_model is not None:
+        call[n.GEN_AI_RESPONSE_MODEL] = response_model
+    if error_type is not None:
+        call[n.OTEL_ERROR_TYPE] = error_type
+    made = (
+        call,
+        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_INPUT},
+        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_OUTPUT},
+    )
+    if len(_gen_ai_cache) >= 1024:
+        _gen_ai_cache.clear()
+    _gen_ai_cache[key] = made
+    return made
 
 
 def _fail(span: Span, error_type: str) -> None:
