@@ -92,7 +92,10 @@ NonBlank = Annotated[str, pydantic.AfterValidator(_not_blank)]
 
 
 class SubagentTask(pydantic.BaseModel):
-    """One task for a subagent: what the model sends, and what ``run_batch`` takes."""
+    """A task for a subagent: its instructions and the limits it runs under."""
+
+    # The docstring above is the schema description the model reads; it is also what
+    # ``Runtime.run_batch`` and ``xzatoma batch`` take, as objects or dicts of these keys.
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -116,7 +119,7 @@ class SubagentTask(pydantic.BaseModel):
 
 
 class ParallelSubagentArgs(pydantic.BaseModel):
-    """The arguments of ``parallel_subagent``."""
+    """Independent tasks to run at the same time, each in its own subagent."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -241,15 +244,19 @@ class Spawner:
         return result
 
     def _deadline(self, ctx: ToolContext) -> tuple[float, ErrorType]:
+        """The earliest of the parent's deadline, this child's timeout and the quota's time."""
+        deadline: float = ctx.deadline
+        kind: ErrorType = "timeout"
+        timeout = self.config.timeout
+        left = self.quota.remaining_time() if self.quota is not None else None
+        if timeout is None and left is None:
+            return deadline, kind  # nothing of its own: no clock read on the hot path
         now = anyio.current_time()
-        deadline, kind = ctx.deadline, "timeout"
-        if self.config.timeout is not None:
-            deadline = min(deadline, now + self.config.timeout)
-        if self.quota is not None:
-            left = self.quota.remaining_time()
-            if left is not None and now + left < deadline:
-                deadline, kind = now + left, "quota_exceeded"
-        return deadline, kind  # type: ignore[return-value]
+        if timeout is not None:
+            deadline = min(deadline, now + timeout)
+        if left is not None and now + left < deadline:
+            deadline, kind = now + left, "quota_exceeded"
+        return deadline, kind
 
     # -- one execution -----------------------------------------------------------------------
     async def execute(
@@ -389,7 +396,6 @@ class Spawner:
     ) -> BatchResult:
         """Run ``tasks`` as children of ``ctx``'s agent, at most ``max_concurrent`` at once."""
         hooks, clock = ctx.tree.hooks, ctx.tree.clock
-        limiter = anyio.CapacityLimiter(max_concurrent or self.config.max_concurrent)
         count = len(tasks)
         results: list[RunResult | None] = [None] * count
         states: list[RunState | None] = [None] * count
@@ -397,21 +403,24 @@ class Spawner:
         started = clock()
         if hooks:
             hooks.emit(BatchStarted(batch_id, ctx.event_id, depth, count))
+        # A pool of max_concurrent workers taking the next task in input order: at most that
+        # many in flight, with no task or limiter per item (a batch of 10,000 holds 5 tasks).
+        pending = iter(range(count))  # shared by the workers: each index is taken once
         try:
             async with anyio.create_task_group() as tg:
 
-                async def run_one(index: int) -> None:
-                    async with limiter:
-                        # fail_fast may have cancelled the batch while this task waited.
+                async def worker() -> None:
+                    for index in pending:
+                        # fail_fast may have cancelled the batch since this worker's last task.
                         await anyio.lowlevel.checkpoint_if_cancelled()
                         state = states[index] = RunState()
                         result = await self.execute(ctx, tasks[index], state, index)
-                    results[index] = result
-                    if fail_fast and not _succeeded(result):
-                        tg.cancel_scope.cancel()
+                        results[index] = result
+                        if fail_fast and not _succeeded(result):
+                            tg.cancel_scope.cancel()
 
-                for index in range(count):
-                    tg.start_soon(run_one, index)
+                for _ in range(min(count, max_concurrent or self.config.max_concurrent)):
+                    tg.start_soon(worker)
         finally:
             final = [
                 self._settled(ctx, task, results[i], states[i], i) for i, task in enumerate(tasks)
