@@ -21,7 +21,7 @@ from ._agent import Agent, RunState
 from ._hooks import BatchEnded, BatchStarted, SubagentEnded, SubagentStarted, new_id
 from ._limits import QuotaTracker, check_depth, truncate_utf8
 from ._result import ErrorType, RunResult
-from ._tools import Tool, ToolContext, ToolResult
+from ._tools import ArgsT, Tool, ToolContext, ToolResult
 from ._types import Usage
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
 from .providers._base import Provider
@@ -465,7 +465,28 @@ def _describe(result: RunResult) -> ToolResult:
     return ToolResult.error(message)
 
 
-class SubagentTool(Tool[SubagentTask]):
+class _SpawningTool(Tool[ArgsT]):
+    """What both subagent tools share: a spawner, and the checks in the contract's order."""
+
+    is_subagent_tool = True
+
+    def __init__(
+        self, config: SubagentConfig | None = None, quota: QuotaTracker | None = None
+    ) -> None:
+        self.spawner = Spawner(config or SubagentConfig(), quota)
+
+    def checked_arguments(self, ctx: ToolContext, label: str) -> ArgsT | RunResult:
+        """Quota, then depth, then the arguments; a refusal is recorded and returned."""
+        refusal = self.spawner.precheck(ctx)
+        if refusal is None:
+            try:
+                return self.validate_arguments(ctx.call.arguments)
+            except ValueError as exc:
+                return self.spawner.refuse(ctx, label, "invalid_input", str(exc))
+        return self.spawner.refuse(ctx, label, *refusal)
+
+
+class SubagentTool(_SpawningTool[SubagentTask]):
     """The ``subagent`` tool: delegate one task to a fresh agent one level deeper."""
 
     name = "subagent"
@@ -474,26 +495,15 @@ class SubagentTool(Tool[SubagentTask]):
         "tools (or the subset in allowed_tools) and returns its summarized findings."
     )
     parameters = SubagentTask
-    is_subagent_tool = True
-
-    def __init__(
-        self, config: SubagentConfig | None = None, quota: QuotaTracker | None = None
-    ) -> None:
-        self.spawner = Spawner(config or SubagentConfig(), quota)
 
     async def invoke(self, ctx: ToolContext) -> ToolResult:
-        refusal = self.spawner.precheck(ctx)
-        if refusal is None:
-            try:
-                task = self.validate_arguments(ctx.call.arguments)
-            except ValueError as exc:
-                refusal = ("invalid_input", str(exc))
-        if refusal is not None:
-            return _describe(self.spawner.refuse(ctx, _label_of(ctx.call.arguments), *refusal))
+        task = self.checked_arguments(ctx, _label_of(ctx.call.arguments))
+        if isinstance(task, RunResult):
+            return _describe(task)
         return _describe(await self.spawner.execute(ctx, task))
 
 
-class ParallelSubagentTool(Tool[ParallelSubagentArgs]):
+class ParallelSubagentTool(_SpawningTool[ParallelSubagentArgs]):
     """The ``parallel_subagent`` tool: run a batch of independent tasks at once."""
 
     name = "parallel_subagent"
@@ -502,23 +512,11 @@ class ParallelSubagentTool(Tool[ParallelSubagentArgs]):
         "each task's output and status, in the order given."
     )
     parameters = ParallelSubagentArgs
-    is_subagent_tool = True
-
-    def __init__(
-        self, config: SubagentConfig | None = None, quota: QuotaTracker | None = None
-    ) -> None:
-        self.spawner = Spawner(config or SubagentConfig(), quota)
 
     async def invoke(self, ctx: ToolContext) -> ToolResult:
-        refusal = self.spawner.precheck(ctx)
-        if refusal is None:
-            try:
-                args = self.validate_arguments(ctx.call.arguments)
-            except ValueError as exc:
-                refusal = ("invalid_input", str(exc))
-        if refusal is not None:
-            result = self.spawner.refuse(ctx, "parallel_subagent", *refusal)
-            return ToolResult.error(result.error or "refused")
+        args = self.checked_arguments(ctx, "parallel_subagent")
+        if isinstance(args, RunResult):
+            return ToolResult.error(args.error or "refused")
         batch = await self.spawner.run_batch(
             ctx, args.tasks, max_concurrent=args.max_concurrent, fail_fast=args.fail_fast
         )
