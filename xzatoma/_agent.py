@@ -333,6 +333,10 @@ class Agent:
             async with anyio.create_task_group() as tg:
                 for index, call in enumerate(calls):
                     tg.start_soon(invoke_into, index, call)
+                    if index % 100 == 99:
+                        # Let calls that finish at once do so while the rest are spawned, so
+                        # a reply of 10,000 calls does not hold 10,000 pending tasks at once.
+                        await anyio.lowlevel.checkpoint()
             return results
         finally:
             for sink in sinks:
