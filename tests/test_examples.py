@@ -20,7 +20,7 @@ import pytest
 from _http_server import Reply, ScriptedHTTPServer
 
 from xzatoma import BatchResult, ParallelSubagentTool, RunResult, SubagentTool
-from xzatoma._subagents import batch_json
+from xzatoma._subagent_models import batch_json
 from xzatoma.cli import main
 from xzatoma.config import XzatomaConfig, load_tasks
 

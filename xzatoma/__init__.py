@@ -16,10 +16,10 @@ from ._result import ErrorType as ErrorType
 from ._result import RunResult as RunResult
 from ._result import RunStatus as RunStatus
 from ._runtime import Runtime as Runtime
-from ._subagents import BatchResult as BatchResult
+from ._subagent_models import BatchResult as BatchResult
+from ._subagent_models import SubagentConfig as SubagentConfig
+from ._subagent_models import SubagentTask as SubagentTask
 from ._subagents import ParallelSubagentTool as ParallelSubagentTool
-from ._subagents import SubagentConfig as SubagentConfig
-from ._subagents import SubagentTask as SubagentTask
 from ._subagents import SubagentTool as SubagentTool
 from ._tools import Tool as Tool
 from ._tools import ToolContext as ToolContext

@@ -24,7 +24,7 @@ from ._limits import QuotaLimits, QuotaStatistics
 from ._progress import format_tree
 from ._result import RunResult
 from ._runtime import Runtime
-from ._subagents import DEFAULT_SUMMARY_PROMPT, SubagentConfig
+from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from ._tools import tool
 from ._types import Completion, Message, ToolCall, ToolSpec, Usage
 from .errors import ProviderError

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ._hooks import BatchStarted, Event, ModelCallEnded, SubagentEnded, SubagentStarted
 from ._result import RunResult
-from ._subagents import BatchResult
+from ._subagent_models import BatchResult
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

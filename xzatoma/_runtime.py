@@ -13,13 +13,8 @@ from ._agent import Agent
 from ._hooks import Hook, Hooks, new_id
 from ._limits import Clock, QuotaLimits, QuotaTracker
 from ._result import RunResult
-from ._subagents import (
-    BatchResult,
-    ParallelSubagentTool,
-    SubagentConfig,
-    SubagentTask,
-    SubagentTool,
-)
+from ._subagent_models import BatchResult, SubagentConfig, SubagentTask
+from ._subagents import ParallelSubagentTool, SubagentTool
 from ._tools import Tool, ToolContext, TreeContext
 from ._types import ToolCall
 from .errors import ConfigError

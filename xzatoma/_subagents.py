@@ -10,154 +10,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
-import pydantic
 
 from ._agent import Agent, RunState
 from ._hooks import BatchEnded, BatchStarted, SubagentEnded, SubagentStarted, new_id
 from ._limits import QuotaTracker, check_depth, truncate_utf8
 from ._result import ErrorType, RunResult
+from ._subagent_models import (
+    BatchResult,
+    ParallelSubagentArgs,
+    SubagentConfig,
+    SubagentTask,
+    batch_json,
+    succeeded,
+)
 from ._tools import ArgsT, Tool, ToolContext, ToolResult
 from ._types import Usage
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
 from .providers._base import Provider
 
-__all__ = (
-    "BatchResult",
-    "ParallelSubagentArgs",
-    "ParallelSubagentTool",
-    "SubagentConfig",
-    "SubagentTask",
-    "SubagentTool",
-)
-
-DEFAULT_SUMMARY_PROMPT = "Summarize your findings concisely"
-
-
-@dataclass(frozen=True, slots=True)
-class SubagentConfig:
-    """How subagents are spawned; shared by both subagent tools of a tree."""
-
-    max_depth: int = 3
-    """Deepest level a subagent may run at (root is 0); 1..10."""
-    default_max_turns: int = 10
-    """Model calls a subagent may make when its task does not say; 1..100."""
-    output_max_size: int = 1_048_576
-    """Bytes of UTF-8 the parent receives from a child, marker included; at least 1024."""
-    max_concurrent: int = 5
-    """Tasks of one parallel batch in flight at once, unless the call says otherwise."""
-    summary_prompt: str | None = DEFAULT_SUMMARY_PROMPT
-    """Sent after the task answer; the answer to it is what the parent receives. None: off."""
-    timeout: float | None = None
-    """Seconds each subagent may run (also bounded by its parent and the quota)."""
-    provider: Provider | None = None
-    """Model for children instead of the parent's."""
-    model: str | None = None
-    """Model name for children (the provider must offer ``with_model``)."""
-
-    def __post_init__(self) -> None:
-        p = "agent.subagent"
-        _int_in(self.max_depth, f"{p}.max_depth", 1, 10, "(stack overflow risk)")
-        _int_in(self.default_max_turns, f"{p}.default_max_turns", 1, 100)
-        if _not_int(self.output_max_size) or self.output_max_size < 1024:
-            raise ConfigError(f"{p}.output_max_size must be at least 1024 bytes")
-        if _not_int(self.max_concurrent) or self.max_concurrent < 1:
-            raise ConfigError(f"{p}.max_concurrent must be greater than 0")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigError(f"{p}.timeout_seconds must be greater than 0")
-
-
-def _not_int(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
-
-
-def _int_in(value: int, name: str, low: int, high: int, why: str = "") -> None:
-    if _not_int(value) or value < low:
-        raise ConfigError(f"{name} must be greater than {low - 1}")
-    if value > high:
-        raise ConfigError(f"{name} cannot exceed {high}" + (f" {why}" if why else ""))
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
-
-
-NonBlank = Annotated[str, pydantic.AfterValidator(_not_blank)]
-
-
-class SubagentTask(pydantic.BaseModel):
-    """A task for a subagent: its instructions and the limits it runs under."""
-
-    # The docstring above is the schema description the model reads; it is also what
-    # ``Runtime.run_batch`` and ``xzatoma batch`` take, as objects or dicts of these keys.
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
-    label: NonBlank = pydantic.Field(
-        max_length=200, description="A short name for this subagent's task."
-    )
-    task_prompt: NonBlank = pydantic.Field(
-        description="The complete instructions for the subagent; it sees nothing else."
-    )
-    summary_prompt: str | None = pydantic.Field(
-        default=None,
-        description="What the subagent is asked after its task, to shape what you receive.",
-    )
-    allowed_tools: list[str] | None = pydantic.Field(
-        default=None,
-        description="Names of your tools the subagent may use (default: all of them).",
-    )
-    max_turns: int | None = pydantic.Field(
-        default=None, ge=1, le=50, description="Model calls the subagent may make (1-50)."
-    )
-
-
-class ParallelSubagentArgs(pydantic.BaseModel):
-    """Independent tasks to run at the same time, each in its own subagent."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    tasks: list[SubagentTask] = pydantic.Field(
-        min_length=1, description="The tasks, each run by its own subagent."
-    )
-    max_concurrent: int | None = pydantic.Field(
-        default=None, ge=1, description="How many subagents run at once."
-    )
-    fail_fast: bool = pydantic.Field(
-        default=False, description="Cancel the remaining tasks at the first failure."
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """The outcome of a parallel batch."""
-
-    results: tuple[RunResult, ...]
-    """One result per task, in input order."""
-    status: Literal["complete", "partial", "failed"]
-    """``complete``: all succeeded; ``failed``: none did; else ``partial``."""
-    successful: int
-    failed: int
-    cancelled: int
-    duration: float
-
-    @property
-    def total_usage(self) -> Usage:
-        """Every model call of every task's tree, each counted once."""
-        total = Usage()
-        for result in self.results:
-            total = total + result.total_usage
-        return total
-
-
-def _succeeded(result: RunResult) -> bool:
-    return result.status in ("complete", "incomplete")
+__all__ = ("ParallelSubagentTool", "Spawner", "SubagentTool")
 
 
 class Spawner:
@@ -416,7 +292,7 @@ class Spawner:
                         state = states[index] = RunState()
                         result = await self.execute(ctx, tasks[index], state, index)
                         results[index] = result
-                        if fail_fast and not _succeeded(result):
+                        if fail_fast and not succeeded(result):
                             tg.cancel_scope.cancel()
 
                 for _ in range(min(count, max_concurrent or self.config.max_concurrent)):
@@ -425,7 +301,7 @@ class Spawner:
             final = [
                 self._settled(ctx, task, results[i], states[i], i) for i, task in enumerate(tasks)
             ]
-            ok = sum(1 for r in final if _succeeded(r))
+            ok = sum(1 for r in final if succeeded(r))
             cancelled = sum(1 for r in final if r.status == "cancelled")
             failed = count - ok - cancelled
             status: Literal["complete", "partial", "failed"] = (
@@ -526,36 +402,6 @@ class ParallelSubagentTool(_SpawningTool[ParallelSubagentArgs]):
                 f"parallel batch failed: none of the {count} tasks succeeded.\n{batch_json(batch)}"
             )
         return ToolResult(batch_json(batch))
-
-
-def batch_json(batch: BatchResult) -> str:
-    """The JSON the model receives from ``parallel_subagent``."""
-    tasks = [
-        {
-            "label": r.label,
-            "success": _succeeded(r),
-            "status": r.status,
-            "output": r.output,
-            "error": r.error if r.status != "complete" else None,
-            "error_type": r.error_type,
-            "duration_ms": round(r.duration * 1000, 3),
-            "tokens_used": r.total_usage.total_tokens,
-            "turns": r.turns,
-        }
-        for r in batch.results
-    ]
-    return json.dumps(
-        {
-            "tasks": tasks,
-            "successful": batch.successful,
-            "failed": batch.failed,
-            "cancelled": batch.cancelled,
-            "status": batch.status,
-            "total_duration_ms": round(batch.duration * 1000, 3),
-            "total_tokens": batch.total_usage.total_tokens,
-        },
-        ensure_ascii=False,
-    )
 
 
 def _label_of(arguments: str) -> str:

@@ -23,7 +23,7 @@ from ._hooks import Hook
 from ._progress import BatchProgress, batch_dict, describe_status, format_tree, print_batch
 from ._result import RunResult
 from ._runtime import Runtime
-from ._subagents import BatchResult
+from ._subagent_models import BatchResult
 from .config import (
     DEFAULT_BASE_URLS,
     OVERRIDE_KEYS,

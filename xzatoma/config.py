@@ -20,7 +20,7 @@ import pydantic
 import yaml
 
 from ._limits import QuotaLimits
-from ._subagents import DEFAULT_SUMMARY_PROMPT, SubagentConfig, SubagentTask
+from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig, SubagentTask
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
