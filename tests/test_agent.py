@@ -326,3 +326,9 @@ async def test_scripted_provider_out_of_replies_fails_the_run() -> None:
     again = await Agent(ScriptedProvider([])).run("x")
     assert again.status == "failed"
     assert "ran out of replies" in (again.error or "")
+
+
+async def test_an_empty_final_answer_is_the_output_not_earlier_text() -> None:
+    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1), text="let me check"), ""])
+    result = await Agent(provider, tools=[add]).run("x")
+    assert (result.status, result.output) == ("complete", "")

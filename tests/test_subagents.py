@@ -574,3 +574,91 @@ async def test_cancelling_the_root_with_twenty_descendants_in_a_model_call() -> 
     assert {e.status for e in ends} == {"cancelled"}  # type: ignore[union-attr]
     assert by_depth(capture, SubagentEnded) == {1: 5, 2: 20}
     assert rt.tracker.statistics().executions == 25
+
+
+# -- regressions found in review ------------------------------------------------------------
+
+
+async def test_a_cancelled_childs_output_is_cut_too() -> None:
+    gate = anyio.Event()
+
+    @tool
+    async def wait() -> str:
+        """Waits for the sibling to fail."""
+        gate.set()
+        await anyio.sleep_forever()
+        return "never"
+
+    async def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+        first = messages[0].content
+        if first == "root":
+            if messages[-1].role == "user":
+                tasks = [
+                    {"label": "big", "task_prompt": "big"},
+                    {"label": "bad", "task_prompt": "bad"},
+                ]
+                return tool_calls(call("parallel_subagent", tasks=tasks, fail_fast=True))
+            return reply("root done")
+        if first == "big":
+            return tool_calls(call("wait"), text="x" * 5000)
+        await gate.wait()
+        raise ProviderError("fails")
+
+    config = SubagentConfig(output_max_size=1024, summary_prompt=None)
+    result = (
+        await runtime(ScriptedProvider(model), subagents=config).agent(tools=[wait]).run("root")
+    )
+    big = result.children[0]
+    assert (big.status, big.truncated) == ("cancelled", True)
+    assert len(big.output.encode()) <= 1024
+    body = (result.messages[2].content or "").partition("\n")[2]
+    assert len(json.loads(body)["tasks"][0]["output"].encode()) <= 1024
+
+
+async def test_run_batch_starts_nothing_after_its_deadline() -> None:
+    async def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    rt = runtime(ScriptedProvider(model))
+    tasks = [{"label": f"t{i}", "task_prompt": "x"} for i in range(6)]
+    batch = await rt.run_batch(tasks, max_concurrent=1, timeout=0.05)
+    first, *rest = batch.results
+    assert (first.status, first.error_type) == ("failed", "timeout")
+    assert {(r.status, r.error) for r in rest} == {("cancelled", "cancelled before it started")}
+    assert rt.tracker.statistics().executions == 1
+
+
+async def test_quota_time_limit_message_and_check_order_in_a_batch() -> None:
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    rt = Runtime(
+        ScriptedProvider(["a"]),
+        quota=QuotaLimits(max_executions=0),
+        telemetry=False,
+        clock=clock,
+    )
+    batch = await rt.run_batch([{"label": "t", "task_prompt": "x", "allowed_tools": ["nope"]}])
+    # quota is checked before the arguments (allowed_tools), as in a single spawn
+    assert batch.results[0].error_type == "quota_exceeded"
+    model = TreeModel()
+    root = {"id": "root", "spawn": [{"id": "slow", "fault": "hang"}]}
+    rt = runtime(model.provider(), quota=QuotaLimits(max_total_time=0.05))
+    result = await rt.agent().run(spec_json(root))
+    assert (result.children[0].error or "").startswith(
+        "Resource quota exceeded: time limit reached ("
+    )
+
+
+async def test_a_child_cut_by_its_parents_deadline_is_a_timeout() -> None:
+    model = TreeModel()
+    root = {"id": "root", "spawn": [{"id": "slow", "fault": "hang"}]}
+    result = await runtime(model.provider()).agent(timeout=0.05).run(spec_json(root))
+    assert (result.status, result.error_type) == ("failed", "timeout")
+    child = result.children[0]
+    assert (child.status, child.error_type) == ("failed", "timeout")

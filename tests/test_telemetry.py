@@ -651,3 +651,28 @@ async def test_a_broken_meter_provider_turns_metrics_off_and_spans_go_on(
     assert len(captured.spans_named("invoke_agent subagent")) == 1
     assert len(captured.spans_named("chat scripted")) == 3
     assert subscriber.in_flight == 0
+
+
+async def test_metrics_switching_off_mid_run_still_brings_active_back_to_zero(
+    captured: TelemetryCapture, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xzatoma._hooks import BatchEnded
+    from xzatoma.telemetry import _subscriber
+
+    def broken(subscriber: TelemetrySubscriber, event: object) -> None:
+        raise RuntimeError("meter down")
+
+    monkeypatch.setitem(_subscriber._METRIC_HANDLERS, BatchEnded, broken)
+    plan = {
+        "root": [tool_calls(spawn("p", "parent")), "ok"],
+        "parent": [tool_calls(call("parallel_subagent", tasks=[task("t", "x")])), "done"],
+        "x": ["y"],
+    }
+    runtime, subscriber = make_runtime(scripted(plan))
+    with caplog.at_level(logging.ERROR, logger="xzatoma.telemetry"):
+        result = await runtime.run("root")
+    assert result.status == "complete"
+    assert len(caplog.records) == 1
+    # "p" was still running when metrics went off: closed as execution_failed, not left active
+    assert captured.value(n.ERRORS, depth=1, error_type="execution_failed") == 1
+    assert_at_rest(captured, subscriber)

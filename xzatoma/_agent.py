@@ -199,11 +199,9 @@ class Agent:
                             prompt, state, tree, depth, label, run_id, deadline, followups
                         )
                     if scope.cancelled_caught:
-                        why = (
-                            "quota time limit" if deadline_error == "quota_exceeded" else "timeout"
-                        )
                         elapsed = clock() - started
-                        outcome = ("failed", deadline_error, f"{why} reached after {elapsed:.3f}s")
+                        why = self._deadline_message(deadline_error, tree, elapsed)
+                        outcome = ("failed", deadline_error, why)
             except Exception as exc:  # a bug in a provider adapter or tool plumbing: report it
                 logger.exception("agent %r failed unexpectedly", self.name)
                 outcome = ("failed", "execution_failed", f"{type(exc).__name__}: {exc}")
@@ -217,6 +215,16 @@ class Agent:
                     )
                 )  # fmt: skip
         return state.result(*outcome, label=label, depth=depth, duration=clock() - started)
+
+    @staticmethod
+    def _deadline_message(kind: ErrorType, tree: TreeContext, elapsed: float) -> str:
+        """Why a deadline ended the run; the quota's own words when its time ran out."""
+        if kind == "quota_exceeded" and tree.quota is not None:
+            try:
+                tree.quota.check_running()
+            except QuotaExceeded as exc:
+                return str(exc)
+        return f"timeout reached after {elapsed:.3f}s"
 
     async def _loop(
         self,
@@ -254,9 +262,9 @@ class Agent:
             if quota is not None:
                 quota.charge(completion.usage.total_tokens)
             messages.append(completion.message)
-            if completion.content:
-                state.output = completion.content
             calls = completion.tool_calls
+            if completion.content or not calls:  # a final answer is the output, even if empty
+                state.output = completion.content or ""
             if not calls:
                 if not pending:
                     return "complete", None, None

@@ -9,6 +9,7 @@ one end event whatever happens.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -152,14 +153,11 @@ class Spawner:
             hooks.emit(SubagentStarted(exec_id, ctx.event_id, label, depth))
         result: RunResult | None = None
         try:
-            result = await self._execute(ctx, task, state, depth)
+            result = self._cut(await self._execute(ctx, task, state, depth))
             return result
         finally:
             duration = clock() - started
-            end = result or state.result(
-                "cancelled", "cancelled", "cancelled before it finished",
-                label=label, depth=depth, duration=duration,
-            )  # fmt: skip
+            end = result or self._cut(self._interrupted(ctx, state, label, depth, duration))
             state.final = end
             ctx.add_child(end, order)
             if hooks:
@@ -170,10 +168,43 @@ class Spawner:
                     )
                 )  # fmt: skip
 
+    def _cut(self, result: RunResult) -> RunResult:
+        """The result with its output cut to ``output_max_size`` (whatever way it ended)."""
+        output, truncated = truncate_utf8(result.output, self.config.output_max_size)
+        if truncated or output is not result.output:
+            result = replace(result, output=output, truncated=truncated)
+        return result
+
+    @staticmethod
+    def _interrupted(
+        ctx: ToolContext, state: RunState, label: str, depth: int, duration: float
+    ) -> RunResult:
+        """What a child had when it was cancelled from outside.
+
+        When the parent's deadline has passed, the child was cut by the deadline it inherited
+        (the parent's cancel scope fires at the same instant as its own): a ``timeout``.
+        """
+        if ctx.deadline != math.inf and anyio.current_time() >= ctx.deadline:
+            return state.result(
+                "failed", "timeout", "timeout reached (the parent's deadline)",
+                label=label, depth=depth, duration=duration,
+            )  # fmt: skip
+        return state.result(
+            "cancelled", "cancelled", "cancelled before it finished",
+            label=label, depth=depth, duration=duration,
+        )  # fmt: skip
+
     async def _execute(
         self, ctx: ToolContext, task: SubagentTask, state: RunState, depth: int
     ) -> RunResult:
         label = task.label
+        try:
+            if self.quota is not None:  # the contract's order: quota, depth, arguments
+                self.quota.check()
+        except QuotaExceeded as exc:
+            return RunResult(
+                "", "failed", error_type="quota_exceeded", error=str(exc), label=label, depth=depth
+            )
         try:
             check_depth(ctx.depth, self.config.max_depth)
             offered, hidden = self._child_tools(ctx, task)
@@ -231,9 +262,6 @@ class Spawner:
             followups=(summary,) if summary else (),
             state=state,
         )
-        output, truncated = truncate_utf8(result.output, self.config.output_max_size)
-        if truncated or output is not result.output:
-            result = replace(result, output=output, truncated=truncated)
         return result
 
     # -- a batch -----------------------------------------------------------------------------
@@ -287,6 +315,8 @@ class Spawner:
 
                 async def worker() -> None:
                     for index in pending:
+                        if ctx.deadline != math.inf and anyio.current_time() >= ctx.deadline:
+                            return  # past the batch's deadline: the rest never start
                         # fail_fast may have cancelled the batch since this worker's last task.
                         await anyio.lowlevel.checkpoint_if_cancelled()
                         state = states[index] = RunState()

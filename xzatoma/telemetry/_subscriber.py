@@ -12,6 +12,7 @@ subscriber, and the other half and the run go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -99,6 +100,10 @@ class TelemetrySubscriber:
         """A half that raised is logged once and turned off; the other half and the run go on."""
         if is_metrics:
             self._metrics_on = False
+            for recorder in self._executions.values():
+                # Best effort: bring active_count back down for executions still in flight.
+                with contextlib.suppress(Exception):
+                    recorder.record_error("execution_failed")
             self._executions.clear()
         else:
             self._spans_on = False
