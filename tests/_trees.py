@@ -23,6 +23,7 @@ import anyio
 from hypothesis import strategies as st
 
 from xzatoma import Completion, Message, ToolSpec, Usage
+from xzatoma._hooks import Event, ModelCallStarted
 from xzatoma.errors import ProviderError
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
@@ -97,6 +98,24 @@ class TreeModel:
             if calls:
                 return tool_calls(*calls)
         return reply(f"answer of {spec.get('id')}")
+
+
+class CancelAfter:
+    """A hook that cancels ``scope`` when the ``at``-th model call starts (``None``: never).
+
+    Enter the scope as ``with anyio.CancelScope() as hook.scope:`` around the run.
+    """
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+        self.calls = 0
+        self.scope: anyio.CancelScope | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ModelCallStarted):
+            self.calls += 1
+            if self.calls == self.at and self.scope is not None:
+                self.scope.cancel()
 
 
 FAULTS = st.sampled_from([None, None, None, "error", "bad_args", "hang", "unknown_tool"])

@@ -15,11 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
-from _trees import TreeModel, spec_json
+from _trees import CancelAfter, TreeModel, spec_json
 from test_properties import assert_every_start_has_exactly_one_end
 
 from xzatoma import QuotaLimits, Runtime, SubagentConfig
-from xzatoma._hooks import Event, ModelCallStarted, RunStarted
+from xzatoma._hooks import RunStarted
 from xzatoma.telemetry import TelemetrySubscriber
 from xzatoma.telemetry import _names as n
 from xzatoma.testing import EventCapture, FaultyProvider, capture_telemetry
@@ -45,15 +45,7 @@ def run_one(seed: int) -> None:
     cancel_after = rng.choice((None, None, None, None, 1, 2, 3, 5, 8))
     events = EventCapture()
     subscriber = TelemetrySubscriber()
-    scope: anyio.CancelScope | None = None
-    calls = 0
-
-    def maybe_cancel(event: Event) -> None:
-        nonlocal calls
-        if isinstance(event, ModelCallStarted):
-            calls += 1
-            if calls == cancel_after and scope is not None:
-                scope.cancel()
+    maybe_cancel = CancelAfter(cancel_after)
 
     with capture_telemetry() as captured:
         runtime = Runtime(
@@ -65,9 +57,8 @@ def run_one(seed: int) -> None:
         )
 
         async def main() -> None:
-            nonlocal scope
             before = asyncio.all_tasks()
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope() as maybe_cancel.scope:
                 result = await runtime.agent(timeout=0.2).run(spec_json(tree))
                 assert result.total_usage == model.usage(), f"seed {seed}: usage"
             assert asyncio.all_tasks() - before == set(), f"seed {seed}: tasks left"

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import anyio
-from _trees import TreeModel, spec_json, trees
+from _trees import CancelAfter, TreeModel, spec_json, trees
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,15 +81,7 @@ def test_random_trees_with_faults_keep_every_invariant(
 ) -> None:
     model = TreeModel()
     capture = EventCapture()
-    scope: anyio.CancelScope | None = None
-    calls = 0
-
-    def cancel_at_random(event: Event) -> None:
-        nonlocal calls
-        if isinstance(event, ModelCallStarted):
-            calls += 1
-            if calls == cancel_after and scope is not None:
-                scope.cancel()
+    cancel_at_random = CancelAfter(cancel_after)
 
     runtime = Runtime(
         model.provider(),
@@ -100,9 +92,8 @@ def test_random_trees_with_faults_keep_every_invariant(
     )
 
     async def main() -> None:
-        nonlocal scope
         before = asyncio.all_tasks()
-        with anyio.CancelScope() as scope:
+        with anyio.CancelScope() as cancel_at_random.scope:
             result = await runtime.agent().run(spec_json(tree))
             assert result.status == "complete"
             assert result.total_usage == model.usage()
