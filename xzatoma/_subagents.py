@@ -9,7 +9,6 @@ one end event whatever happens.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -184,7 +183,7 @@ class Spawner:
         When the parent's deadline has passed, the child was cut by the deadline it inherited
         (the parent's cancel scope fires at the same instant as its own): a ``timeout``.
         """
-        if ctx.deadline != math.inf and anyio.current_time() >= ctx.deadline:
+        if ctx.remaining_time() == 0:
             return state.result(
                 "failed", "timeout", "timeout reached (the parent's deadline)",
                 label=label, depth=depth, duration=duration,
@@ -315,7 +314,7 @@ class Spawner:
 
                 async def worker() -> None:
                     for index in pending:
-                        if ctx.deadline != math.inf and anyio.current_time() >= ctx.deadline:
+                        if ctx.remaining_time() == 0:
                             return  # past the batch's deadline: the rest never start
                         # fail_fast may have cancelled the batch since this worker's last task.
                         await anyio.lowlevel.checkpoint_if_cancelled()

@@ -72,11 +72,6 @@ class Tally:
         with self._lock:
             self._values[key] = self._values.get(key, 0) + amount
 
-    def value(self, attributes: Mapping[str, str | int]) -> int:
-        """The current total of one series (0 if it never moved)."""
-        with self._lock:
-            return self._values.get(tuple(attributes.items()), 0)
-
     def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         """The observable instrument's callback: one observation per series."""
         with self._lock:
