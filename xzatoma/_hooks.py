@@ -9,11 +9,12 @@ dropped, never fatal (the habit of trio's instrumentation).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from ._result import ErrorType, RunResult, RunStatus
 from ._types import Usage
@@ -36,10 +37,35 @@ __all__ = (
 
 logger = logging.getLogger("xzatoma.hooks")
 
+_E = TypeVar("_E")
+
+
+def _event(cls: type[_E]) -> type[_E]:
+    """Give a frozen slotted dataclass an ``__init__`` that stores through its slots.
+
+    The dataclass's own ``__init__`` stores each field with ``object.__setattr__`` (the way
+    round its frozen ``__setattr__``), about 1.9 µs for nine fields; storing through the
+    slot descriptors takes 0.7 µs. The core makes six events per subagent execution, so
+    this is most of what an attached subscriber costs. Everything else (fields, repr, eq,
+    hash, ``FrozenInstanceError`` on assignment) stays the dataclass's.
+    """
+    names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    setters = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
+    body = "".join(f"    _set_{name}(self, {name})\n" for name in names)
+    namespace: dict[str, Callable[..., None]] = {}
+    exec(f"def __init__(self, {', '.join(names)}):\n{body}", setters, namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__annotations__ = cls.__init__.__annotations__
+    type.__setattr__(cls, "__init__", init)
+    return cls
+
+
 new_id = itertools.count(1).__next__
 """Process-unique event ids; ``parent_id`` links an event to the scope it happened in."""
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class RunStarted:
     """An agent run began. ``parent_id`` is the tool call that spawned it (None at the root)."""
@@ -53,6 +79,7 @@ class RunStarted:
     model: str
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class RunEnded:
     """An agent run ended; ``usage`` is its own model calls only."""
@@ -71,6 +98,7 @@ class RunEnded:
     duration: float
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class ModelCallStarted:
     """A model call began inside run ``run_id``."""
@@ -82,6 +110,7 @@ class ModelCallStarted:
     model: str
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class ModelCallEnded:
     """A model call ended; ``error_type`` is set when it raised or was cancelled."""
@@ -97,6 +126,7 @@ class ModelCallEnded:
     response_model: str | None
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class ToolCallStarted:
     """A tool call began inside run ``run_id``."""
@@ -108,6 +138,7 @@ class ToolCallStarted:
     call_id: str
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class ToolCallEnded:
     """A tool call ended; ``is_error`` when the model got an ``Error:`` message."""
@@ -122,6 +153,7 @@ class ToolCallEnded:
     cancelled: bool
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class SubagentStarted:
     """A spawn was attempted (refused ones included); ``depth`` is the child's."""
@@ -132,6 +164,7 @@ class SubagentStarted:
     depth: int
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class SubagentEnded:
     """A spawn ended; ``usage`` is the child's own calls, ``turns`` its model calls."""
@@ -150,6 +183,7 @@ class SubagentEnded:
     """The child's whole result (output included), as its parent's caller will see it."""
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class BatchStarted:
     """A parallel batch began; ``depth`` is its tasks' depth."""
@@ -160,6 +194,7 @@ class BatchStarted:
     size: int
 
 
+@_event
 @dataclass(frozen=True, slots=True)
 class BatchEnded:
     """A parallel batch ended; ``status`` is complete, partial or failed."""

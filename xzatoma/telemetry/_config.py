@@ -40,13 +40,15 @@ class Configuration:
 class _State:
     """The current configuration, with the meter and tracer looked up from it (cached)."""
 
-    __slots__ = ("_meter", "_tracer", "config", "generation")
+    __slots__ = ("_global_marker", "_global_tracing", "_meter", "_tracer", "config", "generation")
 
     def __init__(self) -> None:
         self.config = Configuration()
         self.generation = 0
         self._meter: metrics.Meter | None = None
         self._tracer: trace.Tracer | None = None
+        self._global_marker: object = _NOT_YET
+        self._global_tracing = False
 
     def set(self, config: Configuration) -> None:
         self.config = config
@@ -64,12 +66,18 @@ class _State:
     def tracing(self) -> bool:
         """Whether spans can go anywhere: a provider was configured, or a global SDK is set.
 
-        Read at every span start (a cheap global look-up), so a global provider installed
-        later is picked up; until then no span objects are made at all.
+        Read at every run start, so a global provider installed later is picked up; until
+        then no span objects are made at all. ``trace.get_tracer_provider()`` looks in
+        ``os.environ`` each time (about 1 µs, a noticeable share of a subagent), so it is
+        asked again only when the API's global (set at most once) has changed.
         """
         if self.config.tracer_provider is not None:
             return True
-        return not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+        marker = getattr(trace, "_TRACER_PROVIDER", _ASK_EVERY_TIME)
+        if marker is not self._global_marker or marker is _ASK_EVERY_TIME:
+            self._global_tracing = not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+            self._global_marker = marker
+        return self._global_tracing
 
     def tracer(self) -> trace.Tracer:
         tracer = self._tracer
@@ -80,6 +88,8 @@ class _State:
 
 
 _NO_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_NOT_YET: object = object()
+_ASK_EVERY_TIME: object = object()  # an API without the private global: no shortcut
 
 state = _State()
 """The process-wide telemetry configuration of xzatoma."""

@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Final, Literal, get_args
 
@@ -23,6 +23,7 @@ from opentelemetry import metrics
 from .._result import ErrorType
 from . import _names as n
 from ._config import state
+from ._fast import HistogramRecorder, fast_histogram
 
 __all__ = (
     "BATCH_SIZE_BUCKETS",
@@ -34,6 +35,8 @@ __all__ = (
     "SubagentMetrics",
     "Tally",
     "current_instruments",
+    "depth_attributes",
+    "pair_attributes",
 )
 
 DURATION_BUCKETS: Final = tuple(round(0.1 * 2**k, 1) for k in range(13))
@@ -104,23 +107,26 @@ class Instruments:
         self.executions = _observable_counter(
             meter, n.EXECUTIONS, n.UNIT_EXECUTION, "Subagent spawn attempts, refused ones included."
         )
-        self.duration = meter.create_histogram(
+        self.duration = _histogram(
+            meter,
             n.DURATION,
             n.UNIT_SECONDS,
             "Seconds from spawn to end of every finished subagent execution.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
-        self.turns = meter.create_histogram(
+        self.turns = _histogram(
+            meter,
             n.TURNS_USED,
             n.UNIT_TURN,
             "Model calls of each subagent execution that made at least one.",
-            explicit_bucket_boundaries_advisory=TURN_BUCKETS,
+            TURN_BUCKETS,
         )
-        self.tokens = meter.create_histogram(
+        self.tokens = _histogram(
+            meter,
             n.TOKENS_CONSUMED,
             n.UNIT_TOKEN,
             "Tokens of each subagent execution that consumed any, failed ones included.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            TOKEN_BUCKETS,
         )
         self.completions = _observable_counter(
             meter, n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
@@ -138,24 +144,36 @@ class Instruments:
         self.batches = _observable_counter(
             meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
         )
-        self.batch_size = meter.create_histogram(
+        self.batch_size = _histogram(
+            meter,
             n.BATCH_SIZE,
             n.UNIT_TASK,
             "Tasks per parallel subagent batch.",
-            explicit_bucket_boundaries_advisory=BATCH_SIZE_BUCKETS,
+            BATCH_SIZE_BUCKETS,
         )
-        self.token_usage = meter.create_histogram(
+        self.token_usage = _histogram(
+            meter,
             n.TOKEN_USAGE,
             n.UNIT_TOKEN,
             "Input and output tokens of each model call.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            TOKEN_BUCKETS,
         )
-        self.operation_duration = meter.create_histogram(
+        self.operation_duration = _histogram(
+            meter,
             n.OPERATION_DURATION,
             n.UNIT_SECONDS,
             "Seconds of each model call.",
-            explicit_bucket_boundaries_advisory=OPERATION_DURATION_BUCKETS,
+            OPERATION_DURATION_BUCKETS,
         )
+
+
+def _histogram(
+    meter: metrics.Meter, name: str, unit: str, description: str, buckets: Sequence[float]
+) -> HistogramRecorder:
+    histogram = meter.create_histogram(
+        name, unit, description, explicit_bucket_boundaries_advisory=buckets
+    )
+    return fast_histogram(histogram)
 
 
 def _observable_counter(meter: metrics.Meter, name: str, unit: str, description: str) -> Tally:
@@ -217,7 +235,7 @@ class SubagentMetrics:
         self.label = label
         self.depth = depth
         self._instruments = instruments if instruments is not None else current_instruments()
-        self._attrs = _depth_attributes(depth)
+        self._attrs = depth_attributes(depth)
         self._recorded = False
         self._started = time.monotonic()
         self._instruments.executions.add(1, self._attrs)
@@ -257,7 +275,7 @@ class SubagentMetrics:
             return False
         self._recorded = True
         try:
-            self._instruments.completions.add(1, _pair(self.depth, n.STATUS, status))
+            self._instruments.completions.add(1, pair_attributes(self.depth, n.STATUS, status))
         finally:
             self._finish(status, turns, tokens, duration)
         return True
@@ -290,7 +308,7 @@ class SubagentMetrics:
         self._recorded = True
         status = "cancelled" if error_type == "cancelled" else "failed"
         try:
-            self._instruments.errors.add(1, _pair(self.depth, n.ERROR_TYPE, error_type))
+            self._instruments.errors.add(1, pair_attributes(self.depth, n.ERROR_TYPE, error_type))
         finally:
             self._finish(status, turns, tokens, duration)
         return True
@@ -300,7 +318,7 @@ class SubagentMetrics:
         try:
             if duration is None:
                 duration = time.monotonic() - self._started
-            inst.duration.record(duration, _pair(self.depth, n.STATUS, status))
+            inst.duration.record(duration, pair_attributes(self.depth, n.STATUS, status))
             if turns > 0:
                 inst.turns.record(turns, attrs)
             if tokens > 0:
@@ -326,7 +344,7 @@ _depth_cache: dict[int, dict[str, int]] = {}
 _pair_cache: dict[tuple[int, str, str], dict[str, int | str]] = {}
 
 
-def _depth_attributes(depth: int) -> dict[str, int]:
+def depth_attributes(depth: int) -> dict[str, int]:
     """``{"depth": depth}``, one shared dict per depth (never changed once made)."""
     found = _depth_cache.get(depth)
     if found is None:
@@ -334,7 +352,7 @@ def _depth_attributes(depth: int) -> dict[str, int]:
     return found
 
 
-def _pair(depth: int, key: str, value: str) -> dict[str, int | str]:
+def pair_attributes(depth: int, key: str, value: str) -> dict[str, int | str]:
     """``{"depth": depth, key: value}``, shared; keys are bounded (depth 0..11, fixed sets)."""
     cache_key = (depth, key, value)
     found = _pair_cache.get(cache_key)

@@ -35,7 +35,7 @@ from .._hooks import (
 from .._types import Usage
 from . import _names as n
 from ._config import state
-from ._metrics import SubagentMetrics, current_instruments
+from ._metrics import SubagentMetrics, current_instruments, depth_attributes, pair_attributes
 
 __all__ = ("TelemetrySubscriber",)
 
@@ -136,8 +136,8 @@ class TelemetrySubscriber:
 
     def _batch_ended(self, event: BatchEnded) -> None:
         inst = current_instruments()
-        inst.batches.add(1, {n.DEPTH: event.depth, n.STATUS: event.status})
-        inst.batch_size.record(event.size, {n.DEPTH: event.depth})
+        inst.batches.add(1, pair_attributes(event.depth, n.STATUS, event.status))
+        inst.batch_size.record(event.size, depth_attributes(event.depth))
 
     def _model_call_metrics(self, event: ModelCallEnded) -> None:
         inst = current_instruments()

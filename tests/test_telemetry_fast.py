@@ -1,0 +1,284 @@
+"""The histogram fast path gives exactly the data points ``Histogram.record`` gives.
+
+Each test records one sequence twice, on two SDK meter providers set up alike: once through
+the SDK's public ``record`` and once through ``fast_histogram``, then compares what an
+in-memory reader collects (attributes, count, sum, min, max, buckets, exemplars). The set-ups
+are the ones that change where a measurement goes: views that rename, filter attributes or
+change the aggregation, a cardinality limit, two readers, a reader added later, delta
+temporality, exemplars, a disabled meter; and values the SDK refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import (
+    ExplicitBucketHistogramAggregation,
+    SumAggregation,
+    View,
+)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.version import __version__ as sdk_version
+
+from xzatoma.telemetry import _fast
+from xzatoma.telemetry._config import state
+from xzatoma.telemetry._fast import TESTED_SDK_MINORS, fast_histogram
+
+BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6)
+DEPTH_1 = {"depth": 1}
+DEPTH_2 = {"depth": 2}
+PAIR = {"depth": 1, "status": "complete"}
+VALUES = (0, 0.05, 0.1, 0.15, 0.4, 1, 1.6, 7, 123456.5, 3)
+SDK_TESTED = tuple(int(part) for part in sdk_version.split(".")[:2]) in TESTED_SDK_MINORS
+
+Setup = Callable[[], dict[str, Any]]
+
+
+def _record_both(
+    setup: Setup,
+    records: Sequence[tuple[float, Mapping[str, str | int]]],
+    *,
+    between: Callable[[MeterProvider], None] | None = None,
+) -> tuple[list[Any], list[Any], Any]:
+    """Record ``records`` publicly and through the fast path; the data points of each."""
+    results = []
+    fast = None
+    for use_fast in (False, True):
+        options = setup()
+        readers = options.pop("readers")
+        provider = MeterProvider(metric_readers=readers, **options)
+        histogram = provider.get_meter("t").create_histogram(
+            "h", "s", explicit_bucket_boundaries_advisory=BUCKETS
+        )
+        recorder = fast_histogram(histogram) if use_fast else histogram
+        half = len(records) // 2
+        for value, attributes in records[:half]:
+            recorder.record(value, attributes)
+        if between is not None:
+            between(provider)
+        for value, attributes in records[half:]:
+            recorder.record(value, attributes)
+        results.append([_points(reader) for reader in readers])
+        if use_fast:
+            fast = recorder
+        provider.shutdown()
+    return results[0], results[1], fast
+
+
+def _points(reader: InMemoryMetricReader) -> list[tuple[Any, ...]]:
+    """Every data point of ``reader``, timestamps and trace ids left out."""
+    data = reader.get_metrics_data()
+    found: list[tuple[Any, ...]] = []
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    fields = dict(vars(point)) if hasattr(point, "__dict__") else {}
+                    if not fields:
+                        fields = {name: getattr(point, name) for name in point.__slots__}
+                    exemplars = tuple(
+                        (e.value, tuple(sorted((e.filtered_attributes or {}).items())))
+                        for e in fields.pop("exemplars", ())
+                    )
+                    for name in ("start_time_unix_nano", "time_unix_nano"):
+                        fields.pop(name, None)
+                    attributes = tuple(sorted(fields.pop("attributes").items()))
+                    found.append((metric.name, attributes, sorted(fields.items()), exemplars))
+    return sorted(found, key=repr)
+
+
+def _records() -> list[tuple[float, Mapping[str, str | int]]]:
+    sets = (DEPTH_1, DEPTH_2, PAIR)
+    return [(value, sets[i % 3]) for i, value in enumerate(VALUES * 3)]
+
+
+def _one_reader() -> dict[str, Any]:
+    return {"readers": [InMemoryMetricReader()]}
+
+
+SETUPS: dict[str, Setup] = {
+    "default": _one_reader,
+    "two readers": lambda: {"readers": [InMemoryMetricReader(), InMemoryMetricReader()]},
+    "view filtering attributes": lambda: {
+        "readers": [InMemoryMetricReader()],
+        "views": [View(instrument_name="h", name="renamed", attribute_keys={"depth"})],
+    },
+    "view with other buckets": lambda: {
+        "readers": [InMemoryMetricReader()],
+        "views": [
+            View(instrument_name="h", aggregation=ExplicitBucketHistogramAggregation((1.0,)))
+        ],
+    },
+    "two views, one a sum": lambda: {
+        "readers": [InMemoryMetricReader()],
+        "views": [
+            View(instrument_name="h"),
+            View(instrument_name="h", name="h_sum", aggregation=SumAggregation()),
+        ],
+    },
+    "cardinality limit": lambda: {
+        "readers": [InMemoryMetricReader()],
+        "views": [View(instrument_name="h", aggregation_cardinality_limit=2)],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETUPS))
+def test_the_fast_path_gives_the_data_points_of_record(name: str) -> None:
+    public, fast, recorder = _record_both(SETUPS[name], _records())
+
+    assert fast == public
+    assert public[0], "nothing was recorded: the comparison would prove nothing"
+    assert recorder.bound is SDK_TESTED
+
+
+@pytest.mark.skipif(not SDK_TESTED, reason=f"opentelemetry-sdk {sdk_version} is untested")
+def test_the_installed_sdk_takes_the_fast_path() -> None:
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    histogram = provider.get_meter("t").create_histogram("h")
+    recorder = fast_histogram(histogram)
+    recorder.record(1.0, DEPTH_1)
+    recorder.record(2.0, DEPTH_1)
+
+    assert recorder.bound
+    assert id(DEPTH_1) in recorder._bindings
+    assert isinstance(histogram, Histogram)
+
+
+def test_an_untested_sdk_version_records_through_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_fast, "TESTED_SDK_MINORS", frozenset({(0, 1)}))
+    monkeypatch.setattr(_fast, "_sdk_checked", False)
+    monkeypatch.setattr(_fast, "_sdk", None)
+    histogram = MeterProvider().get_meter("t").create_histogram("h")
+
+    assert fast_histogram(histogram) is histogram
+
+
+def test_a_histogram_of_the_no_op_api_is_left_as_it_is() -> None:
+    histogram = NoOpMeterProvider().get_meter("t").create_histogram("h")
+
+    assert fast_histogram(histogram) is histogram
+
+
+def test_a_reader_added_later_gets_the_records_that_follow() -> None:
+    late: list[InMemoryMetricReader] = []
+
+    def add_reader(provider: MeterProvider) -> None:
+        reader = InMemoryMetricReader()
+        late.append(reader)
+        provider.add_metric_reader(reader)
+
+    records = _records()
+    public, fast, _ = _record_both(_one_reader, records, between=add_reader)
+
+    assert fast == public
+    late_public, late_fast = (_points(reader) for reader in late)
+    assert late_fast == late_public
+    count = sum(dict(fields)["count"] for _, _, fields, _ in late_fast)
+    assert count == len(records) - len(records) // 2
+
+
+def test_delta_temporality_falls_back_to_record_and_stays_exact() -> None:
+    def delta() -> dict[str, Any]:
+        temporality = {Histogram: AggregationTemporality.DELTA}
+        return {"readers": [InMemoryMetricReader(preferred_temporality=temporality)]}
+
+    public, fast, recorder = _record_both(delta, _records())
+
+    assert fast == public
+    assert not recorder.bound
+
+
+def test_exemplars_of_sampled_spans_are_kept_with_their_attributes() -> None:
+    tracer = TracerProvider().get_tracer("t")
+    records = _records()
+    results = []
+    for use_fast in (False, True):
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(
+            metric_readers=[reader],
+            views=[View(instrument_name="h", attribute_keys={"depth"})],
+        )
+        histogram = provider.get_meter("t").create_histogram(
+            "h", explicit_bucket_boundaries_advisory=BUCKETS
+        )
+        recorder = fast_histogram(histogram) if use_fast else histogram
+        for i, (value, attributes) in enumerate(records):
+            if i % 2:
+                with tracer.start_as_current_span("sampled"):
+                    recorder.record(value, attributes)
+            else:
+                recorder.record(value, attributes)
+        results.append(_points(reader))
+
+    public, fast = results
+    assert fast == public
+    exemplars = [e for *_, point_exemplars in public for e in point_exemplars]
+    assert exemplars, "no exemplar was sampled: the comparison would prove nothing"
+    # The view keeps only depth on the point; the exemplar keeps what the view dropped.
+    assert ("status", "complete") in {a for _, attrs in exemplars for a in attrs}
+
+
+def test_a_meter_disabled_between_records_drops_the_records_that_follow() -> None:
+    from opentelemetry.sdk.metrics._internal import _disable_meter_configurator
+
+    def disable(provider: MeterProvider) -> None:
+        provider._set_meter_configurator(meter_configurator=_disable_meter_configurator)
+
+    records = _records()
+    public, fast, _ = _record_both(_one_reader, records, between=disable)
+
+    assert fast == public
+    assert sum(dict(fields)["count"] for _, _, fields, _ in fast[0]) == len(records) // 2
+
+
+def test_refused_values_are_refused_with_the_sdks_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = [(-1.0, DEPTH_1), (float("nan"), DEPTH_1), (float("inf"), DEPTH_1)]
+    with caplog.at_level(logging.WARNING):
+        public, fast, _ = _record_both(_one_reader, [(1.0, DEPTH_1), *refused, (2.0, DEPTH_1)])
+
+    assert fast == public
+    (point,) = fast[0]
+    assert dict(point[2])["count"] == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 * len(refused)
+
+
+def test_a_fresh_mapping_per_call_binds_again_and_the_bindings_stay_bounded() -> None:
+    records = [(float(i % 7), {"depth": i % 3}) for i in range(3000)]
+    public, fast, recorder = _record_both(_one_reader, records)
+
+    assert fast == public
+    assert len(recorder._bindings) <= _fast._MAX_BINDINGS
+
+
+@pytest.fixture
+def restore_global_tracer() -> Iterator[None]:
+    saved = trace._TRACER_PROVIDER
+    yield
+    trace._TRACER_PROVIDER = saved
+    state._global_marker = object()
+
+
+@pytest.mark.usefixtures("restore_global_tracer")
+def test_a_global_tracer_provider_set_later_is_picked_up() -> None:
+    if trace._TRACER_PROVIDER is not None:
+        pytest.skip("a global tracer provider is already set in this process")
+    assert state.config.tracer_provider is None
+    assert not state.tracing()
+    assert not state.tracing()  # asked twice, the answer is the cached one
+
+    trace._TRACER_PROVIDER = TracerProvider()
+
+    assert state.tracing()
