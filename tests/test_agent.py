@@ -259,6 +259,63 @@ async def test_a_hook_that_raises_is_dropped_and_logged_once(
     assert len([r for r in caplog.records if "has been disabled" in r.getMessage()]) == 1
 
 
+class _Wants:
+    """A hook that asks for some event types only, and keeps what it is handed."""
+
+    def __init__(self, *wanted: type) -> None:
+        self.wanted = frozenset(wanted)
+        self.asked = 0
+        self.seen: list[type] = []
+
+    def wanted_events(self) -> frozenset[type]:
+        self.asked += 1
+        return self.wanted
+
+    def __call__(self, event: object) -> None:
+        self.seen.append(type(event))
+
+
+async def test_a_run_makes_only_the_events_its_subscribers_want() -> None:
+    hook = _Wants(ModelCallEnded, ToolCallEnded)
+    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1)), reply("2")])
+    result = await Agent(provider, tools=[add], hooks=[hook]).run("x")
+
+    assert result.status == "complete"
+    assert hook.seen == [ModelCallEnded, ToolCallEnded, ModelCallEnded]
+    assert hook.asked == 1  # once per run, at its start
+
+
+async def test_a_subscriber_without_wanted_events_gets_every_event_and_so_do_the_others() -> None:
+    picky = _Wants(RunEnded)
+    capture = EventCapture()
+    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1)), reply("2")])
+    await Agent(provider, tools=[add], hooks=[picky, capture]).run("x")
+
+    everything = [type(event) for event in capture.events]
+    assert everything == [
+        RunStarted,
+        ModelCallStarted,
+        ModelCallEnded,
+        ToolCallStarted,
+        ToolCallEnded,
+        ModelCallStarted,
+        ModelCallEnded,
+        RunEnded,
+    ]
+    assert picky.seen == everything
+
+
+async def test_what_a_subscriber_wants_is_asked_again_at_each_run() -> None:
+    hook = _Wants()
+    agent = Agent(ScriptedProvider([reply("a"), reply("b")]), hooks=[hook])
+    await agent.run("1")
+    hook.wanted = frozenset({RunStarted, RunEnded})
+    await agent.run("2")
+
+    assert hook.seen == [RunStarted, RunEnded]
+    assert hook.asked == 2
+
+
 async def test_tool_decorator_schema_context_and_json_return() -> None:
     seen: list[ToolContext] = []
 

@@ -33,6 +33,14 @@ from xzatoma import (
     Usage,
     tool,
 )
+from xzatoma._hooks import (
+    BatchEnded,
+    ModelCallEnded,
+    RunStarted,
+    SubagentEnded,
+    SubagentStarted,
+    ToolCallEnded,
+)
 from xzatoma.telemetry import (
     SubagentMetrics,
     TelemetryCapture,
@@ -41,6 +49,7 @@ from xzatoma.telemetry import (
     configure,
 )
 from xzatoma.telemetry import _names as n
+from xzatoma.telemetry._config import configuration, restore, state
 from xzatoma.testing import ScriptedProvider, call, tool_calls
 
 USAGE = Usage(requests=1, prompt_tokens=10, completion_tokens=5, total_tokens=15)
@@ -676,3 +685,22 @@ async def test_metrics_switching_off_mid_run_still_brings_active_back_to_zero(
     # "p" was still running when metrics went off: closed as execution_failed, not left active
     assert captured.value(n.ERRORS, depth=1, error_type="execution_failed") == 1
     assert_at_rest(captured, subscriber)
+
+
+def test_the_subscriber_asks_for_span_events_only_while_spans_can_go_somewhere() -> None:
+    saved = configuration()
+    try:
+        configure()
+        if state.tracing():
+            pytest.skip("a global tracer provider is set in this process")
+        metric_events = {SubagentStarted, SubagentEnded, BatchEnded, ModelCallEnded}
+        assert TelemetrySubscriber().wanted_events() == metric_events
+        assert TelemetrySubscriber(metrics=False).wanted_events() == set()
+
+        configure(tracer_provider=TracerProvider())
+        wanted = TelemetrySubscriber().wanted_events()
+        assert wanted > metric_events
+        assert {RunStarted, ToolCallEnded} <= wanted
+        assert TelemetrySubscriber(traces=False).wanted_events() == metric_events
+    finally:
+        restore(saved)

@@ -17,6 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from ._hooks import (
+    Event,
     Hook,
     Hooks,
     ModelCallEnded,
@@ -44,9 +45,11 @@ _Outcome = tuple[RunStatus, ErrorType | None, str | None]
 class RunState:
     """The mutable record of a run in progress; whoever cancels a run reads it afterwards."""
 
-    __slots__ = ("children", "final", "messages", "output", "turns", "usage")
+    __slots__ = ("children", "events", "final", "messages", "output", "turns", "usage")
 
     def __init__(self) -> None:
+        self.events: frozenset[type[Event]] = frozenset()
+        """The run's own event types some subscriber wants (asked once, at its start)."""
         self.messages: list[Message] = []
         self.usage = Usage()
         self.turns = 0
@@ -184,7 +187,8 @@ class Agent:
         run_id = new_id()
         provider, model = self.provider.name, self.provider.model
         started = clock()
-        if hooks:
+        events = state.events = hooks.wanted() if hooks else state.events
+        if RunStarted in events:
             hooks.emit(RunStarted(run_id, parent_id, self.name, label, depth, provider, model))
         outcome: _Outcome = ("cancelled", "cancelled", "cancelled")
         try:
@@ -207,7 +211,7 @@ class Agent:
                 outcome = ("failed", "execution_failed", f"{type(exc).__name__}: {exc}")
         finally:
             status, error_type, _ = outcome
-            if hooks:
+            if RunEnded in events:
                 hooks.emit(
                     RunEnded(
                         run_id, parent_id, self.name, label, depth, provider, model,
@@ -254,7 +258,7 @@ class Agent:
                 except QuotaExceeded as exc:
                     return "failed", "quota_exceeded", str(exc)
             try:
-                completion = await self._call_model(messages, tree, depth, run_id)
+                completion = await self._call_model(messages, tree, depth, run_id, state.events)
             except _ModelFailed as exc:
                 return "failed", "execution_failed", str(exc)
             state.turns += 1
@@ -279,13 +283,18 @@ class Agent:
                 messages.append(Message.tool(call, result.content))
 
     async def _call_model(
-        self, messages: list[Message], tree: TreeContext, depth: int, run_id: int
+        self,
+        messages: list[Message],
+        tree: TreeContext,
+        depth: int,
+        run_id: int,
+        events: frozenset[type[Event]],
     ) -> Completion:
         hooks, clock = tree.hooks, tree.clock
         provider, model = self.provider.name, self.provider.model
         call_id = new_id()
         started = clock()
-        if hooks:
+        if ModelCallStarted in events:
             hooks.emit(ModelCallStarted(call_id, run_id, depth, provider, model))
         completion: Completion | None = None
         error_type: str | None = "cancelled"
@@ -300,7 +309,7 @@ class Agent:
             logger.exception("provider %r raised an unexpected exception", provider)
             raise _ModelFailed(f"provider {provider!r} raised {error_type}: {exc}") from exc
         finally:
-            if hooks:
+            if ModelCallEnded in events:
                 hooks.emit(
                     ModelCallEnded(
                         call_id, run_id, depth, provider, model,
@@ -329,13 +338,15 @@ class Agent:
         sinks: list[list[tuple[int, RunResult]]] = [[] for _ in calls]
         try:
             if len(calls) == 1:
-                only = await self._invoke(calls[0], sinks[0], tree, depth, label, run_id, deadline)
+                only = await self._invoke(
+                    calls[0], sinks[0], tree, depth, label, run_id, deadline, state.events
+                )
                 return [only]
             results: list[ToolResult] = [ToolResult("")] * len(calls)
 
             async def invoke_into(index: int, call: ToolCall) -> None:
                 results[index] = await self._invoke(
-                    call, sinks[index], tree, depth, label, run_id, deadline
+                    call, sinks[index], tree, depth, label, run_id, deadline, state.events
                 )
 
             async with anyio.create_task_group() as tg:
@@ -361,11 +372,12 @@ class Agent:
         label: str,
         run_id: int,
         deadline: float,
+        events: frozenset[type[Event]],
     ) -> ToolResult:
         hooks, clock = tree.hooks, tree.clock
         event_id = new_id()
         started = clock()
-        if hooks:
+        if ToolCallStarted in events:
             hooks.emit(ToolCallStarted(event_id, run_id, depth, call.name, call.id))
         result: ToolResult | None = None
         try:
@@ -384,7 +396,7 @@ class Agent:
                 result = ToolResult.error(f"tool '{call.name}' raised {type(exc).__name__}: {exc}")
             return result
         finally:
-            if hooks:
+            if ToolCallEnded in events:
                 hooks.emit(
                     ToolCallEnded(
                         event_id, run_id, depth, call.name, call.id,

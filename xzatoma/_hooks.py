@@ -14,17 +14,19 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import Final, TypeAlias, TypeVar, get_args
 
 from ._result import ErrorType, RunResult, RunStatus
 from ._types import Usage
 
 __all__ = (
+    "ALL_EVENTS",
     "BatchEnded",
     "BatchStarted",
     "Event",
     "Hook",
     "Hooks",
+    "RUN_EVENTS",
     "ModelCallEnded",
     "ModelCallStarted",
     "RunEnded",
@@ -228,8 +230,24 @@ Hook: TypeAlias = Callable[[Event], None]
 """A subscriber: called synchronously with each event; must be quick and must not block."""
 
 
+ALL_EVENTS: Final[frozenset[type[Event]]] = frozenset(get_args(Event))
+"""Every event type: what a subscriber without ``wanted_events`` is sent."""
+
+RUN_EVENTS: Final[frozenset[type[Event]]] = frozenset(
+    {RunStarted, RunEnded, ModelCallStarted, ModelCallEnded, ToolCallStarted, ToolCallEnded}
+)
+"""The events of one run, made only when some subscriber wants them for that run."""
+
+
 class Hooks:
-    """Dispatches events to subscribers; a subscriber that raises is logged and dropped."""
+    """Dispatches events to subscribers; a subscriber that raises is logged and dropped.
+
+    A subscriber may have a ``wanted_events()`` method returning the event types it wants.
+    The core asks it at every run start and makes that run's own events (``RunStarted``,
+    ``RunEnded``, ``ModelCall*``, ``ToolCall*``) only if some subscriber wants them, the
+    way trio calls only the instrument hooks that exist. A subscriber can still be handed
+    events it did not ask for (another one wanted them); one without the method gets all.
+    """
 
     __slots__ = ("_hooks",)
 
@@ -242,6 +260,16 @@ class Hooks:
     def add(self, hook: Hook) -> None:
         """Subscribe ``hook`` to every later event."""
         self._hooks = [*self._hooks, hook]
+
+    def wanted(self) -> frozenset[type[Event]]:
+        """The event types some subscriber wants now (the core asks once per run)."""
+        wanted: frozenset[type[Event]] = frozenset()
+        for hook in self._hooks:
+            ask = getattr(hook, "wanted_events", None)
+            if ask is None:
+                return ALL_EVENTS
+            wanted = wanted.union(ask())
+        return wanted
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber, in subscription order."""

@@ -80,6 +80,10 @@ class BatchProgress:
             f"done {self.done}  failed {self.failed}  running {self.running}  tokens {self.tokens}"
         )
 
+    def wanted_events(self) -> frozenset[type[Event]]:
+        """Of a run's own events, only the model calls' ends (for the token count)."""
+        return _WANTED
+
     def __call__(self, event: Event) -> None:
         if isinstance(event, BatchStarted):
             if event.depth == 1 and self.total == 0:
@@ -222,3 +226,8 @@ def _rows(node: RunResult, prefix: str, cont: str) -> Iterator[tuple[str, str, R
     for index, child in enumerate(node.children):
         branch, further = ("└─ ", "   ") if index == last else ("├─ ", "│  ")
         yield from _rows(child, cont + branch, cont + further)
+
+
+_WANTED: frozenset[type[Event]] = frozenset(
+    {BatchStarted, SubagentStarted, SubagentEnded, ModelCallEnded}
+)

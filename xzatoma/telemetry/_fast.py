@@ -23,6 +23,7 @@ wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from time import time_ns
@@ -41,6 +42,8 @@ checked against; any other version records through the public ``Histogram.record
 
 _Attributes = Mapping[str, str | int]
 _INF: Final = float("inf")
+_new = object.__new__
+_set = object.__setattr__
 
 
 class HistogramRecorder(Protocol):
@@ -60,6 +63,9 @@ def fast_histogram(histogram: metrics.Histogram) -> HistogramRecorder:
     return _BoundHistogram(histogram, sdk)
 
 
+_MEASUREMENT_FIELDS: Final = ("value", "time_unix_nano", "instrument", "context", "attributes")
+
+
 class _Sdk:
     """The SDK internals the fast path touches, imported once."""
 
@@ -73,6 +79,15 @@ class _Sdk:
 
         self.Histogram = Histogram
         self.Measurement = Measurement
+        # The fast path fills a Measurement's __dict__ directly: only if that gives what
+        # the constructor gives.
+        fields = tuple(field.name for field in dataclasses.fields(Measurement))
+        if fields != _MEASUREMENT_FIELDS:
+            raise ImportError(f"Measurement has the fields {fields}, not {_MEASUREMENT_FIELDS}")
+        made = _new(Measurement)
+        _set(made, "__dict__", dict(zip(fields, (1.0, 2, None, None, None), strict=True)))
+        if made != Measurement(1.0, 2, None, None, None):  # type: ignore[arg-type]
+            raise ImportError("a Measurement is not made by filling its __dict__")
         self.SynchronousMeasurementConsumer = SynchronousMeasurementConsumer
         self.hash_attributes = _hash_attributes
 
@@ -153,14 +168,30 @@ class _BoundHistogram:
             return
         context = get_current()
         now = time_ns()
-        sample = self._should_sample(amount, now, attributes, context)
-        # The attributes matter to an aggregation only for an exemplar; cleaning them is
-        # what makes the SDK's Measurement expensive, so it is done only then.
-        measurement = self._measurement(
-            amount, now, self._histogram, context, attributes if sample else None
+        histogram = self._histogram
+        if self._should_sample(amount, now, attributes, context):
+            # An exemplar keeps the measurement's attributes: made as record makes it.
+            measurement = self._measurement(amount, now, histogram, context, attributes)
+            for aggregation in entry[2]:
+                aggregation.aggregate(measurement, True)
+            return
+        # Without an exemplar an aggregation reads only the value. The dataclass's own
+        # __init__ (five frozen-field stores and a check) costs twice as much as filling
+        # its __dict__, which gives the same object (the fields are checked at import).
+        measurement = _new(self._measurement)
+        _set(
+            measurement,
+            "__dict__",
+            {
+                "value": amount,
+                "time_unix_nano": now,
+                "instrument": histogram,
+                "context": context,
+                "attributes": None,
+            },
         )
         for aggregation in entry[2]:
-            aggregation.aggregate(measurement, sample)
+            aggregation.aggregate(measurement, False)
 
     def _record_slowly(self, amount: float, attributes: _Attributes) -> None:
         """Bind ``attributes`` and record through ``record`` (the SDK's checks and warnings)."""

@@ -274,10 +274,11 @@ class SubagentMetrics:
         if self._recorded:
             return False
         self._recorded = True
+        by_status = pair_attributes(self.depth, n.STATUS, status)
         try:
-            self._instruments.completions.add(1, pair_attributes(self.depth, n.STATUS, status))
+            self._instruments.completions.add(1, by_status)
         finally:
-            self._finish(status, turns, tokens, duration)
+            self._finish(by_status, turns, tokens, duration)
         return True
 
     def record_error(
@@ -310,15 +311,17 @@ class SubagentMetrics:
         try:
             self._instruments.errors.add(1, pair_attributes(self.depth, n.ERROR_TYPE, error_type))
         finally:
-            self._finish(status, turns, tokens, duration)
+            self._finish(pair_attributes(self.depth, n.STATUS, status), turns, tokens, duration)
         return True
 
-    def _finish(self, status: str, turns: int, tokens: int, duration: float | None) -> None:
+    def _finish(
+        self, by_status: Mapping[str, str | int], turns: int, tokens: int, duration: float | None
+    ) -> None:
         inst, attrs = self._instruments, self._attrs
         try:
             if duration is None:
                 duration = time.monotonic() - self._started
-            inst.duration.record(duration, pair_attributes(self.depth, n.STATUS, status))
+            inst.duration.record(duration, by_status)
             if turns > 0:
                 inst.turns.record(turns, attrs)
             if tokens > 0:

@@ -32,7 +32,6 @@ from .._hooks import (
     ToolCallEnded,
     ToolCallStarted,
 )
-from .._types import Usage
 from . import _names as n
 from ._config import state
 from ._metrics import SubagentMetrics, current_instruments, depth_attributes, pair_attributes
@@ -40,8 +39,6 @@ from ._metrics import SubagentMetrics, current_instruments, depth_attributes, pa
 __all__ = ("TelemetrySubscriber",)
 
 logger = logging.getLogger("xzatoma.telemetry")
-
-_NO_USAGE: Final = Usage()
 
 
 class TelemetrySubscriber:
@@ -57,7 +54,15 @@ class TelemetrySubscriber:
         traces: Record the ``invoke_agent``, ``execute_tool`` and ``chat`` spans.
     """
 
-    __slots__ = ("_dispatch", "_executions", "_metrics_on", "_spans", "_spans_on")
+    __slots__ = (
+        "_dispatch",
+        "_executions",
+        "_metrics_on",
+        "_spans",
+        "_spans_on",
+        "_wanted_tracing",
+        "_wanted_untraced",
+    )
 
     def __init__(self, *, metrics: bool = True, traces: bool = True) -> None:
         self._metrics_on = metrics
@@ -65,6 +70,8 @@ class TelemetrySubscriber:
         self._executions: dict[int, SubagentMetrics] = {}
         self._spans: dict[int, Span] = {}
         self._dispatch: dict[type, tuple[tuple[bool, _Handler], ...]] = {}
+        self._wanted_tracing: frozenset[type[Event]] = frozenset()
+        self._wanted_untraced: frozenset[type[Event]] = frozenset()
         self._build_dispatch()
 
     def _build_dispatch(self) -> None:
@@ -77,6 +84,18 @@ class TelemetrySubscriber:
             for kind, handler in _SPAN_HANDLERS.items():
                 table.setdefault(kind, []).append((False, handler))
         self._dispatch = {kind: tuple(handlers) for kind, handlers in table.items()}
+        self._wanted_tracing = frozenset(table)
+        self._wanted_untraced = frozenset(_METRIC_HANDLERS) if self._metrics_on else frozenset()
+
+    def wanted_events(self) -> frozenset[type[Event]]:
+        """The events to make for a run starting now (see :class:`xzatoma.Hooks`).
+
+        Those of the metrics half, and those of the span half while spans can go anywhere:
+        with only OTel's no-op API, a run makes no span events at all.
+        """
+        if self._spans_on and state.tracing():
+            return self._wanted_tracing
+        return self._wanted_untraced
 
     def __repr__(self) -> str:
         return f"TelemetrySubscriber(metrics={self._metrics_on}, traces={self._spans_on})"
@@ -147,7 +166,9 @@ class TelemetrySubscriber:
         inst.operation_duration.record(event.duration, call_attrs)
         usage = event.usage
         # A call that failed, or whose provider reported no usage, has no token counts to give.
-        if event.error_type is None and usage != _NO_USAGE:
+        if event.error_type is None and (
+            usage.requests or usage.prompt_tokens or usage.completion_tokens or usage.total_tokens
+        ):
             inst.token_usage.record(usage.prompt_tokens, input_attrs)
             inst.token_usage.record(usage.completion_tokens, output_attrs)
 
