@@ -163,6 +163,15 @@ def test_an_untested_sdk_version_records_through_record(
     assert fast_histogram(histogram) is histogram
 
 
+def test_the_environment_switch_turns_the_fast_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_fast.SWITCH, "0")
+    monkeypatch.setattr(_fast, "_sdk_checked", False)
+    monkeypatch.setattr(_fast, "_sdk", None)
+    histogram = MeterProvider().get_meter("t").create_histogram("h")
+
+    assert fast_histogram(histogram) is histogram
+
+
 def test_a_histogram_of_the_no_op_api_is_left_as_it_is() -> None:
     histogram = NoOpMeterProvider().get_meter("t").create_histogram("h")
 

@@ -18,13 +18,14 @@ attribute filters, cardinality overflow, exemplars and readers added later):
 - a binding is remade when a reader is added or removed (the SDK replaces its storage map).
 
 Anything else, or any surprise while binding, takes the public ``record``: slower, never
-wrong.
+wrong. ``XZATOMA_TELEMETRY_FAST_PATH=0`` in the environment turns the fast path off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping
 from time import time_ns
 from typing import Any, Final, Protocol
@@ -32,9 +33,12 @@ from typing import Any, Final, Protocol
 from opentelemetry import metrics
 from opentelemetry.context import get_current
 
-__all__ = ("TESTED_SDK_MINORS", "HistogramRecorder", "fast_histogram")
+__all__ = ("SWITCH", "TESTED_SDK_MINORS", "HistogramRecorder", "fast_histogram")
 
 logger = logging.getLogger("xzatoma.telemetry")
+
+SWITCH: Final = "XZATOMA_TELEMETRY_FAST_PATH"
+"""Set to ``0`` to record every histogram through the SDK's public ``record`` (read once)."""
 
 TESTED_SDK_MINORS: Final = frozenset({(1, 45)})
 """The ``opentelemetry-sdk`` versions (major, minor) whose internals the fast path was
@@ -100,6 +104,9 @@ def _sdk_internals() -> _Sdk | None:
     global _sdk, _sdk_checked
     if not _sdk_checked:
         _sdk_checked = True
+        if os.environ.get(SWITCH, "").strip().lower() in ("0", "false", "off", "no"):
+            logger.info("xzatoma telemetry: %s is off: histograms use record()", SWITCH)
+            return None
         try:
             from opentelemetry.sdk.version import __version__
 
