@@ -66,3 +66,12 @@ def test_error_tree() -> None:
     assert issubclass(xzatoma.ConfigError, ValueError)
     for name in ("ProviderError", "QuotaExceeded", "DepthLimitExceeded"):
         assert issubclass(getattr(xzatoma, name), xzatoma.XzatomaError)
+
+
+def test_the_events_module_offers_every_event_class_a_subscriber_needs() -> None:
+    from xzatoma import events
+
+    classes = {name for name in events.__all__ if isinstance(getattr(events, name), type)}
+    assert classes == {kind.__name__ for kind in events.ALL_EVENTS} | {"Hooks"}
+    assert set(events.__all__) == classes | {"ALL_EVENTS", "RUN_EVENTS", "Event", "Hook"}
+    assert events.RUN_EVENTS < events.ALL_EVENTS
