@@ -281,8 +281,40 @@ async def test_a_run_makes_only_the_events_its_subscribers_want() -> None:
     result = await Agent(provider, tools=[add], hooks=[hook]).run("x")
 
     assert result.status == "complete"
-    assert hook.seen == [ModelCallEnded, ToolCallEnded, ModelCallEnded]
+    # Each wanted end brings its start: whoever gets one of a pair gets both.
+    assert hook.seen == [
+        ModelCallStarted,
+        ModelCallEnded,
+        ToolCallStarted,
+        ToolCallEnded,
+        ModelCallStarted,
+        ModelCallEnded,
+    ]
     assert hook.asked == 1  # once per run, at its start
+
+
+@pytest.mark.parametrize(
+    "answer", [ValueError("bug"), None, frozenset({int})], ids=["raises", "None", "not events"]
+)
+async def test_a_wanted_events_that_fails_drops_its_hook_and_the_run_goes_on(
+    answer: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(_Wants):
+        def wanted_events(self) -> frozenset[type]:
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[return-value]
+
+    broken, fine = Broken(), _Wants(RunEnded)
+    caplog.set_level(logging.ERROR, logger="xzatoma.hooks")
+    agent = Agent(ScriptedProvider([reply("a"), reply("b")]), hooks=[broken, fine])
+    first = await agent.run("1")
+    second = await agent.run("2")
+
+    assert (first.status, second.status) == ("complete", "complete")
+    assert broken.seen == []
+    assert fine.seen == [RunStarted, RunEnded] * 2
+    assert len([r for r in caplog.records if "wanted_events() failed" in r.getMessage()]) == 1
 
 
 async def test_a_subscriber_without_wanted_events_gets_every_event_and_so_do_the_others() -> None:

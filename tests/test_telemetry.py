@@ -50,7 +50,7 @@ from xzatoma.telemetry import (
 )
 from xzatoma.telemetry import _names as n
 from xzatoma.telemetry._config import configuration, restore, state
-from xzatoma.testing import ScriptedProvider, call, tool_calls
+from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 USAGE = Usage(requests=1, prompt_tokens=10, completion_tokens=5, total_tokens=15)
 NO_SUMMARY = SubagentConfig(summary_prompt=None)
@@ -704,3 +704,29 @@ def test_the_subscriber_asks_for_span_events_only_while_spans_can_go_somewhere()
         assert TelemetrySubscriber(traces=False).wanted_events() == metric_events
     finally:
         restore(saved)
+
+
+async def test_a_tracer_provider_that_cannot_load_turns_spans_off_and_metrics_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+    captured: TelemetryCapture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry import trace
+
+    if trace._TRACER_PROVIDER is not None:
+        pytest.skip("a global tracer provider is set in this process")
+    configure(meter_provider=configuration().meter_provider)  # metrics only, global tracing
+    monkeypatch.setenv("OTEL_PYTHON_TRACER_PROVIDER", "no_such_provider")
+    monkeypatch.setattr(state, "_global_marker", object())  # ask the API again
+    subscriber = TelemetrySubscriber()
+    provider = ScriptedProvider(
+        [tool_calls(call("subagent", label="a", task_prompt="go")), reply("child"), reply("done")]
+    )
+    runtime = Runtime(provider, subagents=NO_SUMMARY, telemetry=subscriber)
+    with caplog.at_level(logging.ERROR, logger="xzatoma.telemetry"):
+        result = await runtime.agent().run("x")
+
+    assert result.status == "complete"
+    assert captured.value(n.EXECUTIONS, depth=1) == 1
+    assert not subscriber._spans_on
+    assert sum("spans failed on wanted_events" in r.getMessage() for r in caplog.records) == 1

@@ -141,14 +141,26 @@ def test_the_fast_path_gives_the_data_points_of_record(name: str) -> None:
 
 @pytest.mark.skipif(not SDK_TESTED, reason=f"opentelemetry-sdk {sdk_version} is untested")
 def test_the_installed_sdk_takes_the_fast_path() -> None:
-    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
     histogram = provider.get_meter("t").create_histogram("h")
     recorder = fast_histogram(histogram)
-    recorder.record(1.0, DEPTH_1)
-    recorder.record(2.0, DEPTH_1)
+    recorder.record(1.0, DEPTH_1)  # binds, and records through record()
+    public_calls: list[float] = []
+    sdk_record = histogram.record
+
+    def counting(amount: float, attributes: Any = None, context: Any = None) -> None:
+        public_calls.append(amount)
+        sdk_record(amount, attributes, context)
+
+    histogram.record = counting  # type: ignore[method-assign]
+    for value in (2.0, 3.0, 4.0):
+        recorder.record(value, DEPTH_1)
 
     assert recorder.bound
-    assert id(DEPTH_1) in recorder._bindings
+    assert public_calls == []  # the three values went straight to the aggregation
+    (point,) = _points(reader)
+    assert (dict(point[2])["count"], dict(point[2])["sum"]) == (4, 10.0)
     assert isinstance(histogram, Histogram)
 
 
@@ -243,11 +255,23 @@ def test_a_meter_disabled_between_records_drops_the_records_that_follow() -> Non
     def disable(provider: MeterProvider) -> None:
         provider._set_meter_configurator(meter_configurator=_disable_meter_configurator)
 
+    # The second half brings an attribute set first seen while the meter is disabled: it
+    # must leave no point behind (not even an empty one).
     records = _records()
+    records[len(records) // 2 + 1] = (0.5, {"depth": 9})
     public, fast, _ = _record_both(_one_reader, records, between=disable)
 
     assert fast == public
     assert sum(dict(fields)["count"] for _, _, fields, _ in fast[0]) == len(records) // 2
+    assert ("depth", 9) not in {a for _, attrs, _, _ in fast[0] for a in attrs}
+
+
+def test_attributes_the_sdk_would_clean_take_the_public_path() -> None:
+    odd = {"depth": 1, "": "dropped by the SDK"}
+    public, fast, recorder = _record_both(_one_reader, [(1.0, DEPTH_1), (2.0, odd)] * 3)
+
+    assert fast == public
+    assert not recorder.bound
 
 
 def test_refused_values_are_refused_with_the_sdks_warning(
@@ -278,6 +302,7 @@ def restore_global_tracer() -> Iterator[None]:
     yield
     trace._TRACER_PROVIDER = saved
     state._global_marker = object()
+    state._global_tracing = False
 
 
 @pytest.mark.usefixtures("restore_global_tracer")

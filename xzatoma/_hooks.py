@@ -51,13 +51,24 @@ def _event(cls: type[_E]) -> type[_E]:
     this is most of what an attached subscriber costs. Everything else (fields, repr, eq,
     hash, ``FrozenInstanceError`` on assignment) stays the dataclass's.
     """
-    names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    plain = all(
+        f.init
+        and not f.kw_only
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        for f in fields
+    )
+    if not plain or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: @_event takes required positional fields only")
+    names = [field.name for field in fields]
     setters = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
     body = "".join(f"    _set_{name}(self, {name})\n" for name in names)
     namespace: dict[str, Callable[..., None]] = {}
     exec(f"def __init__(self, {', '.join(names)}):\n{body}", setters, namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
     init.__annotations__ = cls.__init__.__annotations__
     type.__setattr__(cls, "__init__", init)
     return cls
@@ -238,6 +249,18 @@ RUN_EVENTS: Final[frozenset[type[Event]]] = frozenset(
 )
 """The events of one run, made only when some subscriber wants them for that run."""
 
+_PAIRS: Final = (
+    (RunStarted, RunEnded),
+    (ModelCallStarted, ModelCallEnded),
+    (ToolCallStarted, ToolCallEnded),
+    (SubagentStarted, SubagentEnded),
+    (BatchStarted, BatchEnded),
+)
+_PARTNER: Final[dict[type[Event], type[Event]]] = {
+    **dict(_PAIRS),
+    **{end: start for start, end in _PAIRS},
+}
+
 
 class Hooks:
     """Dispatches events to subscribers; a subscriber that raises is logged and dropped.
@@ -262,14 +285,27 @@ class Hooks:
         self._hooks = [*self._hooks, hook]
 
     def wanted(self) -> frozenset[type[Event]]:
-        """The event types some subscriber wants now (the core asks once per run)."""
-        wanted: frozenset[type[Event]] = frozenset()
+        """The event types some subscriber wants now (the core asks once per run).
+
+        Closed over start and end: if either of a pair is wanted, both are made, so every
+        subscriber sees whole pairs. A ``wanted_events`` that raises or answers something
+        other than event types is logged and its subscriber dropped, as in :meth:`emit`.
+        """
+        wanted: set[type[Event]] = set()
         for hook in self._hooks:
             ask = getattr(hook, "wanted_events", None)
             if ask is None:
                 return ALL_EVENTS
-            wanted = wanted.union(ask())
-        return wanted
+            try:
+                answer = frozenset(ask())
+                if not answer <= ALL_EVENTS:
+                    raise TypeError(f"not event types: {sorted(map(repr, answer - ALL_EVENTS))}")
+            except Exception:
+                logger.exception("xzatoma hook %r: wanted_events() failed; disabled", hook)
+                self._hooks = [h for h in self._hooks if h is not hook]
+                continue
+            wanted |= answer
+        return frozenset(wanted | {_PARTNER[kind] for kind in wanted if kind in _PARTNER})
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber, in subscription order."""

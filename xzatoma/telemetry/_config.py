@@ -69,7 +69,9 @@ class _State:
         Read at every run start, so a global provider installed later is picked up; until
         then no span objects are made at all. ``trace.get_tracer_provider()`` looks in
         ``os.environ`` each time (about 1 µs, a noticeable share of a subagent), so it is
-        asked again only when the API's global (set at most once) has changed.
+        asked again only when the API's global (set at most once) has changed. So an
+        ``OTEL_PYTHON_TRACER_PROVIDER`` put in the environment after the first run is seen
+        once something calls ``get_tracer_provider()`` (the SDK's auto-instrumentation does).
         """
         if self.config.tracer_provider is not None:
             return True

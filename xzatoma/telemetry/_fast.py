@@ -202,7 +202,10 @@ class _BoundHistogram:
 
     def _record_slowly(self, amount: float, attributes: _Attributes) -> None:
         """Bind ``attributes`` and record through ``record`` (the SDK's checks and warnings)."""
-        if not self._public and 0 <= amount < _INF:
+        config = self._config
+        enabled = config is None or config.is_enabled
+        # Binding makes the aggregation; a disabled meter's record must make nothing.
+        if not self._public and enabled and 0 <= amount < _INF:
             self._bind(attributes)
         self._histogram.record(amount, attributes)
 
@@ -212,6 +215,10 @@ class _BoundHistogram:
         try:
             if not isinstance(self._consumer, self._sdk.SynchronousMeasurementConsumer):
                 raise _Unsupported("a measurement consumer of another kind")
+            # Keys and values the SDK would keep as they are; anything it would clean or drop
+            # takes the public path.
+            if not all(isinstance(key, str) and key for key in attributes):
+                raise _Unsupported("an attribute key that is not a non-empty string")
             if not all(isinstance(value, str | int) for value in attributes.values()):
                 raise _Unsupported("an attribute value that is not a string or an integer")
             aggregations = []

@@ -93,8 +93,14 @@ class TelemetrySubscriber:
         Those of the metrics half, and those of the span half while spans can go anywhere:
         with only OTel's no-op API, a run makes no span events at all.
         """
-        if self._spans_on and state.tracing():
-            return self._wanted_tracing
+        if self._spans_on:
+            try:
+                tracing = state.tracing()
+            except Exception:  # e.g. OTEL_PYTHON_TRACER_PROVIDER naming no provider
+                self._switch_off(False, "wanted_events")
+                return self._wanted_untraced
+            if tracing:
+                return self._wanted_tracing
         return self._wanted_untraced
 
     def __repr__(self) -> str:
