@@ -281,16 +281,24 @@ async def test_a_run_makes_only_the_events_its_subscribers_want() -> None:
     result = await Agent(provider, tools=[add], hooks=[hook]).run("x")
 
     assert result.status == "complete"
-    # Each wanted end brings its start: whoever gets one of a pair gets both.
-    assert hook.seen == [
-        ModelCallStarted,
+    assert hook.seen == [ModelCallEnded, ToolCallEnded, ModelCallEnded]
+    assert hook.asked == 1  # once per run, at its start
+
+
+async def test_a_wanted_start_brings_its_end_for_every_subscriber() -> None:
+    starts_only, ends_only = _Wants(RunStarted, ToolCallStarted), _Wants(ModelCallEnded)
+    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1)), reply("2")])
+    await Agent(provider, tools=[add], hooks=[starts_only, ends_only]).run("x")
+
+    made = [
+        RunStarted,
         ModelCallEnded,
         ToolCallStarted,
         ToolCallEnded,
-        ModelCallStarted,
         ModelCallEnded,
+        RunEnded,
     ]
-    assert hook.asked == 1  # once per run, at its start
+    assert starts_only.seen == ends_only.seen == made
 
 
 @pytest.mark.parametrize(
@@ -313,7 +321,7 @@ async def test_a_wanted_events_that_fails_drops_its_hook_and_the_run_goes_on(
 
     assert (first.status, second.status) == ("complete", "complete")
     assert broken.seen == []
-    assert fine.seen == [RunStarted, RunEnded] * 2
+    assert fine.seen == [RunEnded, RunEnded]
     assert len([r for r in caplog.records if "wanted_events() failed" in r.getMessage()]) == 1
 
 
@@ -421,3 +429,15 @@ async def test_an_empty_final_answer_is_the_output_not_earlier_text() -> None:
     provider = ScriptedProvider([tool_calls(call("add", a=1, b=1), text="let me check"), ""])
     result = await Agent(provider, tools=[add]).run("x")
     assert (result.status, result.output) == ("complete", "")
+
+
+async def test_a_set_changed_in_place_between_runs_is_read_again() -> None:
+    hook = _Wants()
+    wanted: set[type] = {RunEnded}
+    hook.wanted = wanted  # type: ignore[assignment]  # a mutable set, on purpose
+    agent = Agent(ScriptedProvider([reply("a"), reply("b")]), hooks=[hook])
+    await agent.run("1")
+    wanted.add(ModelCallEnded)
+    await agent.run("2")
+
+    assert hook.seen == [RunEnded, ModelCallEnded, RunEnded]

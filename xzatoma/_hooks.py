@@ -249,17 +249,14 @@ RUN_EVENTS: Final[frozenset[type[Event]]] = frozenset(
 )
 """The events of one run, made only when some subscriber wants them for that run."""
 
-_PAIRS: Final = (
+_PAIRS: Final[tuple[tuple[type[Event], type[Event]], ...]] = (
     (RunStarted, RunEnded),
     (ModelCallStarted, ModelCallEnded),
     (ToolCallStarted, ToolCallEnded),
     (SubagentStarted, SubagentEnded),
     (BatchStarted, BatchEnded),
 )
-_PARTNER: Final[dict[type[Event], type[Event]]] = {
-    **dict(_PAIRS),
-    **{end: start for start, end in _PAIRS},
-}
+_END_OF: Final[dict[type[Event], type[Event]]] = dict(_PAIRS)
 
 
 class Hooks:
@@ -272,10 +269,11 @@ class Hooks:
     events it did not ask for (another one wanted them); one without the method gets all.
     """
 
-    __slots__ = ("_hooks",)
+    __slots__ = ("_hooks", "_wanted")
 
     def __init__(self, hooks: Iterable[Hook] = ()) -> None:
         self._hooks: list[Hook] = list(hooks)
+        self._wanted: tuple[list[Iterable[type[Event]]], frozenset[type[Event]]] | None = None
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
@@ -287,25 +285,46 @@ class Hooks:
     def wanted(self) -> frozenset[type[Event]]:
         """The event types some subscriber wants now (the core asks once per run).
 
-        Closed over start and end: if either of a pair is wanted, both are made, so every
-        subscriber sees whole pairs. A ``wanted_events`` that raises or answers something
-        other than event types is logged and its subscriber dropped, as in :meth:`emit`.
+        A wanted start brings its end, so every start any subscriber is handed is followed
+        by its end; an end can come alone (to one that asked for ends only, or subscribed
+        mid-run). A ``wanted_events`` that raises or answers something other than event
+        types is logged and its subscriber dropped, as in :meth:`emit`.
         """
-        wanted: set[type[Event]] = set()
+        hooks: list[Hook] = []
+        answers: list[Iterable[type[Event]]] = []
         for hook in self._hooks:
             ask = getattr(hook, "wanted_events", None)
             if ask is None:
                 return ALL_EVENTS
             try:
-                answer = frozenset(ask())
-                if not answer <= ALL_EVENTS:
-                    raise TypeError(f"not event types: {sorted(map(repr, answer - ALL_EVENTS))}")
+                answers.append(ask())
             except Exception:
-                logger.exception("xzatoma hook %r: wanted_events() failed; disabled", hook)
-                self._hooks = [h for h in self._hooks if h is not hook]
+                self._drop_for_wanted_events(hook)
+            else:
+                hooks.append(hook)
+        # Subscribers answer with the same few frozensets run after run: a combination is
+        # checked and closed once.
+        cached = self._wanted
+        if cached is not None and cached[0] == answers:
+            return cached[1]
+        wanted: set[type[Event]] = set()
+        for hook, answer in zip(hooks, answers, strict=True):
+            try:
+                kinds = frozenset(answer)
+                if not kinds <= ALL_EVENTS:
+                    raise TypeError(f"not event types: {sorted(map(repr, kinds - ALL_EVENTS))}")
+            except Exception:
+                self._drop_for_wanted_events(hook)
                 continue
-            wanted |= answer
-        return frozenset(wanted | {_PARTNER[kind] for kind in wanted if kind in _PARTNER})
+            wanted |= kinds
+        closed = frozenset(wanted | {_END_OF[kind] for kind in wanted if kind in _END_OF})
+        if all(type(answer) is frozenset for answer in answers):  # unchangeable: safe to keep
+            self._wanted = (answers, closed)
+        return closed
+
+    def _drop_for_wanted_events(self, hook: Hook) -> None:
+        logger.exception("xzatoma hook %r: wanted_events() failed; disabled", hook)
+        self._hooks = [h for h in self._hooks if h is not hook]
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber, in subscription order."""

@@ -54,6 +54,9 @@ _ERROR_TYPES: Final = frozenset(get_args(ErrorType))
 _COMPLETION_STATUSES: Final = frozenset({"complete", "incomplete"})
 
 
+_Key = tuple[tuple[str, str | int], ...]
+
+
 class Tally:
     """A cumulative sum kept in-process and reported by an observable instrument.
 
@@ -65,15 +68,19 @@ class Tally:
 
     __slots__ = ("_lock", "_values")
 
-    def __init__(self) -> None:
-        self._values: dict[tuple[tuple[str, str | int], ...], int] = {}
-        self._lock = threading.Lock()
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        self._values: dict[_Key, int] = {}
+        self._lock = lock if lock is not None else threading.Lock()
 
     def add(self, amount: int, attributes: Mapping[str, str | int]) -> None:
         """Add ``amount`` to the series of ``attributes`` (always built in the same order)."""
         key = tuple(attributes.items())
         with self._lock:
             self._values[key] = self._values.get(key, 0) + amount
+
+    def add_locked(self, amount: int, key: _Key) -> None:
+        """``add`` for a caller that holds this tally's lock and has the series' key."""
+        self._values[key] = self._values.get(key, 0) + amount
 
     def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         """The observable instrument's callback: one observation per series."""
@@ -97,6 +104,7 @@ class Instruments:
         "duration",
         "errors",
         "executions",
+        "lock",
         "operation_duration",
         "token_usage",
         "tokens",
@@ -104,7 +112,9 @@ class Instruments:
     )
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self.executions = _observable_counter(
+        self.lock = threading.Lock()
+        """Shared by every tally, so one execution's two updates take it once."""
+        self.executions = self._counter(
             meter, n.EXECUTIONS, n.UNIT_EXECUTION, "Subagent spawn attempts, refused ones included."
         )
         self.duration = _histogram(
@@ -128,20 +138,20 @@ class Instruments:
             "Tokens of each subagent execution that consumed any, failed ones included.",
             TOKEN_BUCKETS,
         )
-        self.completions = _observable_counter(
+        self.completions = self._counter(
             meter, n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
         )
-        self.errors = _observable_counter(
+        self.errors = self._counter(
             meter, n.ERRORS, n.UNIT_ERROR, "Refused, failed, timed-out or cancelled executions."
         )
-        self.active = Tally()
+        self.active = Tally(self.lock)
         meter.create_observable_up_down_counter(
             n.ACTIVE_COUNT,
             [self.active.observe],
             n.UNIT_EXECUTION,
             "Subagent executions in progress.",
         )
-        self.batches = _observable_counter(
+        self.batches = self._counter(
             meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
         )
         self.batch_size = _histogram(
@@ -166,6 +176,11 @@ class Instruments:
             OPERATION_DURATION_BUCKETS,
         )
 
+    def _counter(self, meter: metrics.Meter, name: str, unit: str, description: str) -> Tally:
+        tally = Tally(self.lock)
+        meter.create_observable_counter(name, [tally.observe], unit, description)
+        return tally
+
 
 def _histogram(
     meter: metrics.Meter, name: str, unit: str, description: str, buckets: Sequence[float]
@@ -174,12 +189,6 @@ def _histogram(
         name, unit, description, explicit_bucket_boundaries_advisory=buckets
     )
     return fast_histogram(histogram)
-
-
-def _observable_counter(meter: metrics.Meter, name: str, unit: str, description: str) -> Tally:
-    tally = Tally()
-    meter.create_observable_counter(name, [tally.observe], unit, description)
-    return tally
 
 
 class _Cache:
@@ -229,17 +238,20 @@ class SubagentMetrics:
         instruments: Where to record; default: those of the current :func:`configure`.
     """
 
-    __slots__ = ("_attrs", "_instruments", "_recorded", "_started", "depth", "label")
+    __slots__ = ("_attrs", "_instruments", "_key", "_recorded", "_started", "depth", "label")
 
     def __init__(self, label: str, depth: int, *, instruments: Instruments | None = None) -> None:
         self.label = label
         self.depth = depth
         self._instruments = instruments if instruments is not None else current_instruments()
         self._attrs = depth_attributes(depth)
+        self._key: _Key = tuple(self._attrs.items())
         self._recorded = False
         self._started = time.monotonic()
-        self._instruments.executions.add(1, self._attrs)
-        self._instruments.active.add(1, self._attrs)
+        inst = self._instruments
+        with inst.lock:
+            inst.executions.add_locked(1, self._key)
+            inst.active.add_locked(1, self._key)
 
     def __repr__(self) -> str:
         state = "recorded" if self._recorded else "active"
@@ -275,10 +287,7 @@ class SubagentMetrics:
             return False
         self._recorded = True
         by_status = pair_attributes(self.depth, n.STATUS, status)
-        try:
-            self._instruments.completions.add(1, by_status)
-        finally:
-            self._finish(by_status, turns, tokens, duration)
+        self._finish(self._instruments.completions, by_status, by_status, turns, tokens, duration)
         return True
 
     def record_error(
@@ -308,26 +317,38 @@ class SubagentMetrics:
             return False
         self._recorded = True
         status = "cancelled" if error_type == "cancelled" else "failed"
-        try:
-            self._instruments.errors.add(1, pair_attributes(self.depth, n.ERROR_TYPE, error_type))
-        finally:
-            self._finish(pair_attributes(self.depth, n.STATUS, status), turns, tokens, duration)
+        self._finish(
+            self._instruments.errors,
+            pair_attributes(self.depth, n.ERROR_TYPE, error_type),
+            pair_attributes(self.depth, n.STATUS, status),
+            turns,
+            tokens,
+            duration,
+        )
         return True
 
     def _finish(
-        self, by_status: Mapping[str, str | int], turns: int, tokens: int, duration: float | None
+        self,
+        outcome: Tally,
+        outcome_attributes: Mapping[str, str | int],
+        by_status: Mapping[str, str | int],
+        turns: int,
+        tokens: int,
+        duration: float | None,
     ) -> None:
+        """Count the outcome and bring ``active`` down (one lock), then the histograms."""
         inst, attrs = self._instruments, self._attrs
-        try:
-            if duration is None:
-                duration = time.monotonic() - self._started
-            inst.duration.record(duration, by_status)
-            if turns > 0:
-                inst.turns.record(turns, attrs)
-            if tokens > 0:
-                inst.tokens.record(tokens, attrs)
-        finally:
-            inst.active.add(-1, attrs)
+        outcome_key = tuple(outcome_attributes.items())
+        with inst.lock:
+            outcome.add_locked(1, outcome_key)
+            inst.active.add_locked(-1, self._key)
+        if duration is None:
+            duration = time.monotonic() - self._started
+        inst.duration.record(duration, by_status)
+        if turns > 0:
+            inst.turns.record(turns, attrs)
+        if tokens > 0:
+            inst.tokens.record(tokens, attrs)
 
     def __enter__(self) -> SubagentMetrics:
         return self
