@@ -4,9 +4,10 @@ The SDK spends 6 to 9 µs on each ``record``, most of it cleaning, copying and h
 attributes to find the aggregation they belong to: the same work, with the same answer, on
 every call. xzatoma records six histogram values per subagent execution from a handful of
 attribute sets, so it finds each aggregation once and then hands it the measurement
-directly (about 1.8 µs). What ``record`` does besides is kept: the finite and non-negative
+directly (about 1.6 µs). What ``record`` does besides is kept: the finite and non-negative
 checks (delegated, with the SDK's warning), the meter's enabled flag, the exemplar filter
-on every measurement, and the measurement's attributes whenever an exemplar is sampled.
+on every measurement (the SDK's trace-based one once per context, all its answer depends
+on), and the measurement's attributes whenever an exemplar is sampled.
 
 This leans on SDK internals, so it is used only where it was checked to give the same data
 points as ``record`` (tests/test_telemetry_fast.py compares the two through views,
