@@ -21,6 +21,7 @@ from xzatoma import (
     tool,
 )
 from xzatoma._hooks import (
+    Hooks,
     ModelCallEnded,
     ModelCallStarted,
     RunEnded,
@@ -441,3 +442,23 @@ async def test_a_set_changed_in_place_between_runs_is_read_again() -> None:
     await agent.run("2")
 
     assert hook.seen == [RunEnded, ModelCallEnded, RunEnded]
+
+
+async def test_a_bad_answer_is_refused_every_time_it_is_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad = frozenset({int})
+    good, first_bad = _Wants(RunEnded), _Wants()
+    first_bad.wanted = bad
+    hooks = Hooks([good, first_bad])
+    caplog.set_level(logging.ERROR, logger="xzatoma.hooks")
+    agent = Agent(ScriptedProvider([reply("a"), reply("b")]), hooks=hooks)
+    await agent.run("1")
+    second_bad = _Wants()
+    second_bad.wanted = bad  # the same answer again, from a hook added later
+    hooks.add(second_bad)
+    await agent.run("2")
+
+    assert good.seen == [RunEnded, RunEnded]
+    assert first_bad.seen == second_bad.seen == []
+    assert len([r for r in caplog.records if "wanted_events() failed" in r.getMessage()]) == 2

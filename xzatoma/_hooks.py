@@ -305,9 +305,10 @@ class Hooks:
         # Subscribers answer with the same few frozensets run after run: a combination is
         # checked and closed once.
         cached = self._wanted
-        if cached is not None and cached[0] == answers:
+        if cached is not None and _same(cached[0], answers):
             return cached[1]
         wanted: set[type[Event]] = set()
+        dropped = False
         for hook, answer in zip(hooks, answers, strict=True):
             try:
                 kinds = frozenset(answer)
@@ -315,14 +316,17 @@ class Hooks:
                     raise TypeError(f"not event types: {sorted(map(repr, kinds - ALL_EVENTS))}")
             except Exception:
                 self._drop_for_wanted_events(hook)
+                dropped = True
                 continue
             wanted |= kinds
         closed = frozenset(wanted | {_END_OF[kind] for kind in wanted if kind in _END_OF})
-        if all(type(answer) is frozenset for answer in answers):  # unchangeable: safe to keep
+        # Kept only for answers that cannot change and all passed the check above.
+        if not dropped and all(type(answer) is frozenset for answer in answers):
             self._wanted = (answers, closed)
         return closed
 
     def _drop_for_wanted_events(self, hook: Hook) -> None:
+        """Log the failure (inside the ``except`` that caught it) and drop ``hook``."""
         logger.exception("xzatoma hook %r: wanted_events() failed; disabled", hook)
         self._hooks = [h for h in self._hooks if h is not hook]
 
@@ -339,3 +343,11 @@ class Hooks:
                     type(event).__name__,
                 )
                 self._hooks = [h for h in self._hooks if h is not hook]
+
+
+def _same(kept: list[Iterable[type[Event]]], answers: list[Iterable[type[Event]]]) -> bool:
+    """Whether ``answers`` equal the answers kept (frozensets); anything odd is a miss."""
+    try:
+        return bool(kept == answers)
+    except Exception:
+        return False

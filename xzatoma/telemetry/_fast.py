@@ -50,6 +50,7 @@ checked against; any other version records through the public ``Histogram.record
 
 _Attributes = Mapping[str, str | int]
 _INF: Final = float("inf")
+_NO_CONTEXT: Final = object()
 _new = object.__new__
 _set = object.__setattr__
 
@@ -143,11 +144,10 @@ class _BoundHistogram:
         "_by_context",
         "_config",
         "_consumer",
-        "_context_seen",
+        "_decided",
         "_histogram",
         "_measurement",
         "_public",
-        "_sample_seen",
         "_sdk",
         "_should_sample",
     )
@@ -161,8 +161,7 @@ class _BoundHistogram:
         # The SDK's trace-based filter answers from the context alone (is its span sampled?),
         # and a context is an immutable mapping: its answer is kept for the context last seen.
         self._by_context = type(exemplar_filter) is sdk.TraceBasedExemplarFilter
-        self._context_seen: object = None
-        self._sample_seen = False
+        self._decided: tuple[object, bool] = (_NO_CONTEXT, False)  # (context, its answer)
         self._measurement = sdk.Measurement
         self._sdk = sdk
         self._public = False  # set for good once the SDK's set-up rules the fast path out
@@ -191,12 +190,11 @@ class _BoundHistogram:
         context = get_current()
         now = time_ns()
         histogram = self._histogram
-        if context is self._context_seen:
-            sample = self._sample_seen
-        else:
+        seen, sample = self._decided
+        if context is not seen:
             sample = self._should_sample(amount, now, attributes, context)
             if self._by_context:
-                self._context_seen, self._sample_seen = context, sample
+                self._decided = (context, sample)
         if sample:
             # An exemplar keeps the measurement's attributes: made as record makes it.
             measurement = self._measurement(amount, now, histogram, context, attributes)
