@@ -47,9 +47,9 @@ def _event(cls: type[_E]) -> type[_E]:
 
     The dataclass's own ``__init__`` stores each field with ``object.__setattr__`` (the way
     round its frozen ``__setattr__``), about 1.9 µs for nine fields; storing through the
-    slot descriptors takes 0.7 µs. The core makes six events per subagent execution, so
-    this is most of what an attached subscriber costs. Everything else (fields, repr, eq,
-    hash, ``FrozenInstanceError`` on assignment) stays the dataclass's.
+    slot descriptors takes 0.7 µs. A subagent execution makes up to eight events, so this
+    is a large part of what an attached subscriber costs. Everything else (fields, repr,
+    eq, hash, ``FrozenInstanceError`` on assignment) stays the dataclass's.
     """
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     plain = all(
