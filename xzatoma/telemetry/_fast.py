@@ -66,7 +66,10 @@ def fast_histogram(histogram: metrics.Histogram) -> HistogramRecorder:
     sdk = _sdk_internals()
     if sdk is None or not isinstance(histogram, sdk.Histogram):
         return histogram
+    # The consumer is fixed for the histogram's life: checked once, here, not per binding.
     consumer = getattr(histogram, "_measurement_consumer", None)
+    if not isinstance(consumer, sdk.SynchronousMeasurementConsumer):
+        return histogram
     if not hasattr(consumer, "_reader_storages") or not hasattr(histogram, "_meter_config"):
         return histogram
     return _BoundHistogram(histogram, sdk)
@@ -232,8 +235,6 @@ class _BoundHistogram:
         """Find the aggregations of ``attributes`` as ``record`` would, or give up for good."""
         storages = self._consumer._reader_storages
         try:
-            if not isinstance(self._consumer, self._sdk.SynchronousMeasurementConsumer):
-                raise _Unsupported("a measurement consumer of another kind")
             # Keys and values the SDK would keep as they are; anything it would clean or drop
             # takes the public path.
             if not all(isinstance(key, str) and key for key in attributes):

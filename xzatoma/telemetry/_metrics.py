@@ -76,7 +76,7 @@ class Tally:
         """Add ``amount`` to the series of ``attributes`` (always built in the same order)."""
         key = tuple(attributes.items())
         with self._lock:
-            self._values[key] = self._values.get(key, 0) + amount
+            self.add_locked(amount, key)
 
     def add_locked(self, amount: int, key: _Key) -> None:
         """``add`` for a caller that holds this tally's lock and has the series' key."""
