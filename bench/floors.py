@@ -17,7 +17,7 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -36,16 +36,24 @@ async def _child() -> None:
     await anyio.lowlevel.checkpoint_if_cancelled()
 
 
-async def _anyio_spawn() -> float:
+async def _spawn_rounds(spawn_all: Callable[[], Awaitable[None]]) -> float:
+    """Median µs per task of ``spawn_all`` (which spawns and awaits ``TASKS`` tasks)."""
     samples = []
     for _ in range(ROUNDS):
         gc.collect()
         started = time.perf_counter()
+        await spawn_all()
+        samples.append(time.perf_counter() - started)
+    return _median_us(samples, TASKS)
+
+
+async def _anyio_spawn() -> float:
+    async def spawn_all() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(TASKS):
                 tg.start_soon(_child)
-        samples.append(time.perf_counter() - started)
-    return _median_us(samples, TASKS)
+
+    return await _spawn_rounds(spawn_all)
 
 
 async def _anyio_spawn_limited() -> float:
@@ -53,31 +61,25 @@ async def _anyio_spawn_limited() -> float:
         async with limiter:
             await _child()
 
-    samples = []
-    for _ in range(ROUNDS):
-        gc.collect()
+    async def spawn_all() -> None:
         limiter = anyio.CapacityLimiter(5)
-        started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(TASKS):
                 tg.start_soon(limited, limiter)
-        samples.append(time.perf_counter() - started)
-    return _median_us(samples, TASKS)
+
+    return await _spawn_rounds(spawn_all)
 
 
 async def _asyncio_spawn() -> float:
     async def child() -> None:
         await asyncio.sleep(0)
 
-    samples = []
-    for _ in range(ROUNDS):
-        gc.collect()
-        started = time.perf_counter()
+    async def spawn_all() -> None:
         async with asyncio.TaskGroup() as tg:
             for _ in range(TASKS):
                 tg.create_task(child())
-        samples.append(time.perf_counter() - started)
-    return _median_us(samples, TASKS)
+
+    return await _spawn_rounds(spawn_all)
 
 
 def _per_call(operation: Callable[[], Any], count: int = RECORDS) -> float:
