@@ -87,12 +87,13 @@ class RunResult:
         return data
 
 
-def _usage_dict(usage: Usage) -> dict[str, int]:
+def _usage_dict(usage: Usage) -> dict[str, int | bool]:
     return {
         "requests": usage.requests,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        "estimated": usage.estimated,
     }
 
 

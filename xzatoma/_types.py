@@ -28,6 +28,9 @@ class Usage:
     """Output tokens, as the provider reported them."""
     total_tokens: int = 0
     """Input plus output tokens (the provider's own total when it gives one)."""
+    estimated: bool = False
+    """True when some of these counts are xzatoma's estimate, not the provider's report
+    (the endpoint sent no usage, or usage that could not be trusted)."""
 
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
@@ -37,6 +40,7 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.total_tokens + other.total_tokens,
+            self.estimated or other.estimated,
         )
 
 

@@ -25,7 +25,7 @@ import httpx
 from .._types import Completion, Message, ToolCall, ToolSpec, Usage
 from ..errors import ConfigError, ProviderError
 
-__all__ = ("OpenAIProvider",)
+__all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class OpenAIProvider:
         max_retries: int = 2,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
+        validate_base_url(base_url)
+        if api_key is not None:
+            api_key = clean_api_key(api_key)
         if timeout <= 0:
             raise ConfigError(f"timeout must be greater than 0, got {timeout}")
         if max_retries < 0:
@@ -264,6 +265,46 @@ class OpenAIProvider:
             model=model if isinstance(model, str) else None,
             finish_reason=finish if isinstance(finish, str) else None,
         )
+
+
+def validate_base_url(url: str, what: str = "base_url") -> None:
+    """Refuse a base URL no request could be sent to, naming ``what`` (never a traceback later).
+
+    Raises:
+        ConfigError: The URL is not http(s), has no host, or its port is not in 1..65535;
+            the message starts with ``what``.
+    """
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{what} must start with http:// or https://")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ConfigError(f"{what} is not a valid URL: {exc}") from None
+    if not parsed.host:
+        raise ConfigError(f"{what} has no host name (e.g. http://127.0.0.1:8080/v1)")
+    port = parsed.port
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{what} has port {port}, outside 1..65535")
+
+
+def clean_api_key(key: str, source: str = "api_key") -> str:
+    """The key without surrounding whitespace (a file written by ``echo``, CRLF, a secret mount).
+
+    A control character left inside the key cannot be sent in a header; the error names
+    ``source`` (e.g. ``environment variable OPENAI_API_KEY``), never the value.
+
+    Raises:
+        ConfigError: The key is empty after stripping or still holds a control character.
+    """
+    cleaned = key.strip()
+    if not cleaned:
+        raise ConfigError(f"{source} is empty (only whitespace)")
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in cleaned):
+        raise ConfigError(
+            f"{source} holds a control character inside the key; write the key on one line "
+            "with nothing but the key"
+        )
+    return cleaned
 
 
 def _message_to_openai(message: Message) -> dict[str, Any]:
