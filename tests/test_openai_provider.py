@@ -264,7 +264,7 @@ async def test_tool_round_trip_serialised(server: ScriptedHTTPServer, make_provi
 
 
 @pytest.mark.anyio
-async def test_missing_usage_is_zero(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_missing_usage_is_estimated(server: ScriptedHTTPServer, make_provider: Any) -> None:
     server.add(
         Reply(body=chat_reply()),
         Reply(body=chat_reply(usage={"prompt_tokens": 7, "completion_tokens": 2})),
@@ -274,9 +274,12 @@ async def test_missing_usage_is_zero(server: ScriptedHTTPServer, make_provider: 
     bare = await provider.complete([Message.user("Hi")], [])
     partial = await provider.complete([Message.user("Hi")], [])
 
-    assert (bare.usage.requests, bare.usage.prompt_tokens) == (1, 0)
-    assert (bare.usage.completion_tokens, bare.usage.total_tokens) == (0, 0)
+    # No usage: ceil(UTF-8 bytes / 4) of the request ("Hi") and of the reply ("Hello!").
+    assert (bare.usage.requests, bare.usage.prompt_tokens) == (1, 1)
+    assert (bare.usage.completion_tokens, bare.usage.total_tokens) == (2, 3)
+    assert bare.usage.estimated
     assert partial.usage.total_tokens == 9  # prompt + completion when no total is given
+    assert not partial.usage.estimated
 
 
 @pytest.mark.anyio

@@ -2,28 +2,33 @@
 
 One class serves OpenAI, Ollama, vLLM, llama.cpp server and LM Studio, because they all speak
 the same wire format. Transient failures (429, 5xx, connection errors, timeouts) are retried
-with capped exponential backoff and full jitter, honouring ``Retry-After``; everything else
-becomes a :class:`~xzatoma.errors.ProviderError` that says what went wrong and never carries the
-API key.
+with capped exponential backoff and full jitter, honouring ``Retry-After``. Each attempt is
+bounded in time (connect, send and every byte of the reply) and in reply size. Everything
+that goes wrong becomes a one-line :class:`~xzatoma.errors.ProviderError` that never carries
+the API key (see ``docs/providers.md``).
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import anyio
 import httpx
 
-from .._types import Completion, Message, ToolCall, ToolSpec, Usage
+from .._types import Completion, Message, ToolSpec
 from ..errors import ConfigError, ProviderError
+from ._loop_client import LoopClients
+from ._openai_wire import MalformedReply, clean_text, encode_request, parse_reply
+from ._reply_body import ACCEPT_ENCODING, read_capped, read_prefix
+from ._secrets import Redactor, clean_api_key
+from ._urls import chat_completions_url, shown_url, url_secrets, validate_base_url
 
 __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
 
@@ -34,26 +39,48 @@ _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
 _RETRY_AFTER_CAP = 60.0
 _EXCERPT_CHARS = 200
+_ERROR_BODY_BYTES = 4096
+"""How much of an error (or malformed) body is read and scanned for the excerpt."""
+_TIMEOUT_HINT = (
+    "the limit is per attempt: raise it with OpenAIProvider(timeout=...), "
+    "provider.timeout_seconds in the config file or --request-timeout"
+)
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may not; the message waits for the count."""
+
+    def __init__(
+        self, reason: str, head: str, tail: str, *, status: int | None = None, delay: float | None
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.head, self.tail = reason, head, tail
+        self.status, self.delay = status, delay
 
 
 class OpenAIProvider:
     """A chat model behind any OpenAI-compatible ``/chat/completions`` endpoint.
 
     The API key is kept private and only ever written into the ``Authorization`` header of
-    each request, so it cannot leak through ``repr``, log records or error messages.
+    each request; every message built from what the endpoint or httpx said is redacted, so
+    it cannot leak through ``repr``, log records or error messages.
 
     Args:
         base_url: The API root, e.g. ``https://api.openai.com/v1`` or
             ``http://127.0.0.1:11434/v1`` (Ollama).
         model: The model to ask for.
         api_key: Sent as ``Authorization: Bearer ...``; local servers usually need none.
-        timeout: Seconds allowed for each attempt (connect, write, read and pool alike).
+        timeout: Seconds one attempt may take as a whole: connect, send and every byte of
+            the reply.
         max_retries: Retries after the first attempt, so ``2`` means up to 3 attempts.
-        client: An httpx client to use instead of an owned one; the caller closes it.
+        max_response_bytes: The most a reply body may hold once decompressed (8 MiB).
+        client: An httpx client to use instead of owned ones; the caller closes it and
+            keeps it to one event loop.
 
     Raises:
-        ConfigError: ``base_url`` is not http(s), ``timeout`` is not positive or
-            ``max_retries`` is negative.
+        ConfigError: ``base_url`` is unusable, the key holds a control or non-ASCII
+            character, ``timeout`` is not positive, ``max_retries`` is negative or
+            ``max_response_bytes`` is below 1024.
     """
 
     def __init__(
@@ -64,23 +91,37 @@ class OpenAIProvider:
         api_key: str | None = None,
         timeout: float = 60,
         max_retries: int = 2,
+        max_response_bytes: int = 8_388_608,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         validate_base_url(base_url)
         if api_key is not None:
             api_key = clean_api_key(api_key)
-        if timeout <= 0:
+        if not timeout > 0:
             raise ConfigError(f"timeout must be greater than 0, got {timeout}")
         if max_retries < 0:
             raise ConfigError(f"max_retries must be at least 0, got {max_retries}")
+        if max_response_bytes < 1024:
+            raise ConfigError(f"max_response_bytes must be at least 1024, got {max_response_bytes}")
         self._base_url = base_url
         self._model = model
         self._api_key = api_key
         self._timeout = float(timeout)
-        self._max_retries = max_retries
-        self._client = client
-        self._owns_client = client is None
-        self._url = f"{base_url.rstrip('/')}/chat/completions"
+        self._max_retries = int(max_retries)
+        self._max_response_bytes = int(max_response_bytes)
+        self._clients = LoopClients(client)
+        self._owns_clients = True
+        self._url = chat_completions_url(base_url)
+        self._shown_url = shown_url(self._url)
+        self._redact = Redactor((api_key, *url_secrets(base_url)))
+        self._headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": ACCEPT_ENCODING,
+            "Content-Type": "application/json",
+        }
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._httpx_timeout = httpx.Timeout(self._timeout)
         # Seams for tests: retry delays are recorded instead of slept, jitter made predictable.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._random: Callable[[], float] = random.random
@@ -101,24 +142,24 @@ class OpenAIProvider:
         return self._base_url
 
     def __repr__(self) -> str:
-        return f"OpenAIProvider(base_url={self._base_url!r}, model={self._model!r})"
+        return f"OpenAIProvider(base_url={shown_url(self._base_url)!r}, model={self._model!r})"
 
     def with_model(self, model: str) -> OpenAIProvider:
         """The same endpoint, key and connection pool under another model name.
 
         Used for ``SubagentConfig(model=...)``: children talk to a smaller model over the
-        parent's connections. The pool stays owned (and closed) by this provider.
+        parent's connections, in whichever event loop. The pool stays owned (and closed) by
+        this provider.
         """
-        if self._client is None:
-            self._client = httpx.AsyncClient()
         twin = OpenAIProvider(
             self._base_url,
             model,
             api_key=self._api_key,
             timeout=self._timeout,
             max_retries=self._max_retries,
-            client=self._client,
+            max_response_bytes=self._max_response_bytes,
         )
+        twin._clients, twin._owns_clients = self._clients, False
         twin._sleep, twin._random = self._sleep, self._random
         return twin
 
@@ -135,235 +176,123 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         """Close the owned connection pool; a client passed in is left to its owner."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._owns_clients:
+            await self._clients.aclose()
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         """Send the conversation and tool specs; return the parsed reply.
 
         Raises:
             ProviderError: The endpoint failed after all retries, refused the request, or
-                answered with a body that is not a usable chat completion.
+                answered with a body that is not a usable chat completion; nothing else.
         """
-        payload: dict[str, Any] = {
-            "model": self._model,
-            "messages": [_message_to_openai(m) for m in messages],
-        }
-        if tools:
-            payload["tools"] = [spec.to_openai() for spec in tools]
-        response = await self._post(payload)
-        return self._parse(response)
+        try:
+            body = encode_request(self._model, messages, tools)
+        except (TypeError, ValueError) as exc:  # a tool schema that is not JSON
+            raise self._error(f"could not encode the request to {self._shown_url}", exc) from None
+        try:
+            client = await self._clients.get()
+            request = client.build_request(
+                "POST", self._url, content=body, headers=self._headers, timeout=self._httpx_timeout
+            )
+        except Exception as exc:  # httpx.InvalidURL, UnicodeEncodeError from a header, TLS setup
+            raise self._error(f"could not build the request to {self._shown_url}", exc) from None
+        reply = await self._send(client, request)
+        try:
+            return parse_reply(reply, messages)
+        except MalformedReply as exc:
+            raise self._fail(
+                f"malformed reply from {self._shown_url}: {exc}; "
+                f"body: {self._excerpt(bytes(reply[:_ERROR_BODY_BYTES]))}",
+                200,
+            ) from None
 
-    async def _post(self, payload: dict[str, Any]) -> httpx.Response:
-        if self._client is None:
-            self._client = httpx.AsyncClient()
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+    async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
         attempts = self._max_retries + 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        for attempt in range(1, attempts + 1):
             try:
-                response = await self._client.post(
-                    self._url, json=payload, headers=headers, timeout=httpx.Timeout(self._timeout)
-                )
-            except httpx.TransportError as exc:
-                if last or isinstance(exc, httpx.UnsupportedProtocol):
-                    raise self._transport_error(exc, attempt + 1) from exc
-                await self._pause(self._backoff(attempt), type(exc).__name__, attempt)
-                continue
-            if response.is_success:
-                return response
-            status = response.status_code
-            if status not in _RETRY_STATUSES or last:
-                tried = f" after {attempt + 1} attempts" if attempt else ""
-                raise ProviderError(
-                    f"model endpoint failed{tried}: HTTP {status} from {self._url}: "
-                    f"{self._excerpt(response.text)}",
-                    status_code=status,
-                )
-            retry_after = _retry_after(response.headers.get("retry-after"))
-            delay = self._backoff(attempt) if retry_after is None else retry_after
-            await self._pause(delay, f"HTTP {status}", attempt)
+                return await self._attempt(client, request)
+            except _Retryable as failure:
+                if attempt == attempts:
+                    tried = f" ({attempt} attempts)" if attempt > 1 else ""
+                    raise self._fail(failure.head + tried + failure.tail, failure.status) from None
+                delay = self._backoff(attempt - 1) if failure.delay is None else failure.delay
+                await self._pause(delay, failure.reason, attempt)
         raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    async def _attempt(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
+        """One attempt, bounded as a whole by ``timeout``: the reply body, or why not."""
+        with anyio.move_on_after(self._timeout):
+            try:
+                response = await client.send(request, stream=True)
+                try:
+                    return await self._read(response)
+                finally:
+                    await response.aclose()
+            except (ProviderError, _Retryable):
+                raise
+            except httpx.TransportError as exc:
+                raise self._transport_failure(exc) from None
+            except Exception as exc:  # any other httpx error, or a caller's client gone wrong
+                raise self._error(f"request to {self._shown_url} failed", exc) from None
+        head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
+        raise _Retryable("timeout", head, f"; {_TIMEOUT_HINT}", delay=None)
+
+    async def _read(self, response: httpx.Response) -> bytearray:
+        if response.is_success:
+            return await read_capped(response, self._max_response_bytes, self._shown_url)
+        status = response.status_code
+        prefix = await read_prefix(response, _ERROR_BODY_BYTES, self._shown_url)
+        head, tail = "model endpoint failed", f": HTTP {status} from {self._shown_url}: "
+        tail += self._excerpt(prefix)
+        if status not in _RETRY_STATUSES:
+            raise self._fail(head + tail, status)
+        delay = _retry_after(response.headers.get("retry-after"))
+        raise _Retryable(f"HTTP {status}", head, tail, status=status, delay=delay)
+
+    def _transport_failure(self, exc: httpx.TransportError) -> _Retryable | ProviderError:
+        name = type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
+            return _Retryable(name, head, f" ({name}); {_TIMEOUT_HINT}", delay=None)
+        if isinstance(exc, httpx.ConnectError):
+            said = self._said(exc) or name
+            tail = f": {said}; check base_url and that the server is running"
+            return _Retryable(name, f"could not connect to {self._shown_url}", tail, delay=None)
+        head, tail = f"request to {self._shown_url} failed", f": {name}: {self._said(exc)}"
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+            return self._fail(head + tail)  # our own request is at fault: again is the same
+        return _Retryable(name, head, tail, delay=None)
+
+    def _error(self, what: str, exc: Exception) -> ProviderError:
+        return self._fail(f"{what}: {type(exc).__name__}: {self._said(exc)}")
+
+    def _said(self, exc: Exception) -> str:
+        """What an exception says, redacted: only text from outside is (our URL stays whole,
+        even when a key like ``ollama`` is also the host's name)."""
+        return self._redact(str(exc))
+
+    @staticmethod
+    def _fail(message: str, status_code: int | None = None) -> ProviderError:
+        """The error to raise, on one line and always encodable; outside text is redacted."""
+        return ProviderError(clean_text(" ".join(message.split())), status_code=status_code)
+
+    def _excerpt(self, body: bytes) -> str:
+        # Redact before cutting, so a key that straddles the cut cannot leave a fragment.
+        text = " ".join(self._redact(body.decode("utf-8", "replace")).split())
+        if len(text) > _EXCERPT_CHARS:
+            return text[: _EXCERPT_CHARS - 3] + "..."
+        return text or "(empty body)"
 
     async def _pause(self, delay: float, reason: str, attempt: int) -> None:
         total = self._max_retries + 1
         message = "retrying %s after %s (attempt %d of %d) in %.2f s"
-        logger.warning(message, self._url, reason, attempt + 1, total, delay)
+        logger.warning(message, self._shown_url, reason, attempt, total, delay)
         await self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in ``[0, min(cap, base * 2**attempt))`` to spread out herds."""
         return self._random() * min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**attempt)
-
-    def _transport_error(self, exc: httpx.TransportError, attempts: int) -> ProviderError:
-        tried = f" ({attempts} attempts)" if attempts > 1 else ""
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderError(
-                f"request to {self._url} timed out after {self._timeout:g} s{tried} "
-                f"({type(exc).__name__})"
-            )
-        if isinstance(exc, httpx.ConnectError):
-            return ProviderError(
-                f"could not connect to {self._url}{tried}: {exc or type(exc).__name__}; "
-                "check base_url and that the server is running"
-            )
-        return ProviderError(
-            f"request to {self._url} failed{tried}: {type(exc).__name__}: {self._redact(str(exc))}"
-        )
-
-    def _redact(self, text: str) -> str:
-        # A server may echo the key back in an error body; it must not reach our messages.
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
-
-    def _excerpt(self, text: str) -> str:
-        text = " ".join(self._redact(text).split())
-        if len(text) > _EXCERPT_CHARS:
-            return text[: _EXCERPT_CHARS - 3] + "..."
-        return text or "(empty body)"
-
-    def _malformed(self, response: httpx.Response, what: str) -> ProviderError:
-        return ProviderError(
-            f"malformed reply from {self._url}: {what}; body: {self._excerpt(response.text)}",
-            status_code=response.status_code,
-        )
-
-    def _parse(self, response: httpx.Response) -> Completion:
-        try:
-            data = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):
-            raise self._malformed(response, "not JSON") from None
-        if not isinstance(data, dict):
-            raise self._malformed(response, "not a JSON object")
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise self._malformed(response, "no choices")
-        choice = choices[0]
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            raise self._malformed(response, "no message in choices[0]")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise self._malformed(response, "content is not a string")
-        raw_calls = message.get("tool_calls") or []
-        if not isinstance(raw_calls, list):
-            raise self._malformed(response, "bad tool_calls: not a list")
-        calls = []
-        for index, raw in enumerate(raw_calls):
-            call = _tool_call(raw, index)
-            if isinstance(call, str):
-                raise self._malformed(response, f"bad tool_calls[{index}]: {call}")
-            calls.append(call)
-        finish = choice.get("finish_reason")
-        model = data.get("model")
-        return Completion(
-            content=content,
-            tool_calls=tuple(calls),
-            usage=_usage(data.get("usage")),
-            model=model if isinstance(model, str) else None,
-            finish_reason=finish if isinstance(finish, str) else None,
-        )
-
-
-def validate_base_url(url: str, what: str = "base_url") -> None:
-    """Refuse a base URL no request could be sent to, naming ``what`` (never a traceback later).
-
-    Raises:
-        ConfigError: The URL is not http(s), has no host, or its port is not in 1..65535;
-            the message starts with ``what``.
-    """
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{what} must start with http:// or https://")
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ConfigError(f"{what} is not a valid URL: {exc}") from None
-    if not parsed.host:
-        raise ConfigError(f"{what} has no host name (e.g. http://127.0.0.1:8080/v1)")
-    port = parsed.port
-    if port is not None and not 1 <= port <= 65535:
-        raise ConfigError(f"{what} has port {port}, outside 1..65535")
-
-
-def clean_api_key(key: str, source: str = "api_key") -> str:
-    """The key without surrounding whitespace (a file written by ``echo``, CRLF, a secret mount).
-
-    A control character left inside the key cannot be sent in a header; the error names
-    ``source`` (e.g. ``environment variable OPENAI_API_KEY``), never the value.
-
-    Raises:
-        ConfigError: The key is empty after stripping or still holds a control character.
-    """
-    cleaned = key.strip()
-    if not cleaned:
-        raise ConfigError(f"{source} is empty (only whitespace)")
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in cleaned):
-        raise ConfigError(
-            f"{source} holds a control character inside the key; write the key on one line "
-            "with nothing but the key"
-        )
-    return cleaned
-
-
-def _message_to_openai(message: Message) -> dict[str, Any]:
-    """One message in the OpenAI shape; ``content`` may be null only beside tool calls."""
-    content = message.content
-    if content is None and not (message.role == "assistant" and message.tool_calls):
-        content = ""
-    out: dict[str, Any] = {"role": message.role, "content": content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in message.tool_calls
-        ]
-    if message.role == "tool":
-        out["tool_call_id"] = message.tool_call_id
-    return out
-
-
-def _tool_call(raw: object, index: int) -> ToolCall | str:
-    """Parse one tool call, or say what is wrong with it."""
-    if not isinstance(raw, dict):
-        return "not an object"
-    function = raw.get("function")
-    if not isinstance(function, dict):
-        return "no function object"
-    name = function.get("name")
-    if not isinstance(name, str) or not name:
-        return "missing function name"
-    arguments = function.get("arguments")
-    if arguments is None:
-        arguments = "{}"
-    elif isinstance(arguments, dict | list):
-        # Ollama and some others send the arguments as an object rather than a string.
-        arguments = json.dumps(arguments)
-    elif not isinstance(arguments, str):
-        return "arguments is neither a string nor an object"
-    call_id = raw.get("id")
-    if not isinstance(call_id, str) or not call_id:
-        call_id = f"call_{index}"
-    return ToolCall(call_id, name, arguments)
-
-
-def _usage(raw: object) -> Usage:
-    """The provider's token counts; anything missing or not an integer counts as zero."""
-    if not isinstance(raw, dict):
-        return Usage(requests=1)
-
-    def count(key: str) -> int | None:
-        value = raw.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    prompt = count("prompt_tokens") or 0
-    completion = count("completion_tokens") or 0
-    total = count("total_tokens")
-    return Usage(1, prompt, completion, prompt + completion if total is None else total)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -1,0 +1,202 @@
+"""The OpenAI chat wire format at the boundary: the request body out, the reply in, both made safe.
+
+What comes back is untrusted input. Every string taken from a reply has lone surrogates (a
+JSON ``\\ud800`` escape, or the bytes of one) replaced by U+FFFD, here and only here, so no
+later print or request can fail to encode it; token counts are taken only when they are
+plain non-negative integers below a sanity bound, and estimated otherwise. The request body
+is serialised here too, so a lone surrogate in a tool's output cannot crash the next call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .._types import Completion, Message, ToolCall, ToolSpec, Usage
+
+__all__ = (
+    "MAX_TOKENS_PER_CALL",
+    "MalformedReply",
+    "clean_text",
+    "encode_request",
+    "estimate_tokens",
+    "parse_reply",
+)
+
+MAX_TOKENS_PER_CALL = 1_000_000_000
+"""The most tokens one call may report before the count is taken for garbage and estimated:
+no model reads or writes a billion tokens in one call."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+
+
+class MalformedReply(Exception):
+    """A reply that is not a usable chat completion; the text says what is wrong with it."""
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so it always encodes as UTF-8.
+
+    A Python string never holds a valid surrogate pair (JSON's pairs decode to one code
+    point), so every surrogate found is a lone one. ASCII text is returned untouched.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(_REPLACEMENT, text)
+
+
+def encode_request(model: str, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> bytes:
+    """The request body, byte for byte as httpx's ``json=`` would make it, but always encodable.
+
+    A lone surrogate (from a tool's output, a user's text) would make ``str.encode`` raise;
+    it becomes U+FFFD instead. The common case encodes once, with no extra pass.
+    """
+    payload: dict[str, Any] = {"model": model, "messages": [_message(m) for m in messages]}
+    if tools:
+        payload["tools"] = [spec.to_openai() for spec in tools]
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(_REPLACEMENT, text).encode("utf-8")
+
+
+def _message(message: Message) -> dict[str, Any]:
+    """One message in the OpenAI shape; ``content`` may be null only beside tool calls."""
+    content = message.content
+    if content is None and not (message.role == "assistant" and message.tool_calls):
+        content = ""
+    out: dict[str, Any] = {"role": message.role, "content": content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def parse_reply(body: bytes | bytearray, messages: Sequence[Message]) -> Completion:
+    """The completion in a reply body; ``messages`` (the request) only for a usage estimate.
+
+    Raises:
+        MalformedReply: The body is not JSON or not a chat completion.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:  # UnicodeDecodeError and the int digit limit included
+        raise MalformedReply("not JSON") from None
+    except RecursionError:  # "[[[[..." a million deep
+        raise MalformedReply("not JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise MalformedReply("not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply("no choices")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise MalformedReply("no message in choices[0]")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise MalformedReply("content is not a string")
+    raw_calls = message.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise MalformedReply("bad tool_calls: not a list")
+    calls = []
+    for index, raw in enumerate(raw_calls):
+        call = _tool_call(raw, index)
+        if isinstance(call, str):
+            raise MalformedReply(f"bad tool_calls[{index}]: {call}")
+        calls.append(call)
+    content = None if content is None else clean_text(content)
+    finish = choice.get("finish_reason")
+    model = data.get("model")
+    return Completion(
+        content=content,
+        tool_calls=tuple(calls),
+        usage=_usage(data.get("usage"), messages, content, calls),
+        model=clean_text(model) if isinstance(model, str) else None,
+        finish_reason=clean_text(finish) if isinstance(finish, str) else None,
+    )
+
+
+def _tool_call(raw: object, index: int) -> ToolCall | str:
+    """Parse one tool call, or say what is wrong with it."""
+    if not isinstance(raw, dict):
+        return "not an object"
+    function = raw.get("function")
+    if not isinstance(function, dict):
+        return "no function object"
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        return "missing function name"
+    arguments = function.get("arguments")
+    if arguments is None:
+        arguments = "{}"
+    elif isinstance(arguments, dict | list):
+        # Ollama and some others send the arguments as an object rather than a string; its
+        # text is written unescaped, so a lone surrogate in it is cleaned like any other.
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    elif not isinstance(arguments, str):
+        return "arguments is neither a string nor an object"
+    call_id = raw.get("id")
+    if not isinstance(call_id, str) or not call_id:
+        call_id = f"call_{index}"
+    return ToolCall(clean_text(call_id), clean_text(name), clean_text(arguments))
+
+
+def _count(raw: dict[str, Any], key: str) -> int | None:
+    """A reported token count, if it is one: an ``int`` (not a bool) in 0..MAX_TOKENS_PER_CALL."""
+    value = raw.get(key)
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS_PER_CALL else None
+
+
+def _usage(
+    raw: object, messages: Sequence[Message], content: str | None, calls: Sequence[ToolCall]
+) -> Usage:
+    """The endpoint's token counts where they can be trusted, xzatoma's estimate where not.
+
+    A missing or invalid prompt (completion) count is estimated from the request (reply)
+    text; a ``total_tokens`` that is missing, invalid or below their sum becomes the sum.
+    All but a total that was simply left out mark the usage ``estimated``.
+    """
+    counts = raw if isinstance(raw, dict) else {}
+    prompt = _count(counts, "prompt_tokens")
+    completion = _count(counts, "completion_tokens")
+    total = _count(counts, "total_tokens")
+    if prompt is not None and completion is not None:
+        if total is not None and total >= prompt + completion:
+            return Usage(1, prompt, completion, total)
+        # Left out, the total is simply the sum; sent but wrong, the usage is suspect.
+        return Usage(1, prompt, completion, prompt + completion, "total_tokens" in counts)
+    if prompt is None:
+        prompt = estimate_tokens(_request_texts(messages))
+    if completion is None:
+        completion = estimate_tokens([content, *(call.arguments for call in calls)])
+    return Usage(1, prompt, completion, prompt + completion, estimated=True)
+
+
+def _request_texts(messages: Sequence[Message]) -> Iterable[str | None]:
+    for message in messages:
+        yield message.content
+        for call in message.tool_calls:
+            yield call.arguments
+
+
+def estimate_tokens(texts: Iterable[str | None]) -> int:
+    """About four UTF-8 bytes a token: ``ceil(bytes / 4)`` over the given texts.
+
+    Rough, but never zero for text that is there and never negative; the OpenAI tokenizer
+    averages about four bytes a token for English.
+    """
+    size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts if text)
+    return -(-size // 4)
