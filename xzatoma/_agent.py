@@ -7,6 +7,7 @@ caller's own cancellation, which propagates. Start and end events are emitted in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -28,9 +29,9 @@ from ._hooks import (
     ToolCallStarted,
     new_id,
 )
-from ._limits import Clock, QuotaTracker
+from ._limits import Clock, QuotaTracker, UsageRefused, checked_usage
 from ._result import ErrorType, RunResult, RunStatus
-from ._tools import Tool, ToolContext, ToolResult, TreeContext
+from ._tools import Tool, ToolContext, ToolResult, TreeContext, is_stray_cancellation, run_tool
 from ._types import Completion, Message, ToolCall, Usage
 from .errors import ConfigError, ProviderError, QuotaExceeded
 from .providers._base import Provider
@@ -150,16 +151,24 @@ class Agent:
             f"Agent(name={self.name!r}, model={self.provider.model!r}, tools={list(self._by_name)})"
         )
 
-    async def run(self, prompt: str) -> RunResult:
+    async def run(self, prompt: str, *, state: RunState | None = None) -> RunResult:
         """Run the agent on ``prompt`` until it answers, runs out of turns, fails or times out.
 
         Returns a :class:`RunResult`; never raises for model, tool or quota trouble. The
-        caller's own cancellation propagates, after every descendant has been cancelled.
+        caller's own cancellation propagates, after every descendant has been cancelled;
+        a caller that cancels the run and wants what it had (the command line on a signal)
+        passes its own ``state`` and reads it afterwards.
         """
         tree = TreeContext(self.hooks, self.clock, self.quota)
         deadline = math.inf if self.timeout is None else anyio.current_time() + self.timeout
         return await self.run_in_tree(
-            prompt, tree=tree, depth=0, label=self.name, parent_id=None, deadline=deadline
+            prompt,
+            tree=tree,
+            depth=0,
+            label=self.name,
+            parent_id=None,
+            deadline=deadline,
+            state=state,
         )
 
     async def run_in_tree(
@@ -299,8 +308,12 @@ class Agent:
         completion: Completion | None = None
         error_type: str | None = "cancelled"
         try:
-            completion = await self.provider.complete(messages, self._specs)
+            # Checked before it is charged, summed or recorded: usage is the endpoint's word.
+            completion = checked_usage(await self.provider.complete(messages, self._specs))
             error_type = None
+        except UsageRefused as exc:
+            error_type = "ProviderError"
+            raise _ModelFailed(f"provider {provider!r} returned invalid usage: {exc}") from None
         except ProviderError as exc:
             error_type = "ProviderError"
             raise _ModelFailed(f"provider {provider!r} failed: {exc}") from exc
@@ -308,6 +321,13 @@ class Agent:
             error_type = type(exc).__name__
             logger.exception("provider %r raised an unexpected exception", provider)
             raise _ModelFailed(f"provider {provider!r} raised {error_type}: {exc}") from exc
+        except asyncio.CancelledError:
+            if not await is_stray_cancellation():
+                raise
+            error_type = "CancelledError"
+            raise _ModelFailed(
+                f"provider {provider!r} raised CancelledError although nothing cancelled this run"
+            ) from None
         finally:
             if ModelCallEnded in events:
                 hooks.emit(
@@ -389,11 +409,7 @@ class Agent:
                 )
                 return result
             ctx = ToolContext(self, call, depth, label, run_id, event_id, deadline, tree, sink)
-            try:
-                result = await found.invoke(ctx)
-            except Exception as exc:
-                logger.info("tool %r raised %s", call.name, type(exc).__name__, exc_info=True)
-                result = ToolResult.error(f"tool '{call.name}' raised {type(exc).__name__}: {exc}")
+            result = await run_tool(found, ctx)
             return result
         finally:
             if ToolCallEnded in events:

@@ -21,7 +21,9 @@ __all__ = (
     "SubagentConfig",
     "SubagentTask",
     "batch_json",
+    "batch_summary",
     "succeeded",
+    "task_entry",
 )
 
 DEFAULT_SUMMARY_PROMPT = "Summarize your findings concisely"
@@ -150,31 +152,39 @@ def succeeded(result: RunResult) -> bool:
     return result.status in ("complete", "incomplete")
 
 
+def task_entry(result: RunResult) -> dict[str, object]:
+    """One task of the batch document the model receives (see ``_tool_messages``); it says
+    ``"truncated": true`` only when its output was cut."""
+    entry: dict[str, object] = {
+        "label": result.label,
+        "success": succeeded(result),
+        "status": result.status,
+        "output": result.output,
+        "error": result.error if result.status != "complete" else None,
+        "error_type": result.error_type,
+        "duration_ms": round(result.duration * 1000, 3),
+        "tokens_used": result.total_usage.total_tokens,
+        "turns": result.turns,
+    }
+    if result.truncated:
+        entry["truncated"] = True
+    return entry
+
+
+def batch_summary(batch: BatchResult) -> dict[str, object]:
+    """The batch document's fields after ``tasks``: the counts, status and totals."""
+    return {
+        "successful": batch.successful,
+        "failed": batch.failed,
+        "cancelled": batch.cancelled,
+        "status": batch.status,
+        "total_duration_ms": round(batch.duration * 1000, 3),
+        "total_tokens": batch.total_usage.total_tokens,
+    }
+
+
 def batch_json(batch: BatchResult) -> str:
-    """The JSON the model receives from ``parallel_subagent``."""
-    tasks = [
-        {
-            "label": r.label,
-            "success": succeeded(r),
-            "status": r.status,
-            "output": r.output,
-            "error": r.error if r.status != "complete" else None,
-            "error_type": r.error_type,
-            "duration_ms": round(r.duration * 1000, 3),
-            "tokens_used": r.total_usage.total_tokens,
-            "turns": r.turns,
-        }
-        for r in batch.results
-    ]
-    return json.dumps(
-        {
-            "tasks": tasks,
-            "successful": batch.successful,
-            "failed": batch.failed,
-            "cancelled": batch.cancelled,
-            "status": batch.status,
-            "total_duration_ms": round(batch.duration * 1000, 3),
-            "total_tokens": batch.total_usage.total_tokens,
-        },
-        ensure_ascii=False,
-    )
+    """The whole batch document, every text in full; the ``parallel_subagent`` tool sends it
+    fitted to ``output_max_size`` (``_tool_messages.describe_batch``)."""
+    document = {"tasks": [task_entry(r) for r in batch.results], **batch_summary(batch)}
+    return json.dumps(document, ensure_ascii=False)

@@ -25,9 +25,9 @@ from ._subagent_models import (
     ParallelSubagentArgs,
     SubagentConfig,
     SubagentTask,
-    batch_json,
     succeeded,
 )
+from ._tool_messages import describe_batch, describe_child
 from ._tools import ArgsT, Tool, ToolContext, ToolResult
 from ._types import Usage
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
@@ -60,21 +60,26 @@ class Spawner:
         self, ctx: ToolContext, label: str, error_type: ErrorType, message: str
     ) -> RunResult:
         """Record a spawn refused before it started (one start, one end) and describe it."""
-        hooks, depth = ctx.tree.hooks, ctx.depth + 1
-        exec_id = new_id()
-        result = RunResult(
-            "", "failed", error_type=error_type, error=message, label=label, depth=depth
-        )
+        result = _refused(label, ctx.depth + 1, error_type, message)
+        self._record_unstarted(ctx, result)
+        return result
+
+    @staticmethod
+    def _record_unstarted(ctx: ToolContext, result: RunResult, order: int = 0) -> None:
+        """Record an execution that never ran (a refused spawn, a batch task that never
+        started): one start and one end, so the metrics count it like any other and
+        executions = completions + errors holds; it joins the result tree at ``order``."""
+        hooks, depth = ctx.tree.hooks, result.depth
         if hooks:
-            hooks.emit(SubagentStarted(exec_id, ctx.event_id, label, depth))
+            exec_id = new_id()
+            hooks.emit(SubagentStarted(exec_id, ctx.event_id, result.label, depth))
             hooks.emit(
                 SubagentEnded(
-                    exec_id, ctx.event_id, label, depth, "failed", error_type, 0, Usage(), 0.0,
-                    False, result,
+                    exec_id, ctx.event_id, result.label, depth, result.status,
+                    result.error_type, 0, Usage(), 0.0, False, result,
                 )
             )  # fmt: skip
-        ctx.add_child(result)
-        return result
+        ctx.add_child(result, order)
 
     def _child_tools(
         self, ctx: ToolContext, task: SubagentTask
@@ -201,25 +206,14 @@ class Spawner:
             if self.quota is not None:  # the contract's order: quota, depth, arguments
                 self.quota.check()
         except QuotaExceeded as exc:
-            return RunResult(
-                "", "failed", error_type="quota_exceeded", error=str(exc), label=label, depth=depth
-            )
+            return _refused(label, depth, "quota_exceeded", str(exc))
         try:
             check_depth(ctx.depth, self.config.max_depth)
             offered, hidden = self._child_tools(ctx, task)
         except DepthLimitExceeded as exc:
-            return RunResult(
-                "",
-                "failed",
-                error_type="max_depth_reached",
-                error=str(exc),
-                label=label,
-                depth=depth,
-            )
+            return _refused(label, depth, "max_depth_reached", str(exc))
         except ValueError as exc:
-            return RunResult(
-                "", "failed", error_type="invalid_input", error=str(exc), label=label, depth=depth
-            )
+            return _refused(label, depth, "invalid_input", str(exc))
         try:
             child = Agent(
                 self._child_provider(ctx.agent.provider),
@@ -232,22 +226,14 @@ class Spawner:
                 _hidden_tools=hidden,
             )
         except Exception as exc:
-            return RunResult(
-                "", "failed", error_type="initialization_failed",
-                error=f"could not start the subagent: {exc}", label=label, depth=depth,
-            )  # fmt: skip
+            return _refused(
+                label, depth, "initialization_failed", f"could not start the subagent: {exc}"
+            )
         if self.quota is not None:
             try:
                 self.quota.reserve()
             except QuotaExceeded as exc:
-                return RunResult(
-                    "",
-                    "failed",
-                    error_type="quota_exceeded",
-                    error=str(exc),
-                    label=label,
-                    depth=depth,
-                )
+                return _refused(label, depth, "quota_exceeded", str(exc))
         summary = task.summary_prompt or self.config.summary_prompt
         deadline, deadline_error = self._deadline(ctx)
         result = await child.run_in_tree(
@@ -264,16 +250,17 @@ class Spawner:
         return result
 
     # -- a batch -----------------------------------------------------------------------------
-    @staticmethod
     def _settled(
+        self,
         ctx: ToolContext,
         task: SubagentTask,
         result: RunResult | None,
         state: RunState | None,
         index: int,
     ) -> RunResult:
-        """A task's final result: what it returned, what it had when cancelled, or a
-        placeholder for a task cancelled before it started (recorded in the tree here)."""
+        """A task's final result: what it returned, what it had when cancelled, or, for a
+        task that never started (fail_fast, the deadline, the batch cancelled), a
+        ``cancelled`` placeholder recorded here like a refused spawn."""
         if result is not None:
             return result
         if state is not None and state.final is not None:
@@ -286,7 +273,7 @@ class Spawner:
             label=task.label,
             depth=ctx.depth + 1,
         )
-        ctx.add_child(placeholder, index)
+        self._record_unstarted(ctx, placeholder, index)
         return placeholder
 
     async def run_batch(
@@ -350,26 +337,6 @@ class Spawner:
         return BatchResult(tuple(final), status, ok, failed, cancelled, duration)
 
 
-_REFUSALS = frozenset(
-    {"quota_exceeded", "max_depth_reached", "invalid_input", "initialization_failed"}
-)
-
-
-def _describe(result: RunResult) -> ToolResult:
-    """What the parent model reads about one child."""
-    if result.status == "complete":
-        return ToolResult(result.output)
-    if result.status == "incomplete":
-        note = f"[subagent '{result.label}' ended incomplete: {result.error}]\n"
-        return ToolResult(note + result.output)
-    message = result.error or result.status
-    if result.turns or result.error_type not in _REFUSALS:
-        message = f"subagent '{result.label}' {result.status} ({result.error_type}): {message}"
-        if result.output:
-            message += f"\nPartial output:\n{result.output}"
-    return ToolResult.error(message)
-
-
 class _SpawningTool(Tool[ArgsT]):
     """What both subagent tools share: a spawner, and the checks in the contract's order."""
 
@@ -402,10 +369,11 @@ class SubagentTool(_SpawningTool[SubagentTask]):
     parameters = SubagentTask
 
     async def invoke(self, ctx: ToolContext) -> ToolResult:
+        limit = self.spawner.config.output_max_size
         task = self.checked_arguments(ctx, _label_of(ctx.call.arguments))
         if isinstance(task, RunResult):
-            return _describe(task)
-        return _describe(await self.spawner.execute(ctx, task))
+            return describe_child(task, limit)
+        return describe_child(await self.spawner.execute(ctx, task), limit)
 
 
 class ParallelSubagentTool(_SpawningTool[ParallelSubagentArgs]):
@@ -419,18 +387,19 @@ class ParallelSubagentTool(_SpawningTool[ParallelSubagentArgs]):
     parameters = ParallelSubagentArgs
 
     async def invoke(self, ctx: ToolContext) -> ToolResult:
+        limit = self.spawner.config.output_max_size
         args = self.checked_arguments(ctx, "parallel_subagent")
         if isinstance(args, RunResult):
-            return ToolResult.error(args.error or "refused")
+            return describe_child(args, limit)
         batch = await self.spawner.run_batch(
             ctx, args.tasks, max_concurrent=args.max_concurrent, fail_fast=args.fail_fast
         )
-        if batch.status == "failed":
-            count = len(batch.results)
-            return ToolResult.error(
-                f"parallel batch failed: none of the {count} tasks succeeded.\n{batch_json(batch)}"
-            )
-        return ToolResult(batch_json(batch))
+        return describe_batch(batch, limit)
+
+
+def _refused(label: str, depth: int, error_type: ErrorType, message: str) -> RunResult:
+    """A spawn that was refused before its child started."""
+    return RunResult("", "failed", error_type=error_type, error=message, label=label, depth=depth)
 
 
 def _label_of(arguments: str) -> str:

@@ -2,19 +2,23 @@
 
 A tool's parameters are a pydantic model, so the JSON schema the model sees and the
 validation of what it sends come from one place. Bad arguments never crash a run: they come
-back to the model as an ``Error:`` tool message it can correct.
+back to the model as an ``Error:`` tool message it can correct, and so does anything else a
+tool raises (:func:`run_tool`), but for the run's own cancellation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_type_hints, overload
 
 import anyio
+import anyio.lowlevel
 import pydantic
 
 from ._hooks import Hooks
@@ -25,7 +29,17 @@ from ._types import ToolCall, ToolSpec
 if TYPE_CHECKING:
     from ._agent import Agent
 
-__all__ = ("FunctionTool", "Tool", "ToolContext", "ToolResult", "tool")
+__all__ = (
+    "FunctionTool",
+    "Tool",
+    "ToolContext",
+    "ToolResult",
+    "is_stray_cancellation",
+    "run_tool",
+    "tool",
+)
+
+logger = logging.getLogger("xzatoma.agent")
 
 ArgsT = TypeVar("ArgsT", bound=pydantic.BaseModel)
 
@@ -137,6 +151,52 @@ class Tool(Generic[ArgsT]):
             return ToolResult.error(str(exc))
         result = await self.run(args, ctx)
         return result if isinstance(result, ToolResult) else ToolResult(result)
+
+
+async def run_tool(found: Tool[Any], ctx: ToolContext) -> ToolResult:
+    """Run ``found`` for ``ctx.call``; whatever it raises comes back as an ``Error:`` result.
+
+    Only a cancellation of the run itself propagates. A ``CancelledError`` the tool raised
+    on its own (a library it calls cancelled its own work) is a failure of that tool, like
+    any other exception, so one tool cannot bring down the whole tree.
+    """
+    try:
+        return await found.invoke(ctx)
+    except Exception as exc:
+        logger.info("tool %r raised %s", found.name, type(exc).__name__, exc_info=True)
+        return ToolResult.error(f"tool '{ctx.call.name}' raised {type(exc).__name__}: {exc}")
+    except asyncio.CancelledError as exc:
+        if not await is_stray_cancellation():
+            raise
+        logger.info("tool %r raised a stray CancelledError", found.name, exc_info=True)
+        detail = f" ({exc})" if str(exc) else ""
+        return ToolResult.error(
+            f"tool '{ctx.call.name}' raised CancelledError{detail} although nothing cancelled "
+            "this run; the tool failed, and the run goes on"
+        )
+
+
+async def is_stray_cancellation() -> bool:
+    """Whether the ``asyncio.CancelledError`` being handled was raised with nobody cancelling.
+
+    Call it in the ``except`` block. A real cancellation leaves a trace to tell it by: on
+    asyncio, a ``Task.cancel()`` (which anyio's cancel scopes use too) leaves the task's
+    ``cancelling()`` count above zero until the scope that asked for it is left, and a
+    scope cancelled before it could deliver (its deadline passed, ``cancel()`` was just
+    called) is found by ``checkpoint_if_cancelled()``, which then raises that cancellation
+    itself. On trio a real cancellation is ``trio.Cancelled`` (which nothing but trio can
+    raise, and which never reaches this check), so an ``asyncio.CancelledError`` there is
+    always stray; ``checkpoint_if_cancelled()`` still raises if the scope is cancelled.
+    Costs nothing unless a tool or provider raised ``CancelledError``.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running: the trio backend
+        task = None
+    if task is not None and task.cancelling():
+        return False
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return True
 
 
 def describe_validation_error(tool_name: str, exc: pydantic.ValidationError) -> str:
