@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._config import configure as configure
 from ._metrics import SubagentMetrics as SubagentMetrics
 from ._server import MetricsServer as MetricsServer
+from ._server import MetricsServerStatistics as MetricsServerStatistics
 from ._server import start_metrics_server as start_metrics_server
 from ._subscriber import TelemetrySubscriber as TelemetrySubscriber
 
@@ -25,6 +26,7 @@ __all__ = (
     "configure",
     "start_metrics_server",
     "MetricsServer",
+    "MetricsServerStatistics",
     "SubagentMetrics",
     "TelemetrySubscriber",
     # testing

@@ -11,27 +11,27 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Final
 
 from ..errors import ConfigError
 from ._config import Configuration, configuration, configure, meter_is_configured, restore, state
+from ._connection import Limits, MetricsServerStatistics
+from ._transport import Transport
 
 if TYPE_CHECKING:  # the SDK is imported when a server starts, not with the runtime
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
     from prometheus_client import CollectorRegistry
 
-__all__ = ("INSTALL_HINT", "MetricsServer", "start_metrics_server")
+__all__ = ("INSTALL_HINT", "MetricsServer", "MetricsServerStatistics", "start_metrics_server")
 
 INSTALL_HINT = "pip install 'xzatoma[prometheus]'"
 """What to run when the ``prometheus`` extra is missing."""
 
-_StartResponse = Callable[..., Any]
-_WSGIApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+_BACKLOG: Final = 512
+"""Connections the kernel queues before they are accepted: a burst of scrapers beyond it
+would wait for TCP to retry (1 s, then 3 s). The I/O thread accepts them at once anyway."""
 
 
 class MetricsServer:
@@ -46,27 +46,20 @@ class MetricsServer:
 
     def __init__(
         self,
-        httpd: WSGIServer,
+        transport: Transport,
+        address: tuple[str, int],
         registry: CollectorRegistry,
         owned: tuple[MeterProvider, Configuration] | None,
     ) -> None:
-        self._httpd = httpd
+        self._transport = transport
         self._owned = owned
         self.registry = registry
-        address = httpd.server_address
         self.host = str(address[0])
         self.port = int(address[1])
         shown = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{shown}:{self.port}/metrics"
         self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},  # so stop() returns promptly, not after 0.5 s
-            name=f"xzatoma-metrics-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
 
     def __repr__(self) -> str:
         return f"MetricsServer(url={self.url!r}, stopped={self._stopped})"
@@ -76,15 +69,17 @@ class MetricsServer:
         """The meter provider this server set up, when nothing was configured before it."""
         return self._owned[0] if self._owned is not None else None
 
+    def statistics(self) -> MetricsServerStatistics:
+        """A snapshot of its connections: open now, accepted, answered, evicted, timed out."""
+        return self._transport.statistics()
+
     def stop(self) -> None:
-        """Stop serving and close the socket; undo what the server configured. Idempotent."""
+        """Stop serving and close every socket; undo what the server configured. Idempotent."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        self._transport.stop()
         if self._owned is not None:
             provider, previous = self._owned
             if state.config.meter_provider is provider:
@@ -103,15 +98,15 @@ class MetricsServer:
         self.stop()
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log on stderr for every scrape."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
 def start_metrics_server(
-    host: str = "127.0.0.1", port: int = 9464, *, registry: CollectorRegistry | None = None
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    *,
+    registry: CollectorRegistry | None = None,
+    max_connections: int = 256,
+    idle_timeout: float = 30.0,
+    header_timeout: float = 10.0,
+    max_header_bytes: int = 16_384,
 ) -> MetricsServer:
     """Serve xzatoma's metrics in the Prometheus text format at ``http://host:port/metrics``.
 
@@ -125,18 +120,30 @@ def start_metrics_server(
     - else it makes an SDK ``MeterProvider`` with a ``PrometheusMetricReader`` on a registry
       of its own and configures xzatoma to record to it until the server is stopped.
 
+    The server runs two threads (one for every connection's I/O, one that renders), however
+    many clients connect, and bounds what a client can hold with the limits below, so a
+    flood of connections that never finish a request costs the agents nothing.
+
     Args:
         host: Address to bind; 127.0.0.1 by default (binding elsewhere is your choice).
         port: Port to listen on; 0 picks a free one (read it back from ``.port``).
         registry: The ``prometheus_client`` registry to serve (see above).
+        max_connections: Connections open at once; one more evicts a connection that has
+            not completed a request (the oldest), else the one idle the longest.
+        idle_timeout: Seconds a kept-alive connection may wait between requests, and a
+            client may take to read a response, before it is closed.
+        header_timeout: Seconds a client has to send a complete request head, from the
+            connection (or its next request's first byte); a slow drip does not extend it.
+        max_header_bytes: Size of the request line and headers together; more is a 431.
 
     Returns:
         A :class:`MetricsServer`; call ``stop()`` or use it in ``with`` to end it.
 
     Raises:
         ConfigError: The ``prometheus`` extra is not installed (the message says what to
-            install), or the address cannot be bound.
+            install), a limit is out of range, or the address cannot be bound.
     """
+    limits = _limits(max_connections, idle_timeout, header_timeout, max_header_bytes)
     try:
         import prometheus_client
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -165,15 +172,52 @@ def start_metrics_server(
             previous = configuration()
             owned = (provider, previous)
             configure(provider, previous.tracer_provider)
+    served = registry
     try:
-        render = _SingleFlight(lambda: prometheus_client.generate_latest(registry))
-        httpd = _bind(host, port, _metrics_only(render))
+        listener = _listen(host, port)
     except OSError as exc:
         if owned is not None:
             restore(owned[1])
             owned[0].shutdown()
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-    return MetricsServer(httpd, registry, owned)
+    address = listener.getsockname()
+    transport = Transport(listener, lambda: prometheus_client.generate_latest(served), limits)
+    return MetricsServer(transport, (address[0], address[1]), registry, owned)
+
+
+def _limits(
+    max_connections: int, idle_timeout: float, header_timeout: float, max_header_bytes: int
+) -> Limits:
+    """The limits, checked: each message names the argument and the range it must be in."""
+    for name, count, least in (
+        ("max_connections", max_connections, 1),
+        ("max_header_bytes", max_header_bytes, 1024),
+    ):
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(f"{name} must be a whole number, got {type(count).__name__}")
+        if count < least:
+            raise ConfigError(f"{name} must be at least {least}")
+    for name, seconds in (("idle_timeout", idle_timeout), ("header_timeout", header_timeout)):
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ConfigError(f"{name} must be a number of seconds, got {type(seconds).__name__}")
+        if not seconds > 0:
+            raise ConfigError(f"{name} must be greater than 0")
+    return Limits(max_connections, float(idle_timeout), float(header_timeout), max_header_bytes)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (IPv4 or IPv6, as the host resolves)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":  # a restart may bind while old connections sit in TIME_WAIT
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(_BACKLOG)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def _resource() -> Resource:
@@ -184,81 +228,3 @@ def _resource() -> Resource:
     if os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in attributes:
         return Resource.create()
     return Resource.create({"service.name": "xzatoma"})
-
-
-class _Flight:
-    __slots__ = ("done", "error", "result")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.result = b""
-        self.error: BaseException | None = None
-
-
-class _SingleFlight:
-    """At most one collection at a time; scrapes that arrive meanwhile share its result.
-
-    A collection costs milliseconds of CPU under the GIL, so fifty clients scraping at once
-    would otherwise run fifty identical collections and slow the agents down. A shared
-    result is at most one collection old.
-    """
-
-    def __init__(self, produce: Callable[[], bytes]) -> None:
-        self._produce = produce
-        self._lock = threading.Lock()
-        self._flight: _Flight | None = None
-
-    def __call__(self) -> bytes:
-        with self._lock:
-            flight, leader = self._flight, False
-            if flight is None:
-                flight = self._flight = _Flight()
-                leader = True
-        if leader:
-            try:
-                flight.result = self._produce()
-            except BaseException as exc:
-                flight.error = exc
-            finally:
-                with self._lock:
-                    self._flight = None
-                flight.done.set()
-        else:
-            flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        return flight.result
-
-
-_EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _metrics_only(render: Callable[[], bytes]) -> _WSGIApp:
-    def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
-        text = [("Content-Type", "text/plain; charset=utf-8")]
-        if environ.get("PATH_INFO", "/") not in ("/metrics", "/metrics/"):
-            start_response("404 Not Found", text)
-            return [b"Not found: the metrics are at /metrics\n"]
-        method = environ.get("REQUEST_METHOD")
-        if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [*text, ("Allow", "GET, HEAD")])
-            return [b"Method not allowed: /metrics answers GET\n"]
-        body = render()
-        headers = [("Content-Type", _EXPOSITION), ("Content-Length", str(len(body)))]
-        start_response("200 OK", headers)
-        return [b""] if method == "HEAD" else [body]
-
-    return app
-
-
-def _bind(host: str, port: int, app: _WSGIApp) -> WSGIServer:
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-
-    class Server(ThreadingMixIn, WSGIServer):
-        address_family = family
-        daemon_threads = True
-        # wsgiref listens with a backlog of 5: a burst of scrapers beyond it waits for TCP
-        # to retry the connection (1 s, then 3 s). Prometheus fleets and dashboards burst.
-        request_queue_size = 128
-
-    return make_server(host, port, app, server_class=Server, handler_class=_QuietHandler)

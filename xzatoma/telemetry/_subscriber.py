@@ -167,7 +167,7 @@ class TelemetrySubscriber:
     def _model_call_metrics(self, event: ModelCallEnded) -> None:
         inst = current_instruments()
         call_attrs, input_attrs, output_attrs = _gen_ai_attributes(
-            event.provider, event.model, event.response_model, event.error_type
+            event.provider, event.model, event.error_type
         )
         inst.operation_duration.record(event.duration, call_attrs)
         usage = event.usage
@@ -287,18 +287,20 @@ class TelemetrySubscriber:
 
 
 _GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
-_gen_ai_cache: dict[tuple[str, str, str | None, str | None], _GenAIAttributes] = {}
+_gen_ai_cache: dict[tuple[str, str, str | None], _GenAIAttributes] = {}
 
 
-def _gen_ai_attributes(
-    provider: str, model: str, response_model: str | None, error_type: str | None
-) -> _GenAIAttributes:
+def _gen_ai_attributes(provider: str, model: str, error_type: str | None) -> _GenAIAttributes:
     """The attribute sets of one model call (call, input tokens, output tokens), made once.
 
-    Shared dicts, never changed after they are made; the cache is bounded because its keys
-    are (provider, model, response model, error type), a small set in any real deployment.
+    Only values chosen by code or by the user's own configuration go on a metric: the
+    provider's name, the model asked for, and the exception class of a failed call. The
+    model name the endpoint answers with (``gen_ai.response.model``) is the endpoint's
+    choice, so it goes on the ``chat`` span only: on a metric, a server answering with a new
+    name each time would grow one series per name without limit. Shared dicts, never changed
+    after they are made; the cache is cleared if it ever grows past 1024 entries.
     """
-    key = (provider, model, response_model, error_type)
+    key = (provider, model, error_type)
     found = _gen_ai_cache.get(key)
     if found is not None:
         return found
@@ -307,8 +309,6 @@ def _gen_ai_attributes(
         n.GEN_AI_PROVIDER_NAME: provider,
         n.GEN_AI_REQUEST_MODEL: model,
     }
-    if response_model is not None:
-        call[n.GEN_AI_RESPONSE_MODEL] = response_model
     if error_type is not None:
         call[n.OTEL_ERROR_TYPE] = error_type
     made = (

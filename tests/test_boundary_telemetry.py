@@ -1,0 +1,422 @@
+"""Telemetry at the boundary (issue 11, items 17 and 18).
+
+17: no metric attribute takes a value the endpoint chose (a real HTTP server answering with
+a new model name each time, through a real ``OpenAIProvider``).
+18: the ``/metrics`` server bounds its threads, connections and time: half-open floods,
+idle and dripping clients, oversized heads; scrapes and agent runs go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable, Iterator
+
+import anyio
+import httpx
+import pytest
+from _http_server import Reply, ScriptedHTTPServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from xzatoma import OpenAIProvider, Runtime, SubagentConfig, Usage
+from xzatoma.telemetry import MetricsServer, TelemetrySubscriber, start_metrics_server
+from xzatoma.telemetry import _names as n
+from xzatoma.testing import ScriptedProvider, capture_telemetry
+
+# -- 17: endpoint-chosen values stay off the metrics -----------------------------------------
+
+
+def _completion(model: str) -> dict[str, object]:
+    return {
+        "id": f"chatcmpl-{model}",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_model_names_the_endpoint_answers_with_do_not_grow_metric_series() -> None:
+    names = [f"served-model-{i}" for i in range(60)]
+    with ScriptedHTTPServer() as server, capture_telemetry() as captured:
+        server.add(*(Reply(200, _completion(name)) for name in names))
+        for i in range(5):  # failures whose bodies name error types of the endpoint's choosing
+            server.add(Reply(400, {"error": {"type": f"served-error-{i}", "message": "no"}}))
+        async with OpenAIProvider(server.url, "asked-model", max_retries=0) as provider:
+            runtime = Runtime(provider, telemetry=TelemetrySubscriber())
+            for _ in range(len(names) + 5):
+                await runtime.run("hello")
+        assert len(server.requests) == len(names) + 5
+
+        usage_sets = captured.attribute_sets(n.TOKEN_USAGE)
+        duration_sets = captured.attribute_sets(n.OPERATION_DURATION)
+        assert len(usage_sets) == 2  # input and output, not 2 per name served
+        assert len(duration_sets) == 2  # succeeded, and failed with error.type ProviderError
+        assert captured.histogram(n.TOKEN_USAGE, **{n.GEN_AI_TOKEN_TYPE: "input"}).count == 60
+        assert {s.get(n.OTEL_ERROR_TYPE) for s in duration_sets} == {None, "ProviderError"}
+        for attributes in usage_sets + duration_sets:
+            assert attributes[n.GEN_AI_REQUEST_MODEL] == "asked-model"
+            assert n.GEN_AI_RESPONSE_MODEL not in attributes
+        # No attribute of any instrument holds anything the endpoint sent.
+        data = captured.metric_reader.get_metrics_data()
+        assert data is not None
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    for point in metric.data.data_points:
+                        for value in (point.attributes or {}).values():
+                            assert "served-" not in str(value), (metric.name, value)
+
+        chats = captured.spans_named("chat asked-model")
+        assert len(chats) == len(names) + 5
+        served = {(s.attributes or {}).get(n.GEN_AI_RESPONSE_MODEL) for s in chats}
+        assert served == {*names, None}  # the span still says which model answered
+
+
+# -- 18: helpers -----------------------------------------------------------------------------
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for a condition the server reaches on its own thread (a bound, not an order)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the server did not get there in time"
+        threading.Event().wait(0.01)
+
+
+def _connect(server: MetricsServer) -> socket.socket:
+    return socket.create_connection((server.host, server.port), timeout=10)
+
+
+def _request(sock: socket.socket, path: str = "/metrics", method: str = "GET") -> None:
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+
+def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP response (framed by Content-Length) from a blocking socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection mid-body"
+        body += chunk
+    return status, headers, body
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def _executions(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == "subagent_executions":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return 0.0
+
+
+@contextlib.contextmanager
+def _half_open(server: MetricsServer, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that send part of a request line (or nothing) and hold."""
+    socks: list[socket.socket] = []
+    try:
+        for i in range(count):
+            sock = _connect(server)
+            socks.append(sock)
+            if i % 2:
+                sock.sendall(b"GET /metr")
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# -- 18: threads, the cap, scrapes and agents under a half-open flood ------------------------
+
+
+@pytest.mark.timeout(180)
+def test_fifteen_hundred_half_open_connections_cost_no_threads_nor_scrapes_nor_runs() -> None:
+    tracemalloc.start()
+    try:
+        with start_metrics_server(port=0) as server:
+            threads_before = threading.active_count()
+            with _half_open(server, 1500):
+                # A scrape on a new connection: accepted after the 1,500 (the kernel's
+                # accept queue is in order), answered while they are held.
+                response = httpx.get(server.url, timeout=10)
+                assert response.status_code == 200
+                assert _executions(response.text) == 0  # it parses; nothing ran yet
+                assert threading.active_count() <= threads_before + 2
+                _eventually(lambda: server.statistics().accepted >= 1501)
+                stats = server.statistics()
+                assert stats.connections <= stats.max_connections == 256
+                assert stats.evicted >= 1501 - 256
+
+                runtime = Runtime(
+                    ScriptedProvider(lambda messages, tools: "done", usage=Usage(1, 2, 3, 5)),
+                    subagents=SubagentConfig(summary_prompt=None, max_concurrent=50),
+                )
+                tasks = [{"label": f"t{i}", "task_prompt": "go"} for i in range(300)]
+
+                async def run_tree() -> int:
+                    with anyio.fail_after(60):  # bounds the run, not a timing claim
+                        batch = await runtime.run_batch(tasks)
+                    return batch.successful
+
+                assert anyio.run(run_tree) == 300
+                response = httpx.get(server.url, timeout=10)
+                assert response.status_code == 200
+                assert _executions(response.text) == 300
+                assert threading.active_count() <= threads_before + 2
+            _, peak = tracemalloc.get_traced_memory()
+            assert peak < 96 * 2**20, f"{peak} bytes traced at the peak"
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.timeout(60)
+def test_the_connection_cap_evicts_half_open_connections_not_a_kept_alive_scraper() -> None:
+    with start_metrics_server(port=0, registry=CollectorRegistry(), max_connections=8) as server:
+        with _connect(server) as scraper:
+            _request(scraper)
+            assert _response(scraper)[0] == 200
+            with _half_open(server, 50):
+                _eventually(lambda: server.statistics().accepted >= 51)
+                stats = server.statistics()
+                assert stats.connections <= 8
+                assert stats.evicted >= 51 - 8
+                _request(scraper)  # the same connection: it was not the one evicted
+                status, headers, _ = _response(scraper)
+                assert status == 200
+                assert headers.get("connection") != "close"
+                assert httpx.get(server.url, timeout=10).status_code == 200
+        assert server.statistics().connections <= 8
+
+
+# -- 18: time limits -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_idle_and_half_open_connections_are_closed_after_their_timeouts() -> None:
+    server = start_metrics_server(
+        port=0, registry=CollectorRegistry(), idle_timeout=0.5, header_timeout=0.5
+    )
+    with server:
+        started = time.monotonic()
+        with _connect(server) as silent, _connect(server) as partial, _connect(server) as idle:
+            partial.sendall(b"GET /metrics HT")
+            _request(idle)
+            assert _response(idle)[0] == 200
+            for sock in (silent, partial, idle):
+                assert _closed_by_server(sock, within=10)
+        assert time.monotonic() - started < 10  # 0.5 s limits; without them: never
+        assert server.statistics().timed_out >= 3
+        _eventually(lambda: server.statistics().connections == 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_drip_does_not_extend_the_header_deadline() -> None:
+    server = start_metrics_server(port=0, registry=CollectorRegistry(), header_timeout=0.5)
+    with server, _connect(server) as drip, selectors.DefaultSelector() as selector:
+        drip.sendall(b"GET /metrics HTTP/1.1\r\nX-Drip: ")
+        started = time.monotonic()
+        closed = False
+        selector.register(drip, selectors.EVENT_READ)
+        while not closed and time.monotonic() - started < 20:
+            try:
+                drip.send(b"a")  # one byte every 50 ms, for as long as it is let
+            except OSError:
+                closed = True
+            closed = closed or bool(selector.select(0.05))  # readable: EOF
+        assert closed
+        assert time.monotonic() - started < 10
+
+
+# -- 18: HTTP/1.1 as a scraper uses it -------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_one_kept_alive_connection_answers_many_requests() -> None:
+    with start_metrics_server(port=0, registry=CollectorRegistry()) as server:
+        with _connect(server) as sock:
+            for path, method, status in [
+                ("/metrics", "GET", 200),
+                ("/metrics", "HEAD", 200),
+                ("/other", "GET", 404),
+                ("/metrics", "POST", 405),
+                ("/metrics?x=1", "GET", 200),
+            ]:
+                _request(sock, path, method)
+                if method == "HEAD":  # no body follows, whatever Content-Length says
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = sock.recv(65536)
+                        assert chunk, "the server closed the kept-alive connection"
+                        data += chunk
+                    assert data.startswith(b"HTTP/1.1 200 ")
+                    assert data.endswith(b"\r\n\r\n")
+                    continue
+                assert _response(sock)[0] == status
+        assert server.statistics().accepted == 1
+        assert server.statistics().requests == 5
+
+
+@pytest.mark.timeout(30)
+def test_a_request_head_over_the_size_limit_is_a_431() -> None:
+    with start_metrics_server(port=0, registry=CollectorRegistry()) as server:
+        with _connect(server) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            status, headers, body = _response(sock)
+            assert status == 431
+            assert headers["connection"] == "close"
+            assert b"16384 bytes" in body
+            assert _closed_by_server(sock, within=10)
+        assert httpx.get(server.url, timeout=10).status_code == 200
+
+
+class _Gate:
+    """A collector that blocks the render until released, and counts its collections."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.collections = 0
+
+    def collect(self) -> Iterable[Metric]:
+        self.collections += 1
+        self.entered.set()
+        self.release.wait(30)
+        return []
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_render_blocks_no_other_connection_and_is_shared() -> None:
+    registry = CollectorRegistry()
+    gate = _Gate()
+    registry.register(gate)  # no describe(): the registry does not collect to learn names
+    with start_metrics_server(port=0, registry=registry) as server:
+        scrapers = [_connect(server) for _ in range(5)]
+        try:
+            _request(scrapers[0])
+            assert gate.entered.wait(30)
+            for sock in scrapers[1:]:
+                _request(sock)
+            # The I/O thread is free while the render runs: another client is answered.
+            assert httpx.get(f"http://127.0.0.1:{server.port}/nope", timeout=10).status_code == 404
+            gate.release.set()
+            for sock in scrapers:
+                assert _response(sock)[0] == 200
+        finally:
+            for sock in scrapers:
+                sock.close()
+        assert gate.collections <= 2  # the first, and at most one for those that came later
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"max_connections": 0}, "max_connections must be at least 1"),
+        ({"idle_timeout": 0}, "idle_timeout must be greater than 0"),
+        ({"header_timeout": -1.0}, "header_timeout must be greater than 0"),
+        ({"header_timeout": float("nan")}, "header_timeout must be greater than 0"),
+        ({"max_header_bytes": 100}, "max_header_bytes must be at least 1024"),
+        ({"max_connections": True}, "max_connections must be a whole number, got bool"),
+    ],
+)
+def test_limits_out_of_range_are_config_errors(arguments: dict[str, object], message: str) -> None:
+    from xzatoma import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        start_metrics_server(port=0, registry=CollectorRegistry(), **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+def test_pipelined_and_half_closed_requests_are_answered() -> None:
+    with start_metrics_server(port=0, registry=CollectorRegistry()) as server:
+        with _connect(server) as sock:
+            sock.sendall(b"GET /nope HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n")
+            assert _response(sock)[0] == 404
+            assert _response(sock)[0] == 200
+        with _connect(server) as sock:  # ``nc -N``: the request, then half-close
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            status, headers, _ = _response(sock)
+            assert (status, headers["connection"]) == (200, "close")
+            assert _closed_by_server(sock, within=10)
+
+
+@pytest.mark.timeout(30)
+def test_a_request_with_a_body_gets_its_whole_answer_then_the_connection_closes() -> None:
+    with start_metrics_server(port=0, registry=CollectorRegistry()) as server:
+        with _connect(server) as sock:
+            body = b"x" * 200_000  # not read by the server: dropped while it closes
+            sock.sendall(b"POST /metrics HTTP/1.1\r\nContent-Length: 200000\r\n\r\n" + body)
+            status, headers, answer = _response(sock)
+            assert (status, headers["connection"]) == (405, "close")
+            assert answer == b"Method not allowed: /metrics answers GET\n"
+            assert _closed_by_server(sock, within=10)
+        assert httpx.get(server.url, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET /metrics HTTP/1.1", ("GET", "/metrics", False, True)),
+        (b"GET /metrics HTTP/1.0", ("GET", "/metrics", True, False)),
+        (
+            b"GET /metrics HTTP/1.0\r\nConnection: keep-alive",
+            ("GET", "/metrics", True, True),
+        ),
+        (b"GET /metrics HTTP/1.1\r\nConnection: close", ("GET", "/metrics", False, False)),
+        (b"GET http://h:1/%6detrics?a HTTP/1.1", ("GET", "/metrics", False, True)),
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 3", ("POST", "/metrics", False, False)),
+        (b"GET /metrics HTTP/9.9", 505),
+        (b"GET /metrics HTTP/1.1\r\nContent-Length: -5", 400),
+        (b"GET /metrics HTTP/1.1\r\nContent-Length: 1, 2", 400),
+        (b"GET /metrics HTTP/1.1\r\n no-name", 400),
+        (b"\x00\xff\xfe garbage", 400),
+        (b"GET /metrics HTTP/1.1" + b"\r\nX: y" * 101, 431),
+    ],
+)
+def test_request_heads_parse_or_are_refused_with_the_right_status(
+    head: bytes, expected: tuple[str, str, bool, bool] | int
+) -> None:
+    from xzatoma.telemetry._http import Rejection, Request, parse_head  # new with the server
+
+    parsed = parse_head(head)
+    if isinstance(expected, int):
+        assert isinstance(parsed, Rejection)
+        assert parsed.status == expected
+        assert "\n" not in parsed.message
+    else:
+        assert parsed == Request(*expected)
