@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 import anyio
 
 from ._limits import QuotaLimits, QuotaStatistics
-from ._progress import format_tree
+from ._render import format_tree
 from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig

@@ -1,37 +1,36 @@
 """The ``xzatoma`` command line: ``run``, ``batch``, ``demo`` and ``config validate``.
 
 Exit codes: 0 complete, 1 failed, 2 usage or configuration error (also an unusable model
-endpoint), 3 incomplete (out of turns), 130 interrupted (Ctrl-C). Every error the user can
-fix is one ``xzatoma: error: ...`` line on stderr, never a traceback.
+endpoint), 3 incomplete (out of turns), 130 interrupted (SIGINT, Ctrl-C), 143 terminated
+(SIGTERM). Every error the user can fix is one ``xzatoma: error: ...`` line on stderr, never
+a traceback; text from a model or an endpoint is escaped before it reaches the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
+import signal
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import anyio
 
+from ._agent import RunState
+from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser
+from ._cli_parser import flag_names as _flag_names
 from ._hooks import Hook
-from ._progress import BatchProgress, batch_dict, describe_status, format_tree, print_batch
+from ._interrupt import Interrupted, cancel_on_signals, linger, print_interrupted
+from ._progress import BatchProgress, Finished
+from ._render import batch_dict, print_batch, print_json, print_run
 from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import BatchResult
-from .config import (
-    DEFAULT_BASE_URLS,
-    OVERRIDE_KEYS,
-    XzatomaConfig,
-    apply_overrides,
-    load_config,
-    load_tasks,
-)
+from ._terminal import one_line, printable, tolerant_streams
+from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, load_tasks
 from .errors import ConfigError
 from .providers import OpenAIProvider
 
@@ -40,156 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = ("build_parser", "main")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_T = TypeVar("_T")
 
-_EXITS = (
-    "exit codes: 0 complete, 1 failed, 2 usage or config error (also an unusable endpoint),\n"
-    "3 incomplete, 130 interrupted (Ctrl-C). Reference: docs/cli.md, docs/configuration.md"
-)
-_HELP = {
-    "xzatoma": (
-        "Run LLM agents that delegate to subagents, recursively and in parallel batches,\n"
-        "under one shared quota and a depth limit.\n\n"
-        "New here? 'xzatoma demo' runs offline, with no model server.",
-        "examples:\n"
-        "  xzatoma demo\n"
-        '  xzatoma run --provider ollama --model llama3.2 "Compare three sorting algorithms"\n'
-        "  xzatoma batch examples/tasks.jsonl --base-url http://127.0.0.1:8000/v1 --model M\n"
-        "  xzatoma config validate examples/config.yaml",
-    ),
-    "run": (
-        "Run one agent on PROMPT and print its answer. The agent has the subagent and\n"
-        "parallel_subagent tools, under the limits below.",
-        "examples:\n"
-        '  xzatoma run --provider ollama --model llama3.2 "Summarise RFC 9110 in 5 bullets"\n'
-        '  xzatoma run --config examples/ollama.yaml --max-depth 2 --json "..."\n'
-        "  OPENAI_API_KEY=... xzatoma run --provider openai --model gpt-4o-mini \\\n"
-        '      --api-key-env OPENAI_API_KEY "..."',
-    ),
-    "batch": (
-        "Run the tasks of FILE as one parallel batch of subagents and print each result.\n"
-        "FILE is .jsonl (one task per line) or .yaml/.yml (a list, or {tasks: [...]}); a\n"
-        "task has label and task_prompt, and optionally summary_prompt, allowed_tools and\n"
-        "max_turns. Progress is live on a terminal, plain lines otherwise.",
-        "examples:\n"
-        "  xzatoma batch examples/tasks.jsonl --provider ollama --model llama3.2\n"
-        "  xzatoma batch examples/tasks.yaml --config examples/ollama.yaml --json > out.json",
-    ),
-    "demo": (
-        "Run a scripted agent tree offline (no model server): a researcher that recurses,\n"
-        "a parallel batch of 8 with one failure, a depth refusal and a quota refusal, with\n"
-        "/metrics served. Then print the result tree, the metrics scraped from its own\n"
-        "endpoint, and the commands that point the same run at a real model.",
-        "example:\n  xzatoma demo --metrics-port 9464 --metrics-linger 60",
-    ),
-    "config": ("Work with configuration files.", "example:\n  xzatoma config validate FILE"),
-    "validate": (
-        "Check a configuration file: print 'OK: FILE is valid', or the problem on stderr\n"
-        "(exit 2).",
-        "example:\n  xzatoma config validate examples/config.yaml",
-    ),
-}
-
-# (flag, type, metavar, help); dest is the flag's name, an override key of the config.
-_ENDPOINT = [
-    ("--config", str, "FILE", "YAML configuration file (docs/configuration.md)"),
-    ("--provider", str, "TYPE", "openai, ollama, vllm, llamacpp or lmstudio: a default URL"),
-    ("--base-url", str, "URL", "API root, e.g. http://127.0.0.1:11434/v1"),
-    ("--model", str, "NAME", "model name the endpoint serves"),
-    ("--api-key-env", str, "NAME", "environment variable holding the API key (not the key)"),
-]
-_LIMITS = [
-    ("--max-depth", int, "N", "deepest subagent level, 1-10 (default 3)"),
-    ("--max-executions", int, "N", "subagents the run may start (default: unlimited)"),
-    ("--max-total-tokens", int, "N", "tokens the whole tree may use (default: unlimited)"),
-    ("--max-total-time", float, "SECONDS", "seconds after which no subagent may run"),
-    ("--max-concurrent", int, "N", "tasks of a parallel batch in flight at once (default 5)"),
-    ("--timeout", float, "SECONDS", "deadline for the whole run"),
-]
-_METRICS = [
-    ("--metrics-port", int, "PORT", "serve Prometheus /metrics on this port (0: any free)"),
-    ("--metrics-host", str, "HOST", "interface to serve /metrics on (default 127.0.0.1)"),
-    ("--metrics-linger", float, "SECONDS", "keep serving /metrics this long after the run"),
-]
+# Arguments that name files: any bytes the file system allows, not text sent to a model.
+_PATH_ARGUMENTS = frozenset({"file", "config"})
 
 
 class UsageError(Exception):
     """A mistake the user can fix: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the help to read, not a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"xzatoma: error: {message} (see '{self.prog} --help')\n")
-
-
-def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    return {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-
-
-def _options(p: argparse.ArgumentParser, title: str, table: list[Any], **kw: Any) -> Any:
-    group = p.add_argument_group(title)
-    for flag, kind, metavar, text in table:
-        group.add_argument(flag, type=kind, metavar=metavar, help=text, **kw.get(flag, {}))
-    return group
-
-
-def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
-    types = {"dest": "provider_type", "choices": sorted(DEFAULT_BASE_URLS)}
-    _options(p, "model endpoint (command line > --config file > defaults)", _ENDPOINT,
-             **{"--provider": types})  # fmt: skip
-    g = _options(p, "limits", _LIMITS)
-    if batch:  # the tasks of a batch are subagents: --max-turns is their default
-        g.add_argument("--max-turns", dest="subagent_max_turns", type=int, metavar="N",
-                       help="model calls per task without its own max_turns")  # fmt: skip
-    else:
-        g.add_argument("--max-turns", type=int, metavar="N", help="model calls of the root agent")
-        g.add_argument("--subagent-max-turns", type=int, metavar="N",
-                       help="model calls per subagent (default 10)")  # fmt: skip
-    _options(p, "metrics", _METRICS, **{"--metrics-linger": {"default": 0.0}})
-    g = p.add_argument_group("output")
-    g.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    g.add_argument("--verbose", action="store_true", help="log retries and warnings to stderr")
-    p.set_defaults(subparser=p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (``docs/cli.md`` documents every option it has)."""
-    from . import __version__
-
-    def texts(key: str) -> dict[str, Any]:
-        description, examples = _HELP[key]
-        return {"description": description, "epilog": f"{examples}\n\n{_EXITS}",
-                "formatter_class": argparse.RawDescriptionHelpFormatter}  # fmt: skip
-
-    def sub(group: Any, key: str, text: str) -> argparse.ArgumentParser:
-        made: argparse.ArgumentParser = group.add_parser(key, help=text, **texts(key))
-        return made
-
-    top = _Parser(prog="xzatoma", **texts("xzatoma"))
-    top.add_argument("--version", action="version", version=f"xzatoma {__version__}")
-    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = sub(commands, "run", "run one agent on a prompt")
-    run.add_argument("prompt", metavar="PROMPT", help="the task; '-' reads it from stdin")
-    run.add_argument("--system-prompt", metavar="TEXT", help="system prompt of the root agent")
-    run.add_argument("--tree", action="store_true", help="also print the result tree to stderr")
-    _shared(run, batch=False)
-    batch = sub(commands, "batch", "run a parallel batch of tasks from a file")
-    batch.add_argument("file", metavar="FILE", help="tasks file: .jsonl, .yaml or .yml")
-    batch.add_argument("--fail-fast", action="store_true",
-                       help="cancel the remaining tasks at the first failure")  # fmt: skip
-    _shared(batch, batch=True)
-    demo = sub(commands, "demo", "the offline demo with live /metrics (start here)")
-    _options(demo, "metrics", _METRICS, **{"--metrics-port": {"default": 0},
-                                            "--metrics-linger": {"default": 0.0}})  # fmt: skip
-    demo.add_argument("--latency", type=float, metavar="SECONDS", default=0.05,
-                      help="simulated seconds per model call (default 0.05)")  # fmt: skip
-    config = sub(commands, "config", "check configuration files")
-    actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
-    validate = sub(actions, "validate", "validate a configuration file")
-    validate.add_argument("file", metavar="FILE", help="the YAML configuration file")
-    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or argparse's own usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        with _logging(getattr(args, "verbose", False)):
+        with tolerant_streams(), _logging(getattr(args, "verbose", False)):
             return _dispatch(args)
     except (UsageError, ConfigError) as exc:
         return _fail(str(exc))
@@ -210,12 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+class _EscapingFormatter(logging.Formatter):
+    """Log records quote endpoints' words too: escape them like everything else printed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 @contextlib.contextmanager
 def _logging(verbose: bool) -> Iterator[None]:
     """xzatoma's log records on stderr while a command runs: warnings with ``--verbose``
     (retries), else errors only, so a failure stays one line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("xzatoma: %(levelname)s: %(message)s"))
+    handler.setFormatter(_EscapingFormatter("xzatoma: %(levelname)s: %(message)s"))
     handler.setLevel(logging.WARNING if verbose else logging.ERROR)
     logger = logging.getLogger("xzatoma")
     logger.addHandler(handler)
@@ -227,6 +91,7 @@ def _logging(verbose: bool) -> Iterator[None]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the parsed command."""
+    _refuse_undecodable(args)
     if args.command == "config":
         config = load_config(args.file)
         print(f"OK: {args.file} is valid")
@@ -236,13 +101,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from ._demo import run_demo
 
-        with serve_metrics(
-            args.metrics_host or "127.0.0.1",
-            args.metrics_port,
-            args.metrics_linger,
-            announce=False,
-        ) as server:
-            return run_demo(server, latency=args.latency, out=sys.stdout)
+        host = args.metrics_host or "127.0.0.1"
+        with serve_metrics(host, args.metrics_port, announce=False) as server:
+            code = run_demo(server, latency=args.latency, out=sys.stdout)
+            _linger(server, args.metrics_linger)
+        return code
     config = _configure(args)
     if args.command == "run":
         return _run(args, config)
@@ -250,8 +113,60 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"xzatoma: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"xzatoma: error: {one_line(message)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _refuse_undecodable(args: argparse.Namespace) -> None:
+    """Text arguments must be UTF-8: Python hands other bytes over as lone surrogates
+    (surrogateescape), which no request could carry."""
+    subparser = getattr(args, "subparser", None)
+    flags = _flag_names(subparser) if subparser is not None else {}
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and dest not in _PATH_ARGUMENTS:
+            _utf8(value, flags.get(dest, dest.upper()))
+
+
+def _utf8(text: str, what: str) -> str:
+    """``text`` if it is valid Unicode; else a :class:`UsageError` naming the first bad byte."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as bad:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            code = ord(text[bad.start])
+            raise UsageError(
+                f"{what} is not valid UTF-8 (lone surrogate U+{code:04X} at position {bad.start})"
+            ) from None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})"
+        ) from None
+    return text  # pragma: no cover - surrogateescape'd bytes never decode as UTF-8
+
+
+def _prompt(given: str) -> str:
+    """PROMPT, or stdin's bytes for ``-``, as valid UTF-8 text that is not blank."""
+    if given != "-":
+        prompt = given
+    elif hasattr(sys.stdin, "buffer"):
+        raw = sys.stdin.buffer.read()
+        try:
+            prompt = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"PROMPT is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position "
+                f"{exc.start} of stdin)"
+            ) from None
+    else:  # a text stream without bytes underneath (a test's StringIO)
+        prompt = _utf8(sys.stdin.read(), "PROMPT")
+    if not prompt.strip():
+        raise UsageError("PROMPT is empty")
+    return prompt
 
 
 def _configure(args: argparse.Namespace) -> XzatomaConfig:
@@ -280,9 +195,10 @@ def _runtime(config: XzatomaConfig, hooks: Sequence[Hook] = ()) -> Runtime:
 
 
 async def _close(runtime: Runtime) -> None:
-    for provider in (runtime.provider, runtime.config.provider):
-        if isinstance(provider, OpenAIProvider):
-            await provider.aclose()
+    with anyio.CancelScope(shield=True):  # also after a signal cancelled the run
+        for provider in (runtime.provider, runtime.config.provider):
+            if isinstance(provider, OpenAIProvider):
+                await provider.aclose()
 
 
 def _endpoint_error(results: Sequence[RunResult]) -> str | None:
@@ -295,41 +211,44 @@ def _endpoint_error(results: Sequence[RunResult]) -> str | None:
     return f"the model endpoint is not usable: {results[0].error}" if results else None
 
 
+def _interrupted(why: Interrupted, what: str) -> int:
+    said = "interrupted" if why.signum == signal.SIGINT else f"terminated ({why.name})"
+    print(f"xzatoma: {said}; {what}", file=sys.stderr, flush=True)
+    return why.exit_code
+
+
 def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if not prompt.strip():
-        raise UsageError("PROMPT is empty")
-    runtime = _runtime(config)
+    prompt = _prompt(args.prompt)
+    finished = Finished()
+    runtime = _runtime(config, hooks=[finished])
+    state = RunState()  # what the root had, if a signal cancels it
 
     async def go() -> RunResult:
         try:
-            return await runtime.run(
-                prompt,
+            agent = runtime.agent(
                 system_prompt=args.system_prompt,
                 max_turns=config.agent.max_turns,
                 timeout=config.agent.timeout_seconds,
             )
+            return await agent.run(prompt, state=state)
         finally:
             await _close(runtime)
 
-    with _metrics_for(config, args):
+    with _metrics_for(config) as server:
         try:
-            result = anyio.run(go)
-        except KeyboardInterrupt:
-            print("xzatoma: interrupted; the run and its subagents were cancelled", file=sys.stderr)
-            return EXIT_INTERRUPTED
-    problem = _endpoint_error([result])
-    if problem:
-        return _fail(problem)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        print(result.output)
-    if args.tree:
-        print("\n".join(format_tree(result)), file=sys.stderr)
-    if result.status != "complete":
-        why = describe_status(result.status, result.error_type)
-        print(f"xzatoma: run {why}: {result.error}", file=sys.stderr)
+            result = _until_signal(go)
+        except Interrupted as why:
+            print_interrupted(
+                finished.finished, why, as_json=args.json, partial_output=state.output
+            )
+            return _interrupted(why, "the run and its subagents were cancelled")
+        problem = _endpoint_error([result])
+        if args.json:
+            print_json(result.to_dict(), sys.stdout)
+        if problem:
+            return _fail(problem)
+        print_run(result, sys.stdout, sys.stderr, tree=args.tree, as_json=args.json)
+        _linger(server, args.metrics_linger)
     return {"complete": EXIT_OK, "incomplete": EXIT_INCOMPLETE}.get(result.status, EXIT_FAILED)
 
 
@@ -350,43 +269,47 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         finally:
             await _close(runtime)
 
-    with _metrics_for(config, args):
+    with _metrics_for(config) as server:
         try:
-            batch = anyio.run(go)
-        except KeyboardInterrupt:
+            batch = _until_signal(go)
+        except Interrupted as why:
             progress.close()
-            progress.print_interrupted(len(tasks), as_json=args.json)
-            print("xzatoma: interrupted; the batch was cancelled", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            print_interrupted(progress.finished, why, as_json=args.json, total=len(tasks))
+            return _interrupted(why, "the batch was cancelled")
         finally:
             progress.close()
-    problem = _endpoint_error(batch.results)
-    if problem:
-        return _fail(problem)
-    if args.json:
-        print(json.dumps(batch_dict(batch), indent=2, ensure_ascii=False))
-    else:
-        print_batch(batch, sys.stdout)
+        problem = _endpoint_error(batch.results)
+        if args.json:
+            print_json(batch_dict(batch), sys.stdout)
+        if problem:
+            return _fail(problem)
+        if not args.json:
+            print_batch(batch, sys.stdout)
+        _linger(server, args.metrics_linger)
     if batch.failed or batch.cancelled:
         return EXIT_FAILED
     return EXIT_INCOMPLETE if any(r.status == "incomplete" for r in batch.results) else EXIT_OK
 
 
-def _metrics_for(
-    config: XzatomaConfig, args: argparse.Namespace
-) -> contextlib.AbstractContextManager[object]:
+def _until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
+    """``anyio.run(work)`` that a SIGINT or SIGTERM cancels (raising :class:`Interrupted`)."""
+    try:
+        return anyio.run(cancel_on_signals, work)
+    except KeyboardInterrupt:  # Ctrl-C before the event loop was listening
+        raise Interrupted(signal.SIGINT) from None
+
+
+def _metrics_for(config: XzatomaConfig) -> contextlib.AbstractContextManager[MetricsServer | None]:
     """Serve ``/metrics`` around a run when the config or ``--metrics-port`` asks for it."""
     if not config.telemetry.enabled:
         return contextlib.nullcontext()
     prom = config.telemetry.prometheus
-    return serve_metrics(prom.host, prom.port, args.metrics_linger)
+    return serve_metrics(prom.host, prom.port)
 
 
 @contextlib.contextmanager
-def serve_metrics(
-    host: str, port: int, linger: float = 0.0, *, announce: bool = True
-) -> Iterator[MetricsServer]:
-    """Serve ``/metrics`` while the block runs, then ``linger`` seconds more (Ctrl-C ends it)."""
+def serve_metrics(host: str, port: int, *, announce: bool = True) -> Iterator[MetricsServer]:
+    """Serve ``/metrics`` while the block runs; stopped however the block ends."""
     from . import telemetry
 
     server = telemetry.start_metrics_server(host=host, port=port)  # ConfigError: exit 2
@@ -394,12 +317,17 @@ def serve_metrics(
         if announce:
             print(f"xzatoma: serving metrics at {server.url}", file=sys.stderr)
         yield server
-        if linger > 0:
-            print(f"xzatoma: metrics stay at {server.url} for {linger:g} s", file=sys.stderr)
-            with contextlib.suppress(KeyboardInterrupt):
-                time.sleep(linger)
     finally:
         server.stop()
+
+
+def _linger(server: MetricsServer | None, seconds: float) -> None:
+    """``--metrics-linger``: keep serving for a final scrape; SIGINT or SIGTERM ends it
+    early (the command keeps the exit code of its run)."""
+    if server is None or not seconds > 0:
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(linger, seconds, f"xzatoma: metrics stay at {server.url} for {seconds:g} s")
 
 
 if __name__ == "__main__":

@@ -10,24 +10,26 @@ from. Precedence is command line > file > defaults (see :func:`apply_overrides`)
 from __future__ import annotations
 
 import difflib
-import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 import pydantic
-import yaml
 
+from ._files import load_yaml, read_text, readable, shown
 from ._limits import QuotaLimits
-from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig, SubagentTask
+from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
+from ._tasks_file import load_tasks
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
+from .providers.openai import clean_api_key, validate_base_url
 
 __all__ = (
     "DEFAULT_BASE_URLS",
     "OVERRIDE_KEYS",
+    "PROVIDER_DEFAULTS",
     "AgentSettings",
     "PrometheusSettings",
     "ProviderSettings",
@@ -49,6 +51,21 @@ DEFAULT_BASE_URLS: Mapping[str, str] = {
     "vllm": "http://127.0.0.1:8000/v1",
     "llamacpp": "http://127.0.0.1:8080/v1",
     "lmstudio": "http://127.0.0.1:1234/v1",
+}
+
+PROVIDER_DEFAULTS: Mapping[str, float | int] = {
+    "timeout_seconds": 60.0,
+    "max_retries": 2,
+    "max_response_bytes": 8_388_608,
+}
+"""What ``provider.timeout_seconds``, ``max_retries`` and ``max_response_bytes`` are when
+neither the file nor the command line sets them."""
+
+# What each accepts, and the words of its message (NaN is not greater than 0 either).
+_PROVIDER_LIMITS: Mapping[str, tuple[Callable[[float], bool], str]] = {
+    "timeout_seconds": (lambda v: v > 0, "must be greater than 0"),
+    "max_retries": (lambda v: v >= 0, "must be at least 0"),
+    "max_response_bytes": (lambda v: v >= 1024, "must be at least 1024 bytes"),
 }
 
 _API_KEY_HINT = (
@@ -73,6 +90,12 @@ class ProviderSettings(_Section):
     """The model name the endpoint serves."""
     api_key_env: str | None = None
     """The environment variable holding the API key (none: send no key)."""
+    timeout_seconds: float | None = None
+    """Seconds one attempt of a request may take, every byte of the reply included (60)."""
+    max_retries: int | None = None
+    """Retries after a failed attempt (429, 5xx, connection errors, timeouts) (2)."""
+    max_response_bytes: int | None = None
+    """The largest reply body accepted, after decompression (8388608, 8 MiB)."""
 
     @property
     def endpoint(self) -> str | None:
@@ -182,9 +205,14 @@ class XzatomaConfig(_Section):
         if not 0 <= self.telemetry.prometheus.port <= 65535:
             raise ConfigError("telemetry.prometheus.port must be between 0 and 65535")
         for name, section in (("provider", self.provider), (f"{p}.provider", a.subagent.provider)):
-            url = section.base_url if section is not None else None
-            if url is not None and not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{name}.base_url must start with http:// or https://")
+            if section is None:
+                continue
+            if section.base_url is not None:
+                validate_base_url(section.base_url, what=f"{name}.base_url")
+            for key, (accepts, words) in _PROVIDER_LIMITS.items():
+                value = getattr(section, key)
+                if value is not None and not accepts(value):
+                    raise ConfigError(f"{name}.{key} {words}")
 
     def subagent_config(self, provider: Provider | None = None) -> SubagentConfig:
         """The core's :class:`SubagentConfig` (it raises the section 6 messages)."""
@@ -218,8 +246,11 @@ class XzatomaConfig(_Section):
 
         With ``subagents``: the client for subagents when ``agent.subagent.provider`` or
         ``agent.subagent.model`` asks for one, else None (children use the parent's).
-        Raises :class:`ConfigError` when there is an endpoint but no model, or when
-        ``api_key_env`` names a variable that is not set.
+        ``timeout_seconds``, ``max_retries`` and ``max_response_bytes`` of
+        ``agent.subagent.provider`` default to those of ``provider``, then to
+        :data:`PROVIDER_DEFAULTS`. Raises :class:`ConfigError` when there is an endpoint but
+        no model, or when ``api_key_env`` names a variable that is not set, is blank, or holds
+        a control character (the message names the variable, never its value).
         """
         s = self.agent.subagent
         section, where, model = self.provider, "provider", self.provider.model
@@ -235,13 +266,26 @@ class XzatomaConfig(_Section):
             raise ConfigError(f"no model given for {section.endpoint}: set {where}.model")
         key = None
         if section.api_key_env:
-            key = (os.environ if env is None else env).get(section.api_key_env)
+            name = section.api_key_env
+            key = (os.environ if env is None else env).get(name)
             if not key:
                 raise ConfigError(
-                    f"environment variable {section.api_key_env} (named by {where}.api_key_env) "
-                    "is not set"
+                    f"environment variable {name} (named by {where}.api_key_env) is not set"
                 )
-        return OpenAIProvider(section.endpoint, model, api_key=key)
+            key = clean_api_key(key, source=f"environment variable {name}")
+        setting = {
+            k: next(v for v in (getattr(section, k), getattr(self.provider, k), default)
+                    if v is not None)
+            for k, default in PROVIDER_DEFAULTS.items()
+        }  # fmt: skip
+        return OpenAIProvider(
+            section.endpoint,
+            model,
+            api_key=key,
+            timeout=setting["timeout_seconds"],
+            max_retries=int(setting["max_retries"]),
+            max_response_bytes=int(setting["max_response_bytes"]),
+        )
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
@@ -253,14 +297,14 @@ def _describe(exc: pydantic.ValidationError) -> str:
         if loc[-1] in ("api_key", "key", "token", "api_token"):
             return f"unknown key '{key}': {_API_KEY_HINT}"
         known = _known_keys(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1)
+        close = difflib.get_close_matches(loc[-1][:100], known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown key '{key}'{hint}; allowed here: {', '.join(known)}"
+        return f"unknown key {shown(key)}{hint}; allowed here: {', '.join(known)}"
     if error["type"] in ("model_type", "dict_type"):
-        return f"{key} must be a mapping of keys, got {error.get('input')!r}"
+        return f"{key} must be a mapping of keys, got {shown(error.get('input'))}"
     got = error.get("input")
-    shown = "" if isinstance(got, Mapping) else f", got {got!r}"
-    return f"{key}: {_readable(error['msg'])}{shown}"
+    quoted = "" if isinstance(got, Mapping) else f", got {shown(got)}"
+    return f"{key}: {readable(error['msg'])}{quoted}"
 
 
 def _known_keys(loc: list[str]) -> list[str]:
@@ -276,29 +320,6 @@ def _is_model(value: object) -> TypeGuard[type[pydantic.BaseModel]]:
     return isinstance(value, type) and issubclass(value, pydantic.BaseModel)
 
 
-def _readable(message: str) -> str:
-    return message[0].lower() + message[1:] if message else message
-
-
-def _read(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-
-
-def _yaml(path: Path, text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-
-
 def load_config(path: str | os.PathLike[str]) -> XzatomaConfig:
     """Read and validate a YAML configuration file.
 
@@ -306,7 +327,7 @@ def load_config(path: str | os.PathLike[str]) -> XzatomaConfig:
     invalid YAML, an unknown key or an invalid value. An empty file is all defaults.
     """
     path = Path(path)
-    data = _yaml(path, _read(path, "configuration"))
+    data = load_yaml(path, read_text(path, "configuration")).data
     try:
         return XzatomaConfig.from_dict({} if data is None else data)
     except ConfigError as exc:
@@ -328,6 +349,9 @@ _OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "max_total_time": ("agent", "subagent", "max_total_time"),
     "metrics_host": ("telemetry", "prometheus", "host"),
     "metrics_port": ("telemetry", "prometheus", "port"),
+    "request_timeout": ("provider", "timeout_seconds"),
+    "max_retries": ("provider", "max_retries"),
+    "max_response_bytes": ("provider", "max_response_bytes"),
 }
 
 
@@ -341,8 +365,10 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
     Keys: ``provider_type``, ``base_url``, ``model``, ``api_key_env``, ``max_turns``,
     ``timeout``, ``max_depth``, ``subagent_max_turns``, ``max_concurrent``,
     ``max_executions``, ``max_total_tokens``, ``max_total_time``, ``metrics_host``,
-    ``metrics_port`` (a port also turns ``telemetry.enabled`` on). The result is validated
-    again, so an override gets the same messages as the file.
+    ``metrics_port`` (a port also turns ``telemetry.enabled`` on), ``request_timeout``,
+    ``max_retries``, ``max_response_bytes`` (these three set ``provider`` and, when the file
+    has one, ``agent.subagent.provider``: the command line beats the file everywhere). The
+    result is validated again, so an override gets the same messages as the file.
     """
     data = config.model_dump()
     for name, value in overrides.items():
@@ -357,60 +383,7 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
         section[leaf] = value
         if name == "metrics_port":
             data["telemetry"]["enabled"] = True
+        children = data["agent"]["subagent"]["provider"]
+        if parents == ["provider"] and leaf in PROVIDER_DEFAULTS and children is not None:
+            children[leaf] = value
     return XzatomaConfig.from_dict(data)
-
-
-def load_tasks(path: str | os.PathLike[str]) -> list[SubagentTask]:
-    """Read the tasks of ``xzatoma batch``: ``.jsonl`` (one JSON object per line) or
-    ``.yaml``/``.yml`` (a list of tasks, or a mapping with a ``tasks`` list).
-
-    Raises :class:`ConfigError` naming the file and the line of the bad task.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".yaml", ".yml"):
-        raise ConfigError(f"{path}: a tasks file must end in .jsonl, .yaml or .yml")
-    text = _read(path, "tasks")
-    items: list[tuple[int, object]] = []
-    if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((number, json.loads(line)))
-                except ValueError as exc:
-                    raise ConfigError(f"{path}, line {number}: invalid JSON: {exc}") from None
-    else:
-        items = _yaml_items(path, text)
-    if not items:
-        raise ConfigError(f"{path}: no tasks")
-    tasks = []
-    for number, item in items:
-        if not isinstance(item, Mapping):
-            raise ConfigError(f"{path}, line {number}: a task must be a mapping, got {item!r}")
-        try:
-            tasks.append(SubagentTask.model_validate(item))
-        except pydantic.ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            key = ".".join(str(part) for part in error["loc"])
-            if error["type"] == "extra_forbidden":
-                allowed = ", ".join(SubagentTask.model_fields)
-                detail = f"unknown key '{key}'; a task has: {allowed}"
-            else:
-                detail = f"{key}: {_readable(error['msg'])}"
-            raise ConfigError(f"{path}, line {number}: {detail}") from None
-    return tasks
-
-
-def _yaml_items(path: Path, text: str) -> list[tuple[int, object]]:
-    data = _yaml(path, text)
-    if isinstance(data, Mapping) and set(data) == {"tasks"}:
-        data = data["tasks"]
-    if data is None:
-        return []
-    if not isinstance(data, list):
-        raise ConfigError(f"{path}: expected a list of tasks, or a mapping with a 'tasks' list")
-    node = yaml.compose(text)  # the same document again, for the line of each item
-    if isinstance(node, yaml.MappingNode):
-        node = node.value[0][1]
-    lines = [item.start_mark.line + 1 for item in node.value] if node is not None else []
-    return list(zip(lines, data, strict=True))

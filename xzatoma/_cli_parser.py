@@ -1,0 +1,173 @@
+"""The ``xzatoma`` command line's arguments: commands, options, help texts, exit codes.
+
+``docs/cli.md`` documents every option built here (a test holds them together).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from .config import DEFAULT_BASE_URLS
+
+__all__ = (
+    "EXIT_FAILED",
+    "EXIT_INCOMPLETE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "flag_names",
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+"""The exit codes; a signal exits ``128 + signal``: 130 for SIGINT, 143 for SIGTERM."""
+
+_EXITS = (
+    "exit codes: 0 complete, 1 failed, 2 usage or config error (also an unusable endpoint),\n"
+    "3 incomplete, 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM); either signal\n"
+    "cancels the run and prints what had finished. Reference: docs/cli.md, docs/configuration.md"
+)
+_HELP = {
+    "xzatoma": (
+        "Run LLM agents that delegate to subagents, recursively and in parallel batches,\n"
+        "under one shared quota and a depth limit.\n\n"
+        "New here? 'xzatoma demo' runs offline, with no model server.",
+        "examples:\n"
+        "  xzatoma demo\n"
+        '  xzatoma run --provider ollama --model llama3.2 "Compare three sorting algorithms"\n'
+        "  xzatoma batch examples/tasks.jsonl --base-url http://127.0.0.1:8000/v1 --model M\n"
+        "  xzatoma config validate examples/config.yaml",
+    ),
+    "run": (
+        "Run one agent on PROMPT and print its answer. The agent has the subagent and\n"
+        "parallel_subagent tools, under the limits below.",
+        "examples:\n"
+        '  xzatoma run --provider ollama --model llama3.2 "Summarise RFC 9110 in 5 bullets"\n'
+        '  xzatoma run --config examples/ollama.yaml --max-depth 2 --json "..."\n'
+        "  OPENAI_API_KEY=... xzatoma run --provider openai --model gpt-4o-mini \\\n"
+        '      --api-key-env OPENAI_API_KEY "..."',
+    ),
+    "batch": (
+        "Run the tasks of FILE as one parallel batch of subagents and print each result.\n"
+        "FILE is .jsonl (one task per line) or .yaml/.yml (a list, or {tasks: [...]}); a\n"
+        "task has label and task_prompt, and optionally summary_prompt, allowed_tools and\n"
+        "max_turns. Progress is live on a terminal, plain lines otherwise.",
+        "examples:\n"
+        "  xzatoma batch examples/tasks.jsonl --provider ollama --model llama3.2\n"
+        "  xzatoma batch examples/tasks.yaml --config examples/ollama.yaml --json > out.json",
+    ),
+    "demo": (
+        "Run a scripted agent tree offline (no model server): a researcher that recurses,\n"
+        "a parallel batch of 8 with one failure, a depth refusal and a quota refusal, with\n"
+        "/metrics served. Then print the result tree, the metrics scraped from its own\n"
+        "endpoint, and the commands that point the same run at a real model.",
+        "example:\n  xzatoma demo --metrics-port 9464 --metrics-linger 60",
+    ),
+    "config": ("Work with configuration files.", "example:\n  xzatoma config validate FILE"),
+    "validate": (
+        "Check a configuration file: print 'OK: FILE is valid', or the problem on stderr\n"
+        "(exit 2).",
+        "example:\n  xzatoma config validate examples/config.yaml",
+    ),
+}
+
+# (flag, type, metavar, help); dest is the flag's name, an override key of the config.
+_ENDPOINT = [
+    ("--config", str, "FILE", "YAML configuration file (docs/configuration.md)"),
+    ("--provider", str, "TYPE", "openai, ollama, vllm, llamacpp or lmstudio: a default URL"),
+    ("--base-url", str, "URL", "API root, e.g. http://127.0.0.1:11434/v1"),
+    ("--model", str, "NAME", "model name the endpoint serves"),
+    ("--api-key-env", str, "NAME", "environment variable holding the API key (not the key)"),
+    ("--request-timeout", float, "SECONDS", "seconds one attempt of a model call may take (60)"),
+    ("--max-retries", int, "N", "retries of a failed model call (default 2)"),
+    ("--max-response-bytes", int, "N", "largest reply body accepted (default 8388608)"),
+]
+_LIMITS = [
+    ("--max-depth", int, "N", "deepest subagent level, 1-10 (default 3)"),
+    ("--max-executions", int, "N", "subagents the run may start (default: unlimited)"),
+    ("--max-total-tokens", int, "N", "tokens the whole tree may use (default: unlimited)"),
+    ("--max-total-time", float, "SECONDS", "seconds after which no subagent may run"),
+    ("--max-concurrent", int, "N", "tasks of a parallel batch in flight at once (default 5)"),
+    ("--timeout", float, "SECONDS", "deadline for the whole run"),
+]
+_METRICS = [
+    ("--metrics-port", int, "PORT", "serve Prometheus /metrics on this port (0: any free)"),
+    ("--metrics-host", str, "HOST", "interface to serve /metrics on (default 127.0.0.1)"),
+    ("--metrics-linger", float, "SECONDS", "keep serving /metrics this long after the run"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the help to read, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"xzatoma: error: {message} (see '{self.prog} --help')\n")
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's dest and its flag, to name the flag in an error about its value."""
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+
+
+def _options(p: argparse.ArgumentParser, title: str, table: list[Any], **kw: Any) -> Any:
+    group = p.add_argument_group(title)
+    for flag, kind, metavar, text in table:
+        group.add_argument(flag, type=kind, metavar=metavar, help=text, **kw.get(flag, {}))
+    return group
+
+
+def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
+    types = {"dest": "provider_type", "choices": sorted(DEFAULT_BASE_URLS)}
+    _options(p, "model endpoint (command line > --config file > defaults)", _ENDPOINT,
+             **{"--provider": types})  # fmt: skip
+    g = _options(p, "limits", _LIMITS)
+    if batch:  # the tasks of a batch are subagents: --max-turns is their default
+        g.add_argument("--max-turns", dest="subagent_max_turns", type=int, metavar="N",
+                       help="model calls per task without its own max_turns")  # fmt: skip
+    else:
+        g.add_argument("--max-turns", type=int, metavar="N", help="model calls of the root agent")
+        g.add_argument("--subagent-max-turns", type=int, metavar="N",
+                       help="model calls per subagent (default 10)")  # fmt: skip
+    _options(p, "metrics", _METRICS, **{"--metrics-linger": {"default": 0.0}})
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    g.add_argument("--verbose", action="store_true", help="log retries and warnings to stderr")
+    p.set_defaults(subparser=p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (``docs/cli.md`` documents every option it has)."""
+    from . import __version__
+
+    def texts(key: str) -> dict[str, Any]:
+        description, examples = _HELP[key]
+        return {"description": description, "epilog": f"{examples}\n\n{_EXITS}",
+                "formatter_class": argparse.RawDescriptionHelpFormatter}  # fmt: skip
+
+    def sub(group: Any, key: str, text: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = group.add_parser(key, help=text, **texts(key))
+        return made
+
+    top = _Parser(prog="xzatoma", **texts("xzatoma"))
+    top.add_argument("--version", action="version", version=f"xzatoma {__version__}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = sub(commands, "run", "run one agent on a prompt")
+    run.add_argument("prompt", metavar="PROMPT", help="the task; '-' reads it from stdin")
+    run.add_argument("--system-prompt", metavar="TEXT", help="system prompt of the root agent")
+    run.add_argument("--tree", action="store_true", help="also print the result tree to stderr")
+    _shared(run, batch=False)
+    batch = sub(commands, "batch", "run a parallel batch of tasks from a file")
+    batch.add_argument("file", metavar="FILE", help="tasks file: .jsonl, .yaml or .yml")
+    batch.add_argument("--fail-fast", action="store_true",
+                       help="cancel the remaining tasks at the first failure")  # fmt: skip
+    _shared(batch, batch=True)
+    demo = sub(commands, "demo", "the offline demo with live /metrics (start here)")
+    _options(demo, "metrics", _METRICS, **{"--metrics-port": {"default": 0},
+                                            "--metrics-linger": {"default": 0.0}})  # fmt: skip
+    demo.add_argument("--latency", type=float, metavar="SECONDS", default=0.05,
+                      help="simulated seconds per model call (default 0.05)")  # fmt: skip
+    config = sub(commands, "config", "check configuration files")
+    actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    validate = sub(actions, "validate", "validate a configuration file")
+    validate.add_argument("file", metavar="FILE", help="the YAML configuration file")
+    return top
