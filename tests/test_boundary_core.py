@@ -92,13 +92,80 @@ def test_charge_refuses_what_would_refund_or_disable_the_token_limit(tokens: obj
         tracker.check()  # the limit still holds
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_total_tokens": math.nan},
+        {"max_total_tokens": math.inf},
+        {"max_total_tokens": "5"},
+        {"max_total_tokens": 1.5},
+        {"max_executions": True},
+        {"max_total_time": math.inf},
+        {"max_total_time": math.nan},
+        {"max_total_time": "10"},
+    ],
+)
+def test_quota_limits_that_would_switch_a_limit_off_are_refused(limits: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="must be a") as info:
+        QuotaLimits(**limits)
+    assert "\n" not in str(info.value)
+
+
+def silent_provider(words: int) -> ScriptedProvider:
+    """A custom provider that reports no usage at all (``Completion``'s default)."""
+
+    def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+        if first_user(messages) == "root":  # one child a turn, five turns
+            spawned = sum(1 for m in messages if m.role == "tool")
+            if spawned < 5:
+                return tool_calls(call("subagent", label=f"c{spawned}", task_prompt="write"))
+            return reply("root done")
+        return Completion(content="word " * words)
+
+    return ScriptedProvider(model)
+
+
+@pytest.mark.timeout(20)
+async def test_missing_usage_is_estimated_when_a_token_limit_depends_on_it() -> None:
+    runtime = Runtime(
+        silent_provider(10_000),
+        subagents=SubagentConfig(summary_prompt=None),
+        quota=QuotaLimits(max_total_tokens=1000),
+        telemetry=False,
+    )
+    result = await runtime.agent().run("root")
+    statuses = [child.status for child in result.children]
+    # The first child's 50,000 bytes are about 12,500 tokens: over the limit, so the rest
+    # are refused instead of every one of them costing nothing.
+    assert statuses[0] == "complete"
+    assert [c.error_type for c in result.children[1:]] == ["quota_exceeded"] * 4
+    child = result.children[0]
+    assert child.usage.estimated is True
+    assert child.usage.completion_tokens == 12_500
+    assert child.usage.requests == 1
+    assert result.total_usage.estimated is True
+    assert runtime.tracker.statistics().total_tokens == result.total_usage.total_tokens
+
+
+@pytest.mark.timeout(20)
+async def test_without_a_token_limit_missing_usage_counts_calls_but_no_tokens() -> None:
+    runtime = Runtime(
+        silent_provider(10), subagents=SubagentConfig(summary_prompt=None), telemetry=False
+    )
+    result = await runtime.agent().run("root")
+    assert [child.status for child in result.children] == ["complete"] * 5
+    assert result.total_usage == Usage(requests=11)  # every model call counted, none estimated
+
+
 def usage_provider(bad: Usage) -> ScriptedProvider:
     """The root delegates once; the child's model reports ``bad`` usage; the root answers."""
 
     def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         if first_user(messages) == "root":
             if messages[-1].role == "user":
-                return tool_calls(call("subagent", label="child", task_prompt="work"))
+                spawn = call("subagent", label="child", task_prompt="work")
+                return tool_calls(spawn, usage=Usage(1, 0, 0, 0))  # reported: zero tokens
             return reply("root done", usage=Usage(1, 1, 1, 2))
         return Completion(content="child answer", usage=bad)
 
@@ -143,7 +210,7 @@ async def test_invalid_usage_from_any_provider_fails_the_call_and_charges_nothin
     assert child.usage == Usage()
     assert child.turns == 0
     assert runtime.tracker.statistics().total_tokens == 2  # the root's own call only
-    assert result.total_usage == Usage(1, 1, 1, 2)
+    assert result.total_usage == Usage(2, 1, 1, 2)  # the root made two calls
     # The model read a failure, and no event carried the bad numbers to a subscriber.
     assert tool_message(result).startswith("Error: subagent 'child' failed (execution_failed)")
     ends = [e for e in capture.of(ModelCallEnded) if e.depth == 1]  # type: ignore[union-attr]
@@ -448,6 +515,39 @@ async def test_a_stray_cancelled_error_from_a_tool_is_a_tool_failure(anyio_backe
     (end,) = capture.of(ToolCallEnded)
     assert (end.is_error, end.cancelled) == (True, False)  # type: ignore[union-attr]
     assert_every_start_has_exactly_one_end(capture.events)
+
+
+@tool
+async def stray_in_a_group() -> str:
+    """A task group whose child raised a CancelledError nobody asked for (trio's shape)."""
+    await anyio.lowlevel.checkpoint()
+    raise BaseExceptionGroup("unhandled errors in a TaskGroup", [asyncio.CancelledError("x")])
+
+
+@pytest.mark.timeout(10)
+async def test_a_group_holding_a_stray_cancelled_error_is_a_tool_failure() -> None:
+    agent = Agent(calls_then_answers("stray_in_a_group"), tools=[stray_in_a_group])
+    result = await agent.run("go")
+    assert result.status == "complete"
+    assert result.output.startswith(
+        "went on after: Error: tool 'stray_in_a_group' raised BaseExceptionGroup"
+    )
+
+
+@pytest.mark.timeout(10)
+async def test_a_swallowed_cancel_left_behind_does_not_make_a_stray_look_real() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()  # code from before 3.11 swallows this without uncancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(0)
+    assert task.cancelling() == 1
+    try:
+        result = await Agent(calls_then_answers("flaky"), tools=[flaky]).run("go")
+    finally:
+        task.uncancel()
+    assert result.status == "complete"
+    assert "raised CancelledError (inner task cancelled)" in result.output
 
 
 @pytest.mark.timeout(20)

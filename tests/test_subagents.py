@@ -143,10 +143,11 @@ async def test_running_subagent_stops_before_its_next_call_when_tokens_run_out()
     capture = EventCapture()
 
     def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
-        if messages[0].content == "root":
+        if messages[0].content == "root":  # the root reports zero tokens, so none are estimated
             if messages[-1].role == "user":
-                return tool_calls(call("subagent", label="worker", task_prompt="work"))
-            return reply(f"root saw: {messages[-1].content}")
+                spawn = call("subagent", label="worker", task_prompt="work")
+                return tool_calls(spawn, usage=Usage(1, 0, 0, 0))
+            return reply(f"root saw: {messages[-1].content}", usage=Usage(1, 0, 0, 0))
         return tool_calls(
             call("search", query="x"), text="still working", usage=Usage(1, 40, 10, 50)
         )

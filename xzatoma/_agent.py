@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from ._cancellation import cancel_requests, is_stray_cancellation
 from ._hooks import (
     Event,
     Hook,
@@ -29,10 +30,11 @@ from ._hooks import (
     ToolCallStarted,
     new_id,
 )
-from ._limits import Clock, QuotaTracker, UsageRefused, checked_usage
+from ._limits import Clock, QuotaTracker
 from ._result import ErrorType, RunResult, RunStatus
-from ._tools import Tool, ToolContext, ToolResult, TreeContext, is_stray_cancellation, run_tool
+from ._tools import Tool, ToolContext, ToolResult, TreeContext, run_tool
 from ._types import Completion, Message, ToolCall, Usage
+from ._usage import UsageRefused, checked_usage
 from .errors import ConfigError, ProviderError, QuotaExceeded
 from .providers._base import Provider
 
@@ -307,9 +309,13 @@ class Agent:
             hooks.emit(ModelCallStarted(call_id, run_id, depth, provider, model))
         completion: Completion | None = None
         error_type: str | None = "cancelled"
+        before = cancel_requests()
         try:
+            reply = await self.provider.complete(messages, self._specs)
             # Checked before it is charged, summed or recorded: usage is the endpoint's word.
-            completion = checked_usage(await self.provider.complete(messages, self._specs))
+            quota = tree.quota
+            limited = quota is not None and quota.limits.max_total_tokens is not None
+            completion = checked_usage(reply, messages, estimate_missing=limited)
             error_type = None
         except UsageRefused as exc:
             error_type = "ProviderError"
@@ -321,8 +327,8 @@ class Agent:
             error_type = type(exc).__name__
             logger.exception("provider %r raised an unexpected exception", provider)
             raise _ModelFailed(f"provider {provider!r} raised {error_type}: {exc}") from exc
-        except asyncio.CancelledError:
-            if not await is_stray_cancellation():
+        except asyncio.CancelledError as exc:
+            if not await is_stray_cancellation(exc, before):
                 raise
             error_type = "CancelledError"
             raise _ModelFailed(

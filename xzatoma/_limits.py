@@ -1,5 +1,4 @@
-"""Policy objects for a tree of agents: the shared quota, the usage it may be charged, the
-depth rule, output truncation.
+"""Policy objects for a tree of agents: the shared quota, the depth rule, output truncation.
 
 Plain synchronous code with tiny methods, testable without an event loop; the async
 machinery calls them. Reservation happens under a lock in one call, so there is no window
@@ -8,12 +7,13 @@ between "is a slot free?" and "take it" even if threads share a tracker.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from ._types import Completion, Usage
+from ._usage import describe_count
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
 
 __all__ = (
@@ -21,9 +21,7 @@ __all__ = (
     "QuotaLimits",
     "QuotaStatistics",
     "QuotaTracker",
-    "UsageRefused",
     "check_depth",
-    "checked_usage",
     "truncate_utf8",
 )
 
@@ -45,14 +43,23 @@ class QuotaLimits:
     """Seconds from the tracker's creation after which no subagent may run."""
 
     def __post_init__(self) -> None:
+        # A NaN, an infinity or a string here would switch the limit off or fail at the
+        # first comparison, deep inside a run: refuse them where the limit is made.
         for name in ("max_executions", "max_total_tokens"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value < 0):
-                raise ConfigError(f"{name} must be a non-negative integer or None, got {value!r}")
-        if self.max_total_time is not None and not self.max_total_time > 0:
+            if value is not None and (type(value) is not int or value < 0):
+                raise ConfigError(
+                    f"{name} must be a non-negative integer or None, got {describe_count(value)}"
+                )
+        seconds = self.max_total_time
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds < math.inf
+        ):
             raise ConfigError(
-                f"max_total_time must be a positive number of seconds or None, "
-                f"got {self.max_total_time!r}"
+                "max_total_time must be a positive, finite number of seconds or None, "
+                f"got {describe_count(seconds)}"
             )
 
 
@@ -130,7 +137,7 @@ class QuotaTracker:
         if type(tokens) is not int or tokens < 0:
             raise ConfigError(
                 f"QuotaTracker.charge() takes a non-negative int token count, got "
-                f"{_show_count(tokens)}; a provider's usage must be checked before it is charged"
+                f"{describe_count(tokens)}; a provider's usage must be checked before it is charged"
             )
         with self._lock:
             self._tokens += tokens
@@ -160,78 +167,6 @@ class QuotaTracker:
             else max(0, limits.max_total_tokens - tokens),
             remaining_time=self.remaining_time(),
         )
-
-
-MAX_TOKENS_PER_CALL = 2**53 - 1
-"""The most tokens one model call may report: beyond it no count is real, and a float (what
-every metrics backend stores) would no longer hold it exactly."""
-
-
-class UsageRefused(ValueError):
-    """A provider's usage that must not be charged (negative, not an int, or absurd)."""
-
-
-def checked_usage(completion: Completion) -> Completion:
-    """The completion, with usage the quota can be charged; raises :class:`UsageRefused`.
-
-    Usage comes from outside (an endpoint, a custom provider), so it is checked before it
-    is charged, summed or recorded: every token count must be a non-negative ``int`` (not
-    a ``bool``) of at most :data:`MAX_TOKENS_PER_CALL`. A ``total_tokens`` below
-    ``prompt_tokens + completion_tokens`` (a provider that left it out) is raised to that
-    sum and the usage marked ``estimated``, so an understated total cannot slip past
-    ``max_total_tokens``. The sound case costs a few type and range checks (about 0.15 µs).
-    """
-    usage = completion.usage
-    if type(usage) is Usage:
-        p, c, t = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-        if (
-            type(p) is int
-            and type(c) is int
-            and type(t) is int
-            and p >= 0
-            and c >= 0
-            and p + c <= t <= MAX_TOKENS_PER_CALL
-        ):
-            return completion
-    return _repaired(completion)
-
-
-def _repaired(completion: Completion) -> Completion:
-    usage = completion.usage
-    if not isinstance(usage, Usage):
-        raise UsageRefused(f"usage is a {type(usage).__name__}, not an xzatoma Usage")
-    counts = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-    bad = [
-        f"{name}={_show_count(value)}"
-        for name, value in counts.items()
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0
-    ]
-    if bad:
-        raise UsageRefused(", ".join(bad) + " (token counts must be non-negative integers)")
-    prompt, output, total = (int(value) for value in counts.values())
-    total = max(total, prompt + output)
-    if total > MAX_TOKENS_PER_CALL:
-        raise UsageRefused(
-            f"{_show_count(total)} tokens for one model call (more than "
-            f"{MAX_TOKENS_PER_CALL} cannot be real)"
-        )
-    estimated = usage.estimated or total != counts["total_tokens"]
-    return replace(completion, usage=Usage(usage.requests, prompt, output, total, estimated))
-
-
-def _show_count(value: object) -> str:
-    """A count for an error message, bounded whatever it is (a 4000-digit int, an object)."""
-    if isinstance(value, bool | float):
-        return repr(value)
-    if isinstance(value, int):
-        if abs(value) < 10**20:
-            return str(int(value))
-        return f"about {'-' if value < 0 else ''}2**{abs(value).bit_length() - 1}"
-    return f"a {type(value).__name__}"
 
 
 def check_depth(depth: int, max_depth: int) -> None:

@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 import pydantic
 
+from ._cancellation import cancel_requests, is_stray_cancellation
 from ._hooks import Hooks
 from ._limits import Clock, QuotaTracker
 from ._result import RunResult
@@ -34,7 +35,6 @@ __all__ = (
     "Tool",
     "ToolContext",
     "ToolResult",
-    "is_stray_cancellation",
     "run_tool",
     "tool",
 )
@@ -160,43 +160,22 @@ async def run_tool(found: Tool[Any], ctx: ToolContext) -> ToolResult:
     on its own (a library it calls cancelled its own work) is a failure of that tool, like
     any other exception, so one tool cannot bring down the whole tree.
     """
+    before = cancel_requests()
     try:
         return await found.invoke(ctx)
     except Exception as exc:
-        logger.info("tool %r raised %s", found.name, type(exc).__name__, exc_info=True)
+        logger.info("tool %r raised %s", ctx.call.name, type(exc).__name__, exc_info=True)
         return ToolResult.error(f"tool '{ctx.call.name}' raised {type(exc).__name__}: {exc}")
-    except asyncio.CancelledError as exc:
-        if not await is_stray_cancellation():
+    except (asyncio.CancelledError, BaseExceptionGroup) as exc:
+        if not await is_stray_cancellation(exc, before):
             raise
-        logger.info("tool %r raised a stray CancelledError", found.name, exc_info=True)
+        what = type(exc).__name__
+        logger.info("tool %r raised a stray %s", ctx.call.name, what, exc_info=True)
         detail = f" ({exc})" if str(exc) else ""
         return ToolResult.error(
-            f"tool '{ctx.call.name}' raised CancelledError{detail} although nothing cancelled "
+            f"tool '{ctx.call.name}' raised {what}{detail} although nothing cancelled "
             "this run; the tool failed, and the run goes on"
         )
-
-
-async def is_stray_cancellation() -> bool:
-    """Whether the ``asyncio.CancelledError`` being handled was raised with nobody cancelling.
-
-    Call it in the ``except`` block. A real cancellation leaves a trace to tell it by: on
-    asyncio, a ``Task.cancel()`` (which anyio's cancel scopes use too) leaves the task's
-    ``cancelling()`` count above zero until the scope that asked for it is left, and a
-    scope cancelled before it could deliver (its deadline passed, ``cancel()`` was just
-    called) is found by ``checkpoint_if_cancelled()``, which then raises that cancellation
-    itself. On trio a real cancellation is ``trio.Cancelled`` (which nothing but trio can
-    raise, and which never reaches this check), so an ``asyncio.CancelledError`` there is
-    always stray; ``checkpoint_if_cancelled()`` still raises if the scope is cancelled.
-    Costs nothing unless a tool or provider raised ``CancelledError``.
-    """
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no asyncio loop running: the trio backend
-        task = None
-    if task is not None and task.cancelling():
-        return False
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    return True
 
 
 def describe_validation_error(tool_name: str, exc: pydantic.ValidationError) -> str:

@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .._types import Completion, Message, ToolCall, ToolSpec, Usage
+from .._usage import MAX_TOKENS_PER_CALL, estimate_tokens, request_texts
 
 __all__ = (
-    "MAX_TOKENS_PER_CALL",
     "MalformedReply",
     "clean_text",
     "encode_request",
-    "estimate_tokens",
     "parse_reply",
 )
-
-MAX_TOKENS_PER_CALL = 1_000_000_000
-"""The most tokens one call may report before the count is taken for garbage and estimated:
-no model reads or writes a billion tokens in one call."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT = "\ufffd"
@@ -179,24 +174,7 @@ def _usage(
         # Left out, the total is simply the sum; sent but wrong, the usage is suspect.
         return Usage(1, prompt, completion, prompt + completion, "total_tokens" in counts)
     if prompt is None:
-        prompt = estimate_tokens(_request_texts(messages))
+        prompt = estimate_tokens(request_texts(messages))
     if completion is None:
         completion = estimate_tokens([content, *(call.arguments for call in calls)])
     return Usage(1, prompt, completion, prompt + completion, estimated=True)
-
-
-def _request_texts(messages: Sequence[Message]) -> Iterable[str | None]:
-    for message in messages:
-        yield message.content
-        for call in message.tool_calls:
-            yield call.arguments
-
-
-def estimate_tokens(texts: Iterable[str | None]) -> int:
-    """About four UTF-8 bytes a token: ``ceil(bytes / 4)`` over the given texts.
-
-    Rough, but never zero for text that is there and never negative; the OpenAI tokenizer
-    averages about four bytes a token for English.
-    """
-    size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts if text)
-    return -(-size // 4)
