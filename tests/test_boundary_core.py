@@ -31,6 +31,7 @@ from xzatoma import (
     RunResult,
     Runtime,
     SubagentConfig,
+    ToolCall,
     ToolSpec,
     Usage,
     tool,
@@ -754,3 +755,29 @@ async def test_tasks_left_at_the_batch_deadline_are_counted_in_the_metrics() -> 
     assert_executions_balance(captured)
     assert runtime.tracker.statistics().executions == 1  # they never took a quota slot
     assert_every_start_has_exactly_one_end(capture.events)
+
+
+# -- the label of a refused call is whatever the model sent: bounded and encodable ---------
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "label", ["x" * 100_000, "bad \ud800 label", "\udfff" * 300], ids=["huge", "lone", "many"]
+)
+async def test_the_label_of_a_refused_call_is_bounded_and_encodable(label: str) -> None:
+    arguments = json.dumps({"label": label, "task_prompt": "   "})  # refused: blank prompt
+
+    def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+        if messages[-1].role == "user":
+            return tool_calls(ToolCall("c1", "subagent", arguments))
+        return reply("done")
+
+    runtime = Runtime(ScriptedProvider(model), telemetry=False)
+    result = await runtime.agent().run("go")
+    (child,) = result.children
+    assert child.error_type == "invalid_input"
+    assert len(child.label) <= 200
+    child.label.encode("utf-8")  # raises on a lone surrogate
+    assert child.label == "".join(
+        "\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in label[:200]
+    )

@@ -16,6 +16,7 @@ from .providers._base import Provider
 
 __all__ = (
     "DEFAULT_SUMMARY_PROMPT",
+    "LABEL_MAX_LENGTH",
     "BatchResult",
     "ParallelSubagentArgs",
     "SubagentConfig",
@@ -27,6 +28,9 @@ __all__ = (
 )
 
 DEFAULT_SUMMARY_PROMPT = "Summarize your findings concisely"
+
+LABEL_MAX_LENGTH = 200
+"""The longest label a task may have (characters)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ class SubagentTask(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     label: NonBlank = pydantic.Field(
-        max_length=200, description="A short name for this subagent's task."
+        max_length=LABEL_MAX_LENGTH, description="A short name for this subagent's task."
     )
     task_prompt: NonBlank = pydantic.Field(
         description="The complete instructions for the subagent; it sees nothing else."

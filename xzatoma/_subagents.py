@@ -9,6 +9,7 @@ one end event whatever happens.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from ._hooks import BatchEnded, BatchStarted, SubagentEnded, SubagentStarted, ne
 from ._limits import QuotaTracker, check_depth, truncate_utf8
 from ._result import ErrorType, RunResult
 from ._subagent_models import (
+    LABEL_MAX_LENGTH,
     BatchResult,
     ParallelSubagentArgs,
     SubagentConfig,
@@ -403,10 +405,20 @@ def _refused(label: str, depth: int, error_type: ErrorType, message: str) -> Run
 
 
 def _label_of(arguments: str) -> str:
-    """The label of a refused call, for events only (never a metric attribute)."""
+    """The label of a refused call, for its result and events (never a metric attribute).
+
+    The arguments were refused, so the label is whatever the model sent: cut to the length
+    a valid label may have, and made encodable (a lone surrogate from a JSON escape), so a
+    100,000-character or unprintable label cannot reach the result tree or a terminal whole.
+    """
     try:
         data = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "subagent"
     label = data.get("label") if isinstance(data, dict) else None
-    return label if isinstance(label, str) and label.strip() else "subagent"
+    if not isinstance(label, str) or not label.strip():
+        return "subagent"
+    return _LONE_SURROGATE.sub("\ufffd", label[:LABEL_MAX_LENGTH])
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
