@@ -1,4 +1,4 @@
-"""Telemetry at the boundary (issue 11, items 17 and 18).
+"""Telemetry at the boundary (issue 11, items 17 and 18, and the second round's findings).
 
 17: no metric attribute takes a value the endpoint chose (a real HTTP server answering with
 a new model name each time, through a real ``OpenAIProvider``).
@@ -9,6 +9,7 @@ idle and dripping clients, oversized heads; scrapes and agent runs go on meanwhi
 from __future__ import annotations
 
 import contextlib
+import logging
 import selectors
 import socket
 import threading
@@ -20,7 +21,10 @@ import anyio
 import httpx
 import pytest
 from _http_server import Reply, ScriptedHTTPServer
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -350,6 +354,7 @@ def test_a_slow_render_blocks_no_other_connection_and_is_shared() -> None:
         ({"header_timeout": -1.0}, "header_timeout must be greater than 0"),
         ({"header_timeout": float("nan")}, "header_timeout must be greater than 0"),
         ({"max_header_bytes": 100}, "max_header_bytes must be at least 1024"),
+        ({"write_timeout": 0.0}, "write_timeout must be greater than 0"),
         ({"max_connections": True}, "max_connections must be a whole number, got bool"),
     ],
 )
@@ -420,3 +425,171 @@ def test_request_heads_parse_or_are_refused_with_the_right_status(
         assert "\n" not in parsed.message
     else:
         assert parsed == Request(*expected)
+
+
+# -- round 2: no request input raises in the parser or logs a traceback -----------------------
+
+_HOSTILE_HEADS = [
+    b"GET /metrics HTTP/1.1\r\nContent-Length: \xb2",  # '²': isdigit() says yes, int() no
+    b"GET /metrics HTTP/1.1\r\nContent-Length: \xb9\xb3",
+    b"GET /metrics HTTP/1.1\r\nContent-Length: 5\x1c",  # str.strip() would take \x1c
+    b"GET /metrics HTTP/1.1\r\nContent-Length: " + b"1" * 5000,  # int() refuses > 4300 digits
+    b"GET http://[::1/metrics HTTP/1.1",  # urlsplit: Invalid IPv6 URL
+    b"GET http://a]b/metrics HTTP/1.1",
+    b"GET /metrics HTTP/1.\xb2",
+    b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: \xff\r\nConnection: \x85close\xa0",
+]
+_HEADER_NAMES = [b"Content-Length", b"Connection", b"Transfer-Encoding", b"Host", b"X-A"]
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=400, deadline=None)
+@given(
+    target=st.binary(max_size=40),
+    version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]) | st.binary(max_size=12),
+    headers=st.lists(
+        st.tuples(st.sampled_from(_HEADER_NAMES) | st.binary(max_size=10), st.binary(max_size=40)),
+        max_size=6,
+    ),
+    raw=st.binary(max_size=300),
+)
+@example(target=b"/", version=b"HTTP/1.1", headers=[], raw=_HOSTILE_HEADS[0])
+def test_no_request_head_makes_the_parser_raise(
+    target: bytes, version: bytes, headers: list[tuple[bytes, bytes]], raw: bytes
+) -> None:
+    from xzatoma.telemetry._http import Rejection, Request, parse_head
+
+    built = b"\r\n".join([b"GET " + target + b" " + version, *(k + b": " + v for k, v in headers)])
+    for head in (built, raw, *_HOSTILE_HEADS):
+        parsed = parse_head(head)  # never raises, whatever the bytes
+        assert isinstance(parsed, Request | Rejection)
+        if isinstance(parsed, Rejection):
+            assert parsed.status in (400, 431, 505)
+            assert "\n" not in parsed.message
+
+
+@pytest.mark.timeout(60)
+def test_hostile_request_heads_get_an_answer_and_log_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="xzatoma.telemetry")
+    expected = [400, 400, 400, 200, 400, 400, 400, 200]  # a huge length: answered, then closed
+    with start_metrics_server(port=0, registry=CollectorRegistry()) as server:
+        for head, status in zip(_HOSTILE_HEADS, expected, strict=True):
+            with _connect(server) as sock:
+                sock.sendall(head + b"\r\n\r\n")
+                answer, headers, _ = _response(sock)
+                assert (answer, headers["connection"]) == (status, "close"), head
+                assert _closed_by_server(sock, within=10)
+        assert httpx.get(server.url, timeout=10).status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("xzatoma")] == []
+
+
+# -- round 2: readers that stop reading, and a server full of answers -------------------------
+
+
+class _Blob:
+    """A collector whose exposition is one sample with a label of ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.value = "x" * size
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("blob", "An exposition of a chosen size", labels=["blob"])
+        family.add_metric([self.value], 1.0)
+        yield family
+
+
+def _registry_of(size: int) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(_Blob(size))
+    return registry
+
+
+def _slow_reader(server: MetricsServer, requests: bytes = b"") -> socket.socket:
+    """A connection with a 4 KiB receive window that sends ``requests`` and reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((server.host, server.port))
+    sock.sendall(requests or b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_that_makes_no_progress_is_closed_after_write_timeout() -> None:
+    registry = _registry_of(4 * 2**20)  # far more than the socket buffers hold
+    server = start_metrics_server(port=0, registry=registry, idle_timeout=60, write_timeout=0.5)
+    with server, _slow_reader(server) as sock:
+        started = time.monotonic()
+        _eventually(lambda: server.statistics().timed_out == 1, timeout=10)
+        assert time.monotonic() - started < 10  # 0.5 s; with idle_timeout alone: 60 s
+        assert _closed_by_server(sock, within=10)  # what was sent, then the end
+        assert server.statistics().connections == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_full_server_evicts_the_stalled_answer_rather_than_refuse_a_scraper() -> None:
+    size = 8 * 2**20  # more than the kernel buffers of a socket take (4 MiB on Linux)
+    server = start_metrics_server(
+        port=0, registry=_registry_of(size), max_connections=4, idle_timeout=60
+    )
+    with server, contextlib.ExitStack() as stack:
+        for i in range(4):  # each one mid-answer, stalled: its window is full
+            stack.enter_context(_slow_reader(server))
+            _eventually(lambda i=i: server.statistics().requests == i + 1)
+        response = httpx.get(server.url, timeout=10)
+        assert response.status_code == 200
+        assert len(response.content) > size
+        stats = server.statistics()
+        assert stats.evicted == 1
+        assert stats.connections <= 4
+
+
+@pytest.mark.timeout(60)
+def test_a_full_server_holds_a_newcomer_while_every_connection_awaits_the_render() -> None:
+    registry = CollectorRegistry()
+    gate = _Gate()
+    registry.register(gate)
+    with start_metrics_server(port=0, registry=registry, max_connections=1) as server:
+        with _connect(server) as first:
+            _request(first)
+            assert gate.entered.wait(30)  # its request is parsed: it awaits the render
+            with _connect(server) as newcomer:
+                _request(newcomer)
+                _eventually(lambda: server.statistics().accepted == 2)  # taken, not refused
+                gate.release.set()
+                assert _response(first)[0] == 200
+                assert _response(newcomer)[0] == 200
+        assert server.statistics().connections <= 1
+
+
+# -- round 2: pipelining is answered at the pace the client reads -----------------------------
+
+
+@pytest.mark.skipif(
+    not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="bounds the kernel's unsent bytes"
+)
+@pytest.mark.timeout(60)
+def test_a_pipelined_burst_is_answered_as_its_client_reads_not_all_at_once() -> None:
+    burst = b"GET /metrics HTTP/1.1\r\n\r\n" * 600  # 15 KB: under max_header_bytes
+    with start_metrics_server(port=0, registry=_registry_of(1200)) as server:
+        with _slow_reader(server, burst) as sock:
+            _eventually(lambda: server.statistics().requests >= 1)
+            watch_until = time.monotonic() + 1.0  # the bound holds throughout, not eventually
+            while time.monotonic() < watch_until:
+                assert server.statistics().requests <= 100  # old code: all 600 at once
+                for conn in list(server._transport._connections.values()):
+                    assert conn.inbuf.count(b"\r\n\r\n") <= 8  # READ_AHEAD: queued, read
+                threading.Event().wait(0.01)
+            reader = sock.makefile("rb")
+            for _ in range(600):  # reading them, the client gets every answer, in order
+                assert reader.readline().startswith(b"HTTP/1.1 200 ")
+                length = 0
+                while (line := reader.readline()) != b"\r\n":
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                assert b"blob" in reader.read(length)
+            reader.close()
+        assert server.statistics().requests == 600

@@ -2,7 +2,10 @@
 
 Pure code on bytes, no sockets, so every malformed input can be tried without a server. It
 reads only what a scraper sends (a request line and headers; ``GET`` and ``HEAD`` carry no
-body) and refuses the rest with the status a client can act on.
+body) and refuses the rest with the status a client can act on. Nothing here raises on any
+input: every value is matched against its grammar before it is used (no ``int()`` of what a
+client sent, no ``str.isdigit``, which takes ``'²'``), so a hostile head is a 400, never a
+traceback in the agent's log.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ __all__ = (
     "MAX_HEADER_LINES",
     "Rejection",
     "Request",
+    "count_heads",
     "find_head_end",
     "parse_head",
     "response_head",
@@ -26,7 +30,8 @@ MAX_HEADER_LINES: Final = 100
 
 _HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_VERSION: Final = re.compile(r"HTTP/(\d)\.(\d)")
+_VERSION: Final = re.compile(r"HTTP/([0-9])\.([0-9])")
+_DIGITS: Final = re.compile(r"[0-9]+")  # RFC 9110's 1*DIGIT: ASCII only, unlike ``\d``
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -72,6 +77,21 @@ def find_head_end(buffer: bytes | bytearray, start: int) -> tuple[int, int] | No
     return None if found is None else (found.start(), found.end())
 
 
+def count_heads(buffer: bytes | bytearray, at_most: int) -> tuple[int, int]:
+    """How many complete heads ``buffer`` holds (up to ``at_most``), and where the last ends.
+
+    The transport reads pipelined requests only this far ahead: what follows the last
+    counted head stays in the socket until answers have been written. Blank lines before a
+    request line count as a head here, which only ever makes the read-ahead shorter.
+    """
+    count = end = 0
+    for found in _HEAD_END.finditer(buffer):
+        if count == at_most:
+            break
+        count, end = count + 1, found.end()
+    return count, end
+
+
 def parse_head(head: bytes) -> Request | Rejection:
     """Read a request line and its headers (the bytes before the blank line).
 
@@ -102,24 +122,36 @@ def parse_head(head: bytes) -> Request | Rejection:
         key = name.lower()
         value = value.strip(" \t")
         if key == "connection":
-            connection.update(token.strip().lower() for token in value.split(","))
+            connection.update(token.strip(" \t").lower() for token in value.split(","))
         elif key == "content-length":
-            lengths.update(length.strip() for length in value.split(","))
+            lengths.update(length.strip(" \t") for length in value.split(","))
         elif key == "transfer-encoding":
             has_body = True
     if lengths:
-        if len(lengths) > 1 or not all(length.isdigit() for length in lengths):
+        # Compared as digit strings, never converted: a 5,000-digit length is as wrong as -5.
+        numbers = {length.lstrip("0") for length in lengths}
+        if len(numbers) != 1 or not all(_DIGITS.fullmatch(length) for length in lengths):
             return Rejection(400, "Bad Content-Length: it must be one number of bytes")
-        has_body = has_body or int(next(iter(lengths))) > 0
+        has_body = has_body or numbers.pop() != ""
     # HTTP/1.1 keeps a connection open unless told otherwise; HTTP/1.0 only when asked.
     keep_alive = "keep-alive" in connection if http10 else "close" not in connection
-    return Request(method, _path(target), http10, keep_alive and not has_body)
+    path = _path(target)
+    if path is None:
+        return Rejection(400, "Bad request target: expected /metrics")
+    return Request(method, path, http10, keep_alive and not has_body)
 
 
-def _path(target: str) -> str:
-    """The percent-decoded path of a request target (origin or absolute form)."""
+def _path(target: str) -> str | None:
+    """The percent-decoded path of a request target (origin or absolute form), if it has one.
+
+    None for an absolute form that does not split (``http://[::1/metrics``: a bracket never
+    closed), which ``urlsplit`` refuses with a ``ValueError``.
+    """
     if not target.startswith("/"):
-        target = urlsplit(target).path if "://" in target else ""
+        try:
+            target = urlsplit(target).path if "://" in target else ""
+        except ValueError:
+            return None
     return unquote(target.partition("?")[0])
 
 

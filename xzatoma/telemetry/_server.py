@@ -106,6 +106,7 @@ def start_metrics_server(
     max_connections: int = 256,
     idle_timeout: float = 30.0,
     header_timeout: float = 10.0,
+    write_timeout: float = 10.0,
     max_header_bytes: int = 16_384,
 ) -> MetricsServer:
     """Serve xzatoma's metrics in the Prometheus text format at ``http://host:port/metrics``.
@@ -129,11 +130,14 @@ def start_metrics_server(
         port: Port to listen on; 0 picks a free one (read it back from ``.port``).
         registry: The ``prometheus_client`` registry to serve (see above).
         max_connections: Connections open at once; one more evicts a connection that has
-            not completed a request (the oldest), else the one idle the longest.
-        idle_timeout: Seconds a kept-alive connection may wait between requests, and a
-            client may take to read a response, before it is closed.
+            not completed a request (the oldest), else the one idle the longest, else the
+            one whose answer has stalled the longest.
+        idle_timeout: Seconds a kept-alive connection may wait between requests before it
+            is closed.
         header_timeout: Seconds a client has to send a complete request head, from the
             connection (or its next request's first byte); a slow drip does not extend it.
+        write_timeout: Seconds an answer may go without the client taking any of it before
+            the connection is closed.
         max_header_bytes: Size of the request line and headers together; more is a 431.
 
     Returns:
@@ -143,7 +147,7 @@ def start_metrics_server(
         ConfigError: The ``prometheus`` extra is not installed (the message says what to
             install), a limit is out of range, or the address cannot be bound.
     """
-    limits = _limits(max_connections, idle_timeout, header_timeout, max_header_bytes)
+    limits = _limits(max_connections, idle_timeout, header_timeout, write_timeout, max_header_bytes)
     try:
         import prometheus_client
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -186,7 +190,11 @@ def start_metrics_server(
 
 
 def _limits(
-    max_connections: int, idle_timeout: float, header_timeout: float, max_header_bytes: int
+    max_connections: int,
+    idle_timeout: float,
+    header_timeout: float,
+    write_timeout: float,
+    max_header_bytes: int,
 ) -> Limits:
     """The limits, checked: each message names the argument and the range it must be in."""
     for name, count, least in (
@@ -197,12 +205,23 @@ def _limits(
             raise ConfigError(f"{name} must be a whole number, got {type(count).__name__}")
         if count < least:
             raise ConfigError(f"{name} must be at least {least}")
-    for name, seconds in (("idle_timeout", idle_timeout), ("header_timeout", header_timeout)):
+    timeouts = {
+        "idle_timeout": idle_timeout,
+        "header_timeout": header_timeout,
+        "write_timeout": write_timeout,
+    }
+    for name, seconds in timeouts.items():
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise ConfigError(f"{name} must be a number of seconds, got {type(seconds).__name__}")
         if not seconds > 0:
             raise ConfigError(f"{name} must be greater than 0")
-    return Limits(max_connections, float(idle_timeout), float(header_timeout), max_header_bytes)
+    return Limits(
+        max_connections=max_connections,
+        idle_timeout=float(idle_timeout),
+        header_timeout=float(header_timeout),
+        write_timeout=float(write_timeout),
+        max_header_bytes=max_header_bytes,
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -8,12 +8,15 @@ connection may hold:
 
 - ``max_connections`` open at once; a new one evicts first a connection already answered and
   lingering, then the oldest that has not yet sent a complete request, then the connection
-  idle the longest, so a flood of half-open sockets cannot lock a real scraper out;
+  idle the longest, then the one whose answer has stalled the longest, so neither a flood
+  of half-open sockets nor clients that stop reading can lock a real scraper out;
 - ``header_timeout`` to send a complete request head, counted from the connection (or, on a
   kept-alive connection, from its first byte), never extended by a drip of bytes;
-- ``idle_timeout`` between requests on a kept-alive connection, and for a reader that stops
-  taking the response;
-- ``max_header_bytes`` of request head: more is a 431.
+- ``idle_timeout`` between requests on a kept-alive connection;
+- ``write_timeout`` for an answer that makes no progress (a reader that stops taking it);
+- ``max_header_bytes`` of request head: more is a 431;
+- ``READ_AHEAD`` pipelined requests read ahead of the one being answered: the rest wait in
+  the socket, so a burst of requests is answered at the pace its client reads.
 
 Rendering (``generate_latest``, milliseconds of CPU) runs in the render thread, one at a
 time; scrapes that arrive while it runs share its result, as the single-flight before did.
@@ -22,7 +25,6 @@ time; scrapes that arrive while it runs share its result, as the single-flight b
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import selectors
 import socket
@@ -41,6 +43,7 @@ from ._connection import (
     Connection,
     Limits,
     MetricsServerStatistics,
+    Timers,
 )
 from ._http import Rejection, Request, find_head_end, parse_head, response_head
 from ._render import Renderer
@@ -54,12 +57,17 @@ _TEXT: Final = "text/plain; charset=utf-8"
 _NOT_FOUND: Final = b"Not found: the metrics are at /metrics\n"
 _NOT_ALLOWED: Final = b"Method not allowed: /metrics answers GET\n"
 _RENDER_FAILED: Final = b"Collecting the metrics failed; the xzatoma.telemetry log says why\n"
-_RECV: Final = 65536
+_UNSENT: Final = 16384
+"""Bytes of answer the kernel may hold unsent per connection (``TCP_NOTSENT_LOWAT``, where
+the system has it): a pipelining client that does not read holds a few answers in the
+kernel, not its whole socket buffer's worth, and is not read further until it reads."""
 _ACCEPTS_PER_WAKE: Final = 64
 _LINGER: Final = 2.0
 """Seconds a closing connection keeps reading (and dropping) what the client still sends,
 so the kernel sends FIN, not RST, and the client reads the whole answer."""
 
+_NOTSENT_LOWAT: Final[int | None] = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+_SENDMSG: Final = hasattr(socket.socket, "sendmsg")  # not on Windows
 _BLANK: Final = frozenset(b"\r\n")
 
 
@@ -82,7 +90,9 @@ class Transport:
         self._evictable: dict[str, OrderedDict[int, Connection]] = {
             state: OrderedDict() for state in (LINGERING, FRESH, WAITING)
         }
-        self._timers: list[tuple[float, int, Connection]] = []
+        # Mid-answer with output the socket did not take, least recent progress first.
+        self._stalled: OrderedDict[int, Connection] = OrderedDict()
+        self._timers = Timers()
         self._awaiting: list[Connection] = []  # parsed requests waiting for the render
         self._pipelined: deque[Connection] = deque()  # answered, with a next request read
         self._rendering = False
@@ -90,6 +100,7 @@ class Transport:
         self._stopping = False
         self._accepting = True
         self._resume_accept = 0.0
+        self._held: socket.socket | None = None  # accepted while no connection could go
         self._numbers = 0
         self._accepted = self._requests = self._evicted = self._timed_out = 0
         self._renderer = Renderer(produce, self._on_rendered)
@@ -132,9 +143,11 @@ class Transport:
     def _run(self) -> None:
         try:
             while not self._stopping:
-                wake_at = self._timers[0][0] if self._timers else NEVER
+                wake_at = self._timers.next_due()
                 if not self._accepting:
                     wake_at = min(wake_at, self._resume_accept)
+                if self._pipelined:  # requests already read: answer them, then poll again
+                    wake_at = 0.0
                 timeout = None if wake_at == NEVER else max(0.0, wake_at - time.monotonic())
                 for key, events in self._selector.select(timeout):
                     conn = key.data
@@ -149,12 +162,18 @@ class Transport:
                         logger.exception("xzatoma telemetry: /metrics connection failed")
                         if conn is not None:
                             self._close(conn)
-                while self._pipelined:
+                # One pipelined request per connection per turn: a burst on one connection
+                # is interleaved with every other client, not answered in one go.
+                for _ in range(len(self._pipelined)):
                     conn = self._pipelined.popleft()
                     if conn.state == WAITING and not conn.closed:
                         self._read_request(conn)
                 self._expire(time.monotonic())
+                if self._held is not None:
+                    self._admit_held()
         finally:
+            if self._held is not None:
+                self._held.close()
             for conn in list(self._connections.values()):
                 self._close(conn)
             self._selector.close()
@@ -162,8 +181,8 @@ class Transport:
                 sock.close()
 
     def _on_wake(self) -> None:
-        with contextlib.suppress(OSError):
-            while self._wake_r.recv(4096):
+        with contextlib.suppress(OSError):  # one byte per wake: one call drains them
+            while len(self._wake_r.recv(4096)) == 4096:
                 pass
         while self._rendered:
             body = self._rendered.popleft()
@@ -187,20 +206,41 @@ class Transport:
                 return
             self._accepted += 1
             if len(self._connections) >= self._limits.max_connections and not self._evict():
-                sock.close()  # every open connection is mid-answer: refused, the client retries
-                continue
-            sock.setblocking(False)
-            with contextlib.suppress(OSError):  # whole answers are written at once: no Nagle
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._numbers += 1
-            conn = Connection(sock, self._numbers)
-            self._connections[conn.number] = conn
-            self._evictable[FRESH][conn.number] = conn
-            self._watch(conn, selectors.EVENT_READ)
-            self._set_deadline(conn, time.monotonic() + self._limits.header_timeout)
+                # Every connection is waiting for a render: hold this one, and leave the
+                # next in the kernel's queue, until one is answered (and so evictable).
+                self._held = sock
+                self._selector.unregister(self._listener)
+                self._accepting, self._resume_accept = False, NEVER
+                return
+            self._serve(sock)
+
+    def _admit_held(self) -> None:
+        """Serve the held connection once there is room; then accept again."""
+        if len(self._connections) >= self._limits.max_connections and not self._evict():
+            return
+        sock, self._held = self._held, None
+        if sock is not None:
+            self._serve(sock)
+        self._accepting = True
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+
+    def _serve(self, sock: socket.socket) -> None:
+        """Start serving an accepted connection: it has ``header_timeout`` for its request."""
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # whole answers are written at once: no Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _NOTSENT_LOWAT is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, _UNSENT)
+        self._numbers += 1
+        conn = Connection(sock, self._numbers)
+        self._connections[conn.number] = conn
+        self._evictable[FRESH][conn.number] = conn
+        self._watch(conn, selectors.EVENT_READ)
+        self._timers.set(conn, time.monotonic() + self._limits.header_timeout)
 
     def _evict(self) -> bool:
-        for queue in self._evictable.values():
+        for queue in (*self._evictable.values(), self._stalled):
             if queue:
                 _number, conn = queue.popitem(last=False)
                 self._evicted += 1
@@ -213,11 +253,14 @@ class Transport:
             self._flush(conn)
         if events & selectors.EVENT_READ and not conn.closed:
             try:
-                data = conn.sock.recv(_RECV)
+                data = conn.receive(self._limits.max_header_bytes)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 data = b""
+            if data is None:  # read ahead as far as allowed: the rest waits in the socket
+                self._watch(conn, conn.events & ~selectors.EVENT_READ)
+                return
             if not data:
                 if conn.state != BUSY:
                     self._close(conn)
@@ -228,12 +271,10 @@ class Transport:
             elif conn.state == LINGERING or (conn.state == BUSY and not conn.keep_alive):
                 pass  # dropped: a body /metrics does not read, or bytes after the last request
             elif conn.state == BUSY:
-                conn.inbuf += data  # a pipelined request, read once this one is answered
-                if len(conn.inbuf) > self._limits.max_header_bytes:
-                    self._close(conn)
+                conn.inbuf += data  # pipelined requests, read once this one is answered
             else:
                 if conn.state == WAITING and not conn.inbuf:  # a new request begins
-                    self._set_deadline(conn, time.monotonic() + self._limits.header_timeout)
+                    self._timers.set(conn, time.monotonic() + self._limits.header_timeout)
                 conn.inbuf += data
                 self._read_request(conn)
 
@@ -319,33 +360,40 @@ class Transport:
         outbuf, sent_any = conn.outbuf, False
         while outbuf:
             try:
-                sent = conn.sock.send(outbuf[0])
+                # Head and body in one call where there is sendmsg: with a busy agent in
+                # the process, every call the I/O thread makes waits for the GIL again.
+                sent = conn.sock.sendmsg(outbuf) if _SENDMSG else conn.sock.send(outbuf[0])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # the client went away
                 self._close(conn)
                 return
             sent_any = True
-            if sent == len(outbuf[0]):
-                outbuf.popleft()
-            else:
+            while outbuf and sent >= len(outbuf[0]):
+                sent -= len(outbuf.popleft())
+            if sent:
                 outbuf[0] = outbuf[0][sent:]
+            if outbuf and _SENDMSG:
+                break  # it took less than all: full until the selector says writable
         if outbuf:
             if sent_any or conn.deadline == NEVER:  # a reader that stops reading times out
-                self._set_deadline(conn, time.monotonic() + self._limits.idle_timeout)
-            reading = 0 if conn.eof else selectors.EVENT_READ
+                self._stalled[conn.number] = conn
+                self._stalled.move_to_end(conn.number)
+                self._timers.set(conn, time.monotonic() + self._limits.write_timeout)
+            reading = selectors.EVENT_READ if conn.may_read(self._limits.max_header_bytes) else 0
             self._watch(conn, reading | selectors.EVENT_WRITE)
             return
+        self._stalled.pop(conn.number, None)
         now = time.monotonic()
         if conn.keep_alive:
             self._watch(conn, selectors.EVENT_READ)
             conn.state, conn.request = WAITING, None
             self._evictable[WAITING][conn.number] = conn
             if conn.inbuf:  # a pipelined request: its head time counts from now
-                self._set_deadline(conn, now + self._limits.header_timeout)
+                self._timers.set(conn, now + self._limits.header_timeout)
                 self._pipelined.append(conn)  # read from the loop, not by recursion
             else:
-                self._set_deadline(conn, now + self._limits.idle_timeout)
+                self._timers.set(conn, now + self._limits.idle_timeout)
             return
         if conn.eof:  # nothing more will come: no need to linger
             self._close(conn)
@@ -358,13 +406,14 @@ class Transport:
         conn.state = LINGERING
         conn.inbuf.clear()
         self._evictable[LINGERING][conn.number] = conn
-        self._set_deadline(conn, now + min(_LINGER, self._limits.idle_timeout))
+        self._timers.set(conn, now + min(_LINGER, self._limits.idle_timeout))
 
     def _close(self, conn: Connection) -> None:
         if conn.closed:
             return
         conn.closed = True
         self._connections.pop(conn.number, None)
+        self._stalled.pop(conn.number, None)
         queue = self._evictable.get(conn.state)
         if queue is not None:
             queue.pop(conn.number, None)
@@ -385,26 +434,11 @@ class Transport:
         conn.events = events
 
     # -- timers ------------------------------------------------------------------------------
-    def _set_deadline(self, conn: Connection, deadline: float) -> None:
-        """Set when ``conn`` times out; a later deadline is picked up when the earlier fires."""
-        conn.deadline = deadline
-        if deadline < conn.scheduled:
-            conn.scheduled = deadline
-            heapq.heappush(self._timers, (deadline, conn.number, conn))
-
     def _expire(self, now: float) -> None:
         if not self._accepting and now >= self._resume_accept:
             self._accepting = True
             self._selector.register(self._listener, selectors.EVENT_READ, None)
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            when, _number, conn = heapq.heappop(timers)
-            if conn.closed or when != conn.scheduled:
-                continue  # stale: closed, or superseded by an earlier timer
-            conn.scheduled = NEVER
-            if conn.deadline <= now:
-                if conn.state != LINGERING:
-                    self._timed_out += 1
-                self._close(conn)
-            elif conn.deadline < NEVER:
-                self._set_deadline(conn, conn.deadline)
+        for conn in self._timers.expired(now):
+            if conn.state != LINGERING:
+                self._timed_out += 1
+            self._close(conn)
