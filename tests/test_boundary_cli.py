@@ -9,14 +9,17 @@ to real subprocesses of ``python -m xzatoma.cli``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +32,7 @@ from test_cli import chat, child_env, cli, ended, endpoint, free_port, one_error
 from xzatoma import Usage
 from xzatoma._hooks import BatchStarted, SubagentStarted
 from xzatoma._progress import BatchProgress
+from xzatoma._render import print_json
 
 CLI = [sys.executable, "-m", "xzatoma.cli"]
 KEY = "sk-live/Abc+123=xyz"
@@ -506,3 +510,206 @@ def test_a_prompt_that_is_not_utf8_is_one_line(server: CountingServer) -> None:
         b"xzatoma: error: --system-prompt is not valid UTF-8 (byte 0xfe at position 0)\n"
     )
     assert server.requests == []
+
+
+# -- round 2: what a hostile tester found in the committed work -----------------------------
+
+
+def flood(proc: subprocess.Popen[str], signum: int) -> tuple[str, str]:
+    """Send ``signum`` again and again until the process exits (a second signal at every
+    moment of its way out), then collect its output."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the process outlived a minute of signals"
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+        time.sleep(0.0005)  # pacing only: the order comes from the lines read before
+    return proc.communicate(timeout=60)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and FIFOs")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_before_the_work_starts_is_one_line(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    proc = popen("run", "-", "--config", str(fifo), stdin=subprocess.PIPE)
+    writer = os.open(fifo, os.O_WRONLY)  # returns once the command is reading its config
+    try:
+        out, err = flood(proc, signum)
+    finally:
+        os.close(writer)
+    said = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    assert (proc.returncode, out) == (128 + signum, "")
+    assert err == f"xzatoma: {said}; nothing had started\n"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_more_signals_while_the_batch_is_cancelled_change_nothing(
+    server: CountingServer, tmp_path: Path, signum: signal.Signals
+) -> None:
+    release = threading.Event()
+    finished_batch(server, release)
+    proc = popen(
+        "batch", str(tasks_file(tmp_path)), *endpoint(server), "--max-concurrent", "1", "--json"
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = read_until(proc.stderr, "[1/3] done a")
+    server.wait_requests(3)  # b's model call is held
+    try:
+        out, err = flood(proc, signum)
+    finally:
+        release.set()
+    assert proc.returncode == 128 + signum, "".join(seen) + err
+    assert "Traceback" not in err
+    report = json.loads(out)
+    assert (report["status"], report["signal"]) == ("interrupted", signum.name)
+    assert [row["label"] for row in report["finished"]] == ["a"]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_more_signals_during_the_linger_keep_the_run_s_exit_code(server: CountingServer) -> None:
+    server.add(chat("the answer"))
+    proc = popen("run", "hi", *endpoint(server), "--metrics-port", "0", "--metrics-linger", "600")
+    assert proc.stderr is not None
+    read_until(proc.stderr, "xzatoma: metrics stay at")
+    out, err = flood(proc, signal.SIGTERM)
+    assert (proc.returncode, out) == (0, "the answer\n")
+    assert "Traceback" not in err
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_cancels_the_demo_in_one_line(signum: signal.Signals) -> None:
+    proc = popen("demo", "--latency", "600")
+    assert proc.stdout is not None
+    read_until(proc.stdout, "  prompt: ")
+    out, err = flood(proc, signum)
+    said = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    assert proc.returncode == 128 + signum
+    assert err == f"xzatoma: {said}; the demo was cancelled\n"
+    assert "Result tree" not in out
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "env",
+    [{"LC_ALL": "C", "PYTHONUTF8": "0"}, {"PYTHONIOENCODING": "ascii:surrogateescape"}],
+    ids=["C-locale", "surrogateescape"],
+)
+def test_output_never_fails_to_encode_whatever_the_error_handler(
+    server: CountingServer, env: dict[str, str]
+) -> None:
+    server.add(chat("café ✓"))
+    base = {k: v for k, v in child_env().items() if k not in ("PYTHONIOENCODING", "LANG")}
+    done = run_cli("run", "hi", *endpoint(server), "--tree", env={**base, **env})
+    assert "Traceback" not in done.stderr.decode("ascii", "replace")
+    assert (done.returncode, done.stdout) == (0, b"caf\\xe9 \\u2713\n")
+    assert done.stderr.startswith(b"agent  complete")
+
+
+def shell(redirect: str, *argv: str) -> Any:
+    """The command run by ``sh`` with one standard stream closed (``<&-``, ``>&-``, ``2>&-``)."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {redirect}', "sh", *CLI, *argv],
+        capture_output=True, text=True, env=child_env(), timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="sh redirections")
+def test_closed_standard_streams_are_not_a_traceback(
+    server: CountingServer, tmp_path: Path
+) -> None:
+    done = shell("<&-", "run", "-", *endpoint(server))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert one_error_line(done.stderr) == (
+        "xzatoma: error: PROMPT is '-' but stdin is closed; pipe the prompt in or pass it"
+    )
+    server.add(*[chat("ok")] * 6)
+    done = shell(">&-", "batch", str(tasks_file(tmp_path)), *endpoint(server))
+    assert (done.returncode, done.stderr) == (0, "")
+    done = shell("2>&-", "run", "hi", "--base-url", f"http://127.0.0.1:{free_port()}/v1",
+                 "--model", "m", "--max-retries", "0")  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--request-timeout", "inf",
+         "provider.timeout_seconds must be a finite number (from --request-timeout inf)"),
+        ("--request-timeout", "1e309",
+         "provider.timeout_seconds must be a finite number (from --request-timeout inf)"),
+        ("--timeout", "inf", "agent.timeout_seconds must be a finite number (from --timeout inf)"),
+        ("--max-total-time", "inf",
+         "agent.subagent.max_total_time must be a finite number (from --max-total-time inf)"),
+        ("--max-retries", "101", "provider.max_retries cannot exceed 100 (from --max-retries 101)"),
+        ("--api-key-env", "",
+         "provider.api_key_env must name an environment variable; it is empty"),
+        ("--metrics-linger", "nan", "argument --metrics-linger: must be a finite number of "
+                                    "seconds, at least 0 (got 'nan')"),
+        ("--metrics-linger", "-5", "argument --metrics-linger: must be a finite number of "
+                                   "seconds, at least 0 (got '-5')"),
+        ("--metrics-linger", "inf", "argument --metrics-linger: must be a finite number of "
+                                    "seconds, at least 0 (got 'inf')"),
+    ],
+)  # fmt: skip
+def test_infinite_or_empty_values_are_refused_by_name(
+    capsys: pytest.CaptureFixture[str], server: CountingServer, flag: str, value: str,
+    message: str,
+) -> None:  # fmt: skip
+    code, out, err = cli(capsys, "run", "hi", *endpoint(server), flag, value)
+    assert (code, out) == (2, "")
+    assert message in one_error_line(err)
+    assert server.requests == []
+
+
+def test_line_separators_c1_and_bidi_are_escaped_in_every_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    label, output = "a\u2028b\u2029c\x85d", "first\u2028still first\nsecond"
+    stream = io.StringIO()
+    progress = BatchProgress(stream, live=False)
+    progress(BatchStarted(1, None, 1, 1))
+    progress(SubagentStarted(2, 1, label, 1))
+    progress(ended(2, 1, label, 1, "complete", None, 1, Usage(1, 1, 1, 2), output))
+    assert "[1/1] done a\\u2028b\\u2029c\\x85d (complete" in stream.getvalue()
+    progress.print_interrupted(1, as_json=False)
+    out = capsys.readouterr().out
+    assert "  a\\u2028b\\u2029c\\x85d: complete" in out
+    assert "    first\u2028still first\n    second\n" in out  # indented on "\n" only
+    raw = "\x9b31m \u202egnp \u2028 \u2029 \x7f \x85 \u2066"
+    print_json({"output": raw, "label": label}, sys.stdout)
+    text = capsys.readouterr().out
+    assert not re.search("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", text)
+    assert json.loads(text) == {"output": raw, "label": label}  # the exact text
+
+
+@pytest.mark.timeout(60)
+def test_fail_fast_against_an_unusable_endpoint_is_exit_2(
+    capsys: pytest.CaptureFixture[str], server: CountingServer, tmp_path: Path
+) -> None:
+    server.add(Reply(404, {"error": "no such model"}))
+    code, out, err = cli(
+        capsys, "batch", str(tasks_file(tmp_path)), *endpoint(server), "--fail-fast",
+        "--max-concurrent", "1", "--json",
+    )  # fmt: skip
+    assert code == 2
+    data = json.loads(out)
+    assert (data["failed"], data["cancelled"]) == (1, 2)
+    assert err.splitlines()[-1].startswith("xzatoma: error: the model endpoint is not usable")
+
+
+@pytest.mark.timeout(60)
+def test_a_byte_order_mark_on_stdin_is_not_sent(server: CountingServer) -> None:
+    server.add(chat("ok"))
+    done = run_cli("run", "-", *endpoint(server), input=b"\xef\xbb\xbfhello")
+    assert (done.returncode, done.stdout) == (0, b"ok\n")
+    assert server.requests[0].json()["messages"][-1]["content"] == "hello"

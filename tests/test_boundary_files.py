@@ -323,3 +323,132 @@ def test_a_flag_sets_the_subagent_provider_too() -> None:
     assert sub is not None
     assert (config.provider.max_retries, sub.max_retries) == (1, 1)
     assert (config.provider.timeout_seconds, sub.timeout_seconds) == (30, None)
+
+
+# -- round 2: what a hostile tester found in the committed work -----------------------------
+
+
+def refused(capsys: pytest.CaptureFixture[str], path: Path) -> str:
+    """The one error line ``config validate`` or ``batch`` prints for ``path``."""
+    if path.suffix == ".jsonl" or path.name.startswith("tasks"):
+        code = main(["batch", str(path), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"])
+    else:
+        code = main(["config", "validate", str(path)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.rstrip("\n")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tasks.yaml"])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x9b"], ids=["NUL", "ESC", "DEL", "CSI"])
+def test_a_raw_control_character_in_yaml_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, char: str
+) -> None:
+    text = f"# fine\nprovider: {{model: a{char}b}}\n"
+    if name.startswith("tasks"):
+        text = f"# fine\n- {{label: a{char}b, task_prompt: x}}\n"
+    path = write(tmp_path, name, text)
+    code = f"U+{ord(char):04X}"
+    assert refused(capsys, path) == (
+        f"xzatoma: error: {path}: invalid YAML at line 2: control character {code} is not "
+        "allowed (in a double-quoted string write it as an escape, e.g. \\x1b)"
+    )
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tasks.yaml"])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("9" * 5000, "Exceeds the limit (4300 digits) for integer string conversion: value has "
+                     "5000 digits"),
+        ("2024-13-45", "month must be in 1..12"),
+    ],
+    ids=["huge-int", "bad-date"],
+)  # fmt: skip
+def test_a_value_pyyaml_cannot_build_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, value: str, problem: str
+) -> None:
+    text = f"agent:\n  max_turns: {value}\n"
+    if name.startswith("tasks"):
+        text = f"- label: a\n  task_prompt: x\n  max_turns: {value}\n"
+    path = write(tmp_path, name, text)
+    line = 2 if name.startswith("config") else 3
+    assert refused(capsys, path) == (
+        f"xzatoma: error: {path}: invalid YAML at line {line}: {problem}"
+    )
+
+
+_BOUNDED_READ = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB: the old reader blew past it
+from xzatoma import ConfigError
+from xzatoma.config import load_config, load_tasks
+load = load_tasks if sys.argv[1].endswith(".jsonl") else load_config
+try:
+    load(sys.argv[1])
+except ConfigError as exc:
+    print(exc)
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform != "linux", reason="/dev/zero, RLIMIT_AS")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("config.yaml", "a configuration file may hold at most 1048576 bytes (1 MiB)"),
+        ("tasks.jsonl", "a tasks file may hold at most 67108864 bytes (64 MiB)"),
+    ],
+)
+def test_an_endless_file_is_refused_at_its_cap(tmp_path: Path, name: str, message: str) -> None:
+    path = tmp_path / name
+    path.symlink_to("/dev/zero")
+    done = subprocess.run(
+        [sys.executable, "-c", _BOUNDED_READ, str(path)],
+        capture_output=True, text=True, env=child_env(), timeout=50, check=False,
+    )  # fmt: skip
+    assert done.stdout == f"{path}: {message}; this one is bigger\n", done.stderr
+
+
+def test_a_config_file_just_over_the_cap_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    line = "#" * 1023 + "\n"
+    path = write(tmp_path, "config.yaml", line * 1024)  # exactly 1 MiB: fine
+    assert validate(capsys, path)[0] == 0
+    path = write(tmp_path, "config.yaml", line * 1024 + "\n")
+    assert refused(capsys, path).endswith("(1 MiB); this one is bigger")
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.jsonl", '\ufeff{"label": "a", "task_prompt": "x"}\n')
+    assert [task.label for task in load_tasks(path)] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("provider: {timeout_seconds: .inf}", "provider.timeout_seconds must be a finite number"),
+        ("agent: {timeout_seconds: .inf}", "agent.timeout_seconds must be a finite number"),
+        ("agent: {subagent: {timeout_seconds: .inf}}",
+         "agent.subagent.timeout_seconds must be a finite number"),
+        ("agent: {subagent: {max_total_time: -.inf}}",
+         "agent.subagent.max_total_time must be a finite number"),
+        ("agent: {subagent: {provider: {timeout_seconds: .inf}}}",
+         "agent.subagent.provider.timeout_seconds must be a finite number"),
+        ("provider: {max_retries: 101}", "provider.max_retries cannot exceed 100"),
+        ("agent: {subagent: {provider: {max_retries: 1000}}}",
+         "agent.subagent.provider.max_retries cannot exceed 100"),
+        ("provider: {api_key_env: ''}",
+         "provider.api_key_env must name an environment variable; it is empty"),
+    ],
+)  # fmt: skip
+def test_infinite_numbers_and_empty_names_are_refused_by_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, "c.yaml", text + "\n")
+    assert refused(capsys, path) == f"xzatoma: error: {path}: {message}"

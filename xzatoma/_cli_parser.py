@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any, NoReturn
 
 from .config import DEFAULT_BASE_URLS
@@ -71,6 +72,21 @@ _HELP = {
     ),
 }
 
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds, at least 0 (``inf`` or ``nan`` would linger forever or
+    not at all)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds, at least 0 (got {text!r})"
+        )
+    return value
+
+
 # (flag, type, metavar, help); dest is the flag's name, an override key of the config.
 _ENDPOINT = [
     ("--config", str, "FILE", "YAML configuration file (docs/configuration.md)"),
@@ -93,7 +109,7 @@ _LIMITS = [
 _METRICS = [
     ("--metrics-port", int, "PORT", "serve Prometheus /metrics on this port (0: any free)"),
     ("--metrics-host", str, "HOST", "interface to serve /metrics on (default 127.0.0.1)"),
-    ("--metrics-linger", float, "SECONDS", "keep serving /metrics this long after the run"),
+    ("--metrics-linger", _seconds, "SECONDS", "keep serving /metrics this long after the run"),
 ]
 
 

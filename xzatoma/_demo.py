@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
+from ._interrupt import until_signal
 from ._limits import QuotaLimits, QuotaStatistics
 from ._render import format_tree
 from ._result import RunResult
@@ -211,7 +212,8 @@ async def scenario(latency: float = 0.0) -> tuple[RunResult, QuotaStatistics]:
 
 def run_demo(server: MetricsServer, *, latency: float, out: TextIO) -> int:
     """Run :func:`scenario` with ``/metrics`` served by ``server`` (``.url``), print it all;
-    returns 0 when the root answered."""
+    returns 0 when the root answered. A SIGINT or SIGTERM cancels the scenario and raises
+    :class:`~xzatoma._interrupt.Interrupted`."""
 
     def show(text: str = "") -> None:
         print(text, file=out, flush=True)
@@ -223,7 +225,7 @@ def run_demo(server: MetricsServer, *, latency: float, out: TextIO) -> int:
     )
     show(f"  metrics: {server.url}")
     show(f"  prompt: {PROMPT}")
-    result, quota = anyio.run(scenario, latency)
+    result, quota = until_signal(lambda: scenario(latency))  # a signal: Interrupted
     show("\nResult tree (label, status, depth, turns, own tokens):")
     for line in format_tree(result):
         show(f"  {line}")
@@ -233,7 +235,7 @@ def run_demo(server: MetricsServer, *, latency: float, out: TextIO) -> int:
         f"{quota.executions}/{MAX_EXECUTIONS} executions used"
     )
     show("\nFinal answer:")
-    for line in result.output.splitlines():
+    for line in result.output.split("\n"):
         show(f"  {line}")
     show(f"\nMetrics scraped from {server.url} (subagent_* series; buckets left out):")
     for line in metric_lines(_scrape(server.url)):

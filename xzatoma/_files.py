@@ -1,10 +1,15 @@
 """Reading the user's files (configuration, tasks): text, YAML, and values quoted in errors.
 
-YAML is parsed into nodes first and checked before any Python value is built: aliases
-(``*name``) may repeat at most :data:`MAX_ALIAS_NODES` nodes in all, so a few hundred bytes
-of "billion laughs" fail at once instead of expanding to gigabytes; a key given twice in one
-mapping is an error naming it and its lines (PyYAML would keep the last one silently). Every
-value quoted in an error is cut by :func:`shown`, so no message repeats a huge input.
+A file is read up to a cap (:data:`MAX_CONFIG_BYTES`, :data:`MAX_TASKS_BYTES`), so
+``/dev/zero`` or a runaway generator is an error, not a hang that eats memory; a leading
+UTF-8 byte order mark is dropped. YAML is parsed into nodes first and checked before any
+Python value is built: aliases (``*name``) may repeat at most :data:`MAX_ALIAS_NODES` nodes in
+all, so a few hundred bytes of "billion laughs" fail at once instead of expanding to
+gigabytes; a key given twice in one mapping is an error naming it and its lines (PyYAML would
+keep the last one silently). Whatever PyYAML raises while reading (a raw control character,
+an integer too long to convert, nesting too deep) is one :class:`ConfigError` line naming the
+file and the line. Every value quoted in an error is cut by :func:`shown`, so no message
+repeats a huge input.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from typing import Any
 
 import yaml
 
+from ._terminal import one_line
 from .errors import ConfigError
 
 __all__ = (
     "MAX_ALIAS_NODES",
+    "MAX_CONFIG_BYTES",
+    "MAX_TASKS_BYTES",
     "SHOWN_CHARS",
     "YamlDocument",
     "load_yaml",
@@ -29,6 +37,12 @@ __all__ = (
 
 MAX_ALIAS_NODES = 10_000
 """Nodes that aliases may add to a YAML document, beyond the ones written out in it."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest configuration file read (1 MiB): real ones are a few hundred bytes."""
+
+MAX_TASKS_BYTES = 64 << 20
+"""The largest tasks file read (64 MiB): thousands of long prompts, still parsed in seconds."""
 
 SHOWN_CHARS = 80
 """The longest excerpt of a value an error message quotes."""
@@ -50,17 +64,28 @@ def readable(message: str) -> str:
     return message[0].lower() + message[1:] if message else message
 
 
-def read_text(path: Path, what: str) -> str:
-    """The file as UTF-8 text, line ends untouched; a missing or unreadable file, or one
-    that is not UTF-8, is a one-line :class:`ConfigError` naming ``path``."""
+def read_text(path: Path, what: str, limit: int) -> str:
+    """The file as UTF-8 text, line ends untouched, a leading byte order mark dropped.
+
+    At most ``limit`` bytes are read (one more, to tell a file of exactly ``limit`` from a
+    bigger one), so a device or an endless pipe cannot hold the command. A missing,
+    unreadable or bigger file, or one that is not UTF-8, is a one-line :class:`ConfigError`
+    naming ``path``.
+    """
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what} file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ConfigError(
+            f"{path}: a {what} file may hold at most {limit} bytes ({limit >> 20} MiB); "
+            "this one is bigger"
+        )
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start})"
@@ -82,25 +107,63 @@ def load_yaml(path: Path, text: str) -> YamlDocument:
     duplicate keys refused.
 
     Raises:
-        ConfigError: Invalid YAML (with its line), an alias bomb, a key given twice, or
-            nesting too deep to parse; the message starts with ``path``.
+        ConfigError: Invalid YAML (with its line), an alias bomb, a key given twice, a value
+            PyYAML cannot build (a raw control character, an integer of more than 4300
+            digits), or nesting too deep to parse; the message starts with ``path``.
     """
-    loader = yaml.SafeLoader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # reads the whole text: a raw control character fails here
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(None, None)
         _check(path, node)
         return YamlDocument(loader.construct_document(node), node)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            f"{path}: invalid YAML at line {line}: control character U+{exc.character:04X} is "
+            "not allowed (in a double-quoted string write it as an escape, e.g. \\x1b)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem[:200]}") from None
+        raise ConfigError(f"{path}: invalid YAML{where}: {one_line(problem)[:200]}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    except _Unbuildable as exc:
+        raise ConfigError(
+            f"{path}: invalid YAML at line {exc.line}: {one_line(exc.problem)[:200]}"
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+class _Unbuildable(Exception):
+    """A node PyYAML parsed but could not turn into a value (say an integer of 5000 digits,
+    past Python's conversion limit): what went wrong, and the node's line."""
+
+    def __init__(self, problem: str, line: int) -> None:
+        self.problem = problem
+        self.line = line
+
+
+_LoaderBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 50x faster
+
+
+class _Loader(_LoaderBase):  # type: ignore[misc]  # PyYAML ships no annotations
+    """The safe loader (libyaml's when installed), its errors tied to the node's line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            if isinstance(exc, (yaml.YAMLError, ConfigError)):
+                raise
+            problem = str(exc).split(";")[0]  # not Python's advice (set_int_max_str_digits)
+            raise _Unbuildable(problem, node.start_mark.line + 1) from None
 
 
 def _check(path: Path, root: yaml.Node) -> None:

@@ -1,26 +1,48 @@
 """SIGINT and SIGTERM during a command: cancel the tree, keep what finished, say so.
 
-The signals are received inside the event loop (``anyio.open_signal_receiver``), so the
-first one cancels the run's task group like any other cancellation: every subagent is
-cancelled, the events of the tasks that had finished are kept, and the command prints them
-(:func:`print_interrupted`) and exits ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
+One Python-level handler (:func:`handling_signals`) owns both signals from the moment the
+command line starts until it returns, so neither ever ends in Python's default handling (a
+``KeyboardInterrupt`` traceback, or death by SIGTERM with every finished result lost):
+
+- before the work starts (reading the prompt from stdin, loading files), a signal raises
+  :class:`Interrupted`, which the command reports as one line;
+- while the work runs (:func:`until_signal`), the handler only writes the signal's number to
+  a socket the event loop watches: the first cancels the work's task group like any other
+  cancellation (every subagent cancelled, the events of the finished ones kept, printed by
+  :func:`print_interrupted`); a second one, however soon, changes nothing;
+- once the work has ended, a signal changes nothing either: the report is printed and the
+  command exits with its own code; during ``--metrics-linger`` a signal ends the linger.
+
+An interrupted command exits ``128 + signal``: 130 for SIGINT, 143 for SIGTERM. asyncio's
+own signal receivers are not used: closing one resets the signal to its default action,
+which left windows where a second signal killed the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from types import FrameType
 from typing import TextIO, TypeVar
 
 import anyio
-import anyio.abc
 
 from ._hooks import SubagentEnded
 from ._render import describe_status, print_json
 from ._terminal import printable
 
-__all__ = ("SIGNALS", "Interrupted", "cancel_on_signals", "linger", "print_interrupted")
+__all__ = (
+    "SIGNALS",
+    "Interrupted",
+    "handling_signals",
+    "linger",
+    "print_interrupted",
+    "until_signal",
+)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """What ends a command early: Ctrl-C, and what ``kill``, systemd or Kubernetes send."""
@@ -42,43 +64,97 @@ class Interrupted(Exception):
         return 128 + self.signum
 
 
-async def cancel_on_signals(work: Callable[[], Awaitable[_T]]) -> _T:
-    """Run ``work``; the first SIGINT or SIGTERM cancels it and raises :class:`Interrupted`.
+class _Handler:
+    """What a signal does now: raise (before the work), wake the loop (during), nothing
+    (after)."""
 
-    The receiver is installed before ``work`` starts, so a signal sent once the command
-    has reported anything is always caught here, never by Python's default handling
-    (which would kill the process on SIGTERM and lose every finished result).
+    def __init__(self) -> None:
+        self.raising = True
+        self.wake: socket.socket | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        wake = self.wake
+        if wake is not None:
+            with contextlib.suppress(OSError):  # a full buffer: a signal is pending anyway
+                wake.send(bytes([signum]))
+        elif self.raising:
+            self.raising = False
+            raise Interrupted(signum)
+
+
+_handler = _Handler()
+
+
+@contextlib.contextmanager
+def handling_signals(*, restore: bool = True) -> Iterator[None]:
+    """Own SIGINT and SIGTERM while the block runs (the whole command).
+
+    Afterwards the previous handlers come back, or, with ``restore=False`` (the process is
+    about to exit: the console script), both signals are ignored, so one that arrives while
+    the interpreter shuts down cannot change the exit status. Outside the main thread, where
+    Python cannot install handlers, signals keep their default handling.
     """
+    global _handler
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _handler = _Handler()
+    previous = {signum: signal.signal(signum, _handler) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if restore else signal.SIG_IGN)
+
+
+def until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
+    """``anyio.run(work)``; the first SIGINT or SIGTERM cancels it and raises
+    :class:`Interrupted`. The command's work is over afterwards, whatever the outcome:
+    later signals change nothing (see the module docstring)."""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    _handler.wake = writer
+    try:
+        return anyio.run(_cancel_on_signal, work, reader)
+    finally:
+        _handler.raising = False  # first: a signal in between must not raise
+        _handler.wake = None
+        reader.close()
+        writer.close()
+
+
+async def _cancel_on_signal(work: Callable[[], Awaitable[_T]], signals: socket.socket) -> _T:
     caught: list[int] = []
     result: list[_T] = []
 
-    async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(*SIGNALS) as signals:
-            task_status.started()
-            async for signum in signals:
-                caught.append(signum)
-                group.cancel_scope.cancel()
-                return
+    async def watch() -> None:
+        await anyio.wait_readable(signals)
+        caught.append(signals.recv(1)[0])
+        group.cancel_scope.cancel()
 
     async with anyio.create_task_group() as group:
-        await group.start(watch)
+        group.start_soon(watch)
         result.append(await work())
-        group.cancel_scope.cancel()  # the work is done: stop watching
-    if caught:
-        raise Interrupted(caught[0])
-    return result[0]
+        group.cancel_scope.cancel()  # the work is done: a signal now changes nothing
+    if result:
+        return result[0]
+    raise Interrupted(caught[0])
 
 
-async def linger(seconds: float, announcement: str) -> None:
+def linger(seconds: float, announcement: str) -> None:
     """Sleep ``seconds`` (``--metrics-linger``); a SIGINT or SIGTERM ends it early.
 
-    ``announcement`` is printed on stderr once the signals are being listened for, so
-    whoever reads it may signal at once.
+    ``announcement`` is printed on stderr once signals are being listened for, so whoever
+    reads it may signal at once.
     """
-    with anyio.move_on_after(seconds), anyio.open_signal_receiver(*SIGNALS) as signals:
+
+    async def sleep() -> None:
         print(announcement, file=sys.stderr, flush=True)
-        async for _ in signals:
-            return
+        await anyio.sleep(seconds)
+
+    with contextlib.suppress(Interrupted):
+        until_signal(sleep)
 
 
 def print_interrupted(
@@ -128,4 +204,6 @@ def print_interrupted(
 
 
 def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
+    # On "\n" only: splitlines() would also break at U+2028, U+0085 and other characters
+    # that printable() shows as escapes or keeps, and the output would not be the same text.
+    return "\n".join("    " + line for line in text.removesuffix("\n").split("\n"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from ._files import load_yaml, read_text, readable, shown
+from ._files import MAX_TASKS_BYTES, load_yaml, read_text, readable, shown
 from ._subagent_models import SubagentTask
 from .errors import ConfigError
 
@@ -34,7 +34,7 @@ def load_tasks(path: str | os.PathLike[str]) -> list[SubagentTask]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".yaml", ".yml"):
         raise ConfigError(f"{path}: a tasks file must end in .jsonl, .yaml or .yml")
-    text = read_text(path, "tasks")
+    text = read_text(path, "tasks", MAX_TASKS_BYTES)
     items = _jsonl_items(path, text) if suffix == ".jsonl" else _yaml_items(path, text)
     if not items:
         raise ConfigError(f"{path}: no tasks")

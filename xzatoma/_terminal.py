@@ -4,8 +4,9 @@ A model's label or output, or an endpoint's error body, may hold escape sequence
 control characters, bidi overrides that reorder what the reader sees, or lone surrogates
 no encoding can write. :func:`printable` is the one place such text is made safe to print;
 every printer of the command line calls it. ``--json`` keeps the exact text instead
-(:func:`json_text`), and :func:`tolerant_streams` makes sure no print can end in a
-``UnicodeEncodeError``, whatever encoding stdout has.
+(:func:`json_text`, with the same characters as JSON escapes), and :func:`tolerant_streams`
+makes sure no print can end in a ``UnicodeEncodeError`` (whatever encoding and error
+handler the streams have) or fail on a stream the shell closed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -23,11 +25,13 @@ __all__ = ("json_text", "one_line", "printable", "tolerant_streams")
 # Invisible or dangerous on a terminal: C0 controls, DEL, C1 controls, bidi marks, overrides
 # and isolates, and lone surrogates (text decoded with surrogateescape, or an endpoint's
 # "\ud800"). Multi-line text keeps its newlines and tabs; one-line contexts escape them too.
+# U+2028 and U+2029 (line and paragraph separators) break lines for some readers: one-line
+# contexts and JSON documents escape them too.
 _DANGEROUS = "\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 _MULTI_LINE = re.compile(f"[\x00-\x08\x0b-\x1f{_DANGEROUS}]")
-_ONE_LINE = re.compile(f"[\x00-\x1f{_DANGEROUS}]")
+_ONE_LINE = re.compile(f"[\x00-\x1f\u2028\u2029{_DANGEROUS}]")
+_IN_JSON = re.compile(f"[\u2028\u2029{_DANGEROUS}]")  # json.dumps escapes C0 itself
 _SPACES = re.compile(r"[ \t\n\r\f\v]+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -60,31 +64,47 @@ def json_text(data: object, stream: TextIO) -> str:
     r"""``data`` as indented JSON that keeps the exact text and can always be written.
 
     Non-ASCII text stays readable when ``stream`` writes UTF-8 or has no encoding (an
-    ``io.StringIO``), else it is ``\uXXXX`` escaped; a lone surrogate, which no UTF
-    encoding can write, becomes its JSON escape (``\ud800``), which a JSON reader decodes
-    back to the same string.
+    ``io.StringIO``), else it is ``\uXXXX`` escaped. What could act on a terminal (DEL,
+    the C1 controls such as the 8-bit CSI U+009B, bidi marks and overrides, U+2028 and
+    U+2029) and lone surrogates, which no UTF encoding can write, are written as their JSON
+    escapes (``\u009b``, ``\ud800``): a JSON reader decodes them back to the same string.
     """
     encoding = (getattr(stream, "encoding", None) or "utf-8").lower()
     text = json.dumps(data, indent=2, ensure_ascii=not encoding.startswith("utf"))
-    if _SURROGATE.search(text):  # only inside JSON strings, where \uXXXX is their escape
-        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if _IN_JSON.search(text):  # only inside JSON strings, where \uXXXX is their escape
+        text = _IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text
+
+
+_NEVER_RAISE = frozenset({"backslashreplace", "replace", "xmlcharrefreplace", "namereplace"})
+"""Error handlers that write every character somehow (``surrogateescape`` does not: it
+only writes the surrogates it made, and raises on ``é`` under an ASCII locale)."""
 
 
 @contextlib.contextmanager
 def tolerant_streams() -> Iterator[None]:
-    r"""While a command runs, stdout (like stderr already) writes what its encoding cannot
-    encode as a backslash escape (``é`` as ``\xe9`` under ``PYTHONIOENCODING=ascii``)
-    instead of raising ``UnicodeEncodeError`` after the work is done."""
+    r"""While a command runs, stdout and stderr write what their encoding cannot encode as a
+    backslash escape (``é`` as ``\xe9`` under ``LC_ALL=C``) instead of raising
+    ``UnicodeEncodeError`` after the work is done, whatever error handler they had; and a
+    stream the shell closed (``>&-``, which leaves ``sys.stdout`` None) writes to
+    ``os.devnull``, so the command carries on without that output."""
     changed: list[tuple[io.TextIOWrapper, str]] = []
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+    replaced: list[tuple[str, TextIO | None]] = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            replaced.append((name, stream))
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+        elif isinstance(stream, io.TextIOWrapper) and stream.errors not in _NEVER_RAISE:
             with contextlib.suppress(ValueError, OSError):  # closed or detached
+                changed.append((stream, stream.errors or "strict"))
                 stream.reconfigure(errors="backslashreplace")
-                changed.append((stream, "strict"))
     try:
         yield
     finally:
         for stream, errors in changed:
             with contextlib.suppress(ValueError, OSError):
                 stream.reconfigure(errors=errors)
+        for name, original in replaced:
+            getattr(sys, name).close()
+            setattr(sys, name, original)

@@ -3,7 +3,8 @@
 Exit codes: 0 complete, 1 failed, 2 usage or configuration error (also an unusable model
 endpoint), 3 incomplete (out of turns), 130 interrupted (SIGINT, Ctrl-C), 143 terminated
 (SIGTERM). Every error the user can fix is one ``xzatoma: error: ...`` line on stderr, never
-a traceback; text from a model or an endpoint is escaped before it reaches the terminal.
+a traceback; so is a signal, whenever it comes (:mod:`xzatoma._interrupt`); text from a model
+or an endpoint is escaped before it reaches the terminal.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
@@ -23,7 +24,7 @@ from ._agent import RunState
 from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser
 from ._cli_parser import flag_names as _flag_names
 from ._hooks import Hook
-from ._interrupt import Interrupted, cancel_on_signals, linger, print_interrupted
+from ._interrupt import Interrupted, handling_signals, linger, print_interrupted, until_signal
 from ._progress import BatchProgress, Finished
 from ._render import batch_dict, print_batch, print_json, print_run
 from ._result import RunResult
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ("build_parser", "main")
 
-_T = TypeVar("_T")
 
 # Arguments that name files: any bytes the file system allows, not text sent to a model.
 _PATH_ARGUMENTS = frozenset({"file", "config"})
@@ -50,7 +50,21 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (the console script exits with it)."""
+    """Run the command line; returns the exit code (the console script exits with it).
+
+    ``argv`` None means the process's own arguments: this is the console script, which
+    exits next, so SIGINT and SIGTERM stay ignored after the command (see
+    :func:`~xzatoma._interrupt.handling_signals`); with ``argv`` given (Python, tests) the
+    previous handlers come back.
+    """
+    with handling_signals(restore=argv is not None):
+        try:
+            return _main(argv)
+        except Interrupted as why:  # before the work started (say, reading the prompt)
+            return _interrupted(why, "nothing had started")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -103,7 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         host = args.metrics_host or "127.0.0.1"
         with serve_metrics(host, args.metrics_port, announce=False) as server:
-            code = run_demo(server, latency=args.latency, out=sys.stdout)
+            try:
+                code = run_demo(server, latency=args.latency, out=sys.stdout)
+            except Interrupted as why:
+                return _interrupted(why, "the demo was cancelled")
             _linger(server, args.metrics_linger)
         return code
     config = _configure(args)
@@ -153,6 +170,8 @@ def _prompt(given: str) -> str:
     """PROMPT, or stdin's bytes for ``-``, as valid UTF-8 text that is not blank."""
     if given != "-":
         prompt = given
+    elif sys.stdin is None:  # `<&-`: the shell closed it
+        raise UsageError("PROMPT is '-' but stdin is closed; pipe the prompt in or pass it")
     elif hasattr(sys.stdin, "buffer"):
         raw = sys.stdin.buffer.read()
         try:
@@ -164,6 +183,7 @@ def _prompt(given: str) -> str:
             ) from None
     else:  # a text stream without bytes underneath (a test's StringIO)
         prompt = _utf8(sys.stdin.read(), "PROMPT")
+    prompt = prompt.removeprefix("\ufeff")  # an editor's byte order mark is not the task
     if not prompt.strip():
         raise UsageError("PROMPT is empty")
     return prompt
@@ -202,13 +222,21 @@ async def _close(runtime: Runtime) -> None:
 
 
 def _endpoint_error(results: Sequence[RunResult]) -> str | None:
-    """The rule for "unusable endpoint": every run failed at its very first model call."""
+    """The rule for "unusable endpoint": no run got an answer, at least one failed at its
+    very first model call with a provider error, and every other one did too or was
+    cancelled before any model call returned (``--fail-fast`` cancels the rest of a batch
+    at the first failure, so they never had the chance)."""
+    first = None
     for r in results:
+        if r.status == "cancelled" and r.turns == 0:
+            continue
         if not (r.status == "failed" and r.error_type == "execution_failed" and r.turns == 0):
             return None
         if not (r.error or "").startswith("provider "):
             return None
-    return f"the model endpoint is not usable: {results[0].error}" if results else None
+        if first is None:
+            first = r
+    return f"the model endpoint is not usable: {first.error}" if first else None
 
 
 def _interrupted(why: Interrupted, what: str) -> int:
@@ -236,7 +264,7 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
 
     with _metrics_for(config) as server:
         try:
-            result = _until_signal(go)
+            result = until_signal(go)
         except Interrupted as why:
             print_interrupted(
                 finished.finished, why, as_json=args.json, partial_output=state.output
@@ -271,7 +299,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
 
     with _metrics_for(config) as server:
         try:
-            batch = _until_signal(go)
+            batch = until_signal(go)
         except Interrupted as why:
             progress.close()
             print_interrupted(progress.finished, why, as_json=args.json, total=len(tasks))
@@ -289,14 +317,6 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
     if batch.failed or batch.cancelled:
         return EXIT_FAILED
     return EXIT_INCOMPLETE if any(r.status == "incomplete" for r in batch.results) else EXIT_OK
-
-
-def _until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
-    """``anyio.run(work)`` that a SIGINT or SIGTERM cancels (raising :class:`Interrupted`)."""
-    try:
-        return anyio.run(cancel_on_signals, work)
-    except KeyboardInterrupt:  # Ctrl-C before the event loop was listening
-        raise Interrupted(signal.SIGINT) from None
 
 
 def _metrics_for(config: XzatomaConfig) -> contextlib.AbstractContextManager[MetricsServer | None]:
@@ -326,8 +346,7 @@ def _linger(server: MetricsServer | None, seconds: float) -> None:
     early (the command keeps the exit code of its run)."""
     if server is None or not seconds > 0:
         return
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(linger, seconds, f"xzatoma: metrics stay at {server.url} for {seconds:g} s")
+    linger(seconds, f"xzatoma: metrics stay at {server.url} for {seconds:g} s")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from. Precedence is command line > file > defaults (see :func:`apply_overrides`)
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal, TypeGuard
 
 import pydantic
 
-from ._files import load_yaml, read_text, readable, shown
+from ._files import MAX_CONFIG_BYTES, load_yaml, read_text, readable, shown
 from ._limits import QuotaLimits
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from ._tasks_file import load_tasks
@@ -28,6 +29,7 @@ from .providers.openai import clean_api_key, validate_base_url
 
 __all__ = (
     "DEFAULT_BASE_URLS",
+    "MAX_RETRIES",
     "OVERRIDE_KEYS",
     "PROVIDER_DEFAULTS",
     "AgentSettings",
@@ -61,12 +63,17 @@ PROVIDER_DEFAULTS: Mapping[str, float | int] = {
 """What ``provider.timeout_seconds``, ``max_retries`` and ``max_response_bytes`` are when
 neither the file nor the command line sets them."""
 
-# What each accepts, and the words of its message (NaN is not greater than 0 either).
-_PROVIDER_LIMITS: Mapping[str, tuple[Callable[[float], bool], str]] = {
-    "timeout_seconds": (lambda v: v > 0, "must be greater than 0"),
-    "max_retries": (lambda v: v >= 0, "must be at least 0"),
-    "max_response_bytes": (lambda v: v >= 1024, "must be at least 1024 bytes"),
-}
+MAX_RETRIES = 100
+"""The most retries ``provider.max_retries`` may ask for: more is a typo, not a policy."""
+
+# What each key accepts, and the words of its message, in the order checked (NaN is not
+# greater than 0 either; an infinity is refused by every float key, see _finite).
+_PROVIDER_LIMITS: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("timeout_seconds", lambda v: v > 0, "must be greater than 0"),
+    ("max_retries", lambda v: v >= 0, "must be at least 0"),
+    ("max_retries", lambda v: v <= MAX_RETRIES, f"cannot exceed {MAX_RETRIES}"),
+    ("max_response_bytes", lambda v: v >= 1024, "must be at least 1024 bytes"),
+)
 
 _API_KEY_HINT = (
     "an API key is never read from a file or a flag; put the name of the environment "
@@ -195,6 +202,7 @@ class XzatomaConfig(_Section):
 
     def check(self) -> None:
         """Check the limits pydantic's types cannot express (the section 6 messages)."""
+        _finite(self, "")
         self.subagent_config()
         self.quota_limits()
         p, a = "agent.subagent", self.agent
@@ -209,7 +217,11 @@ class XzatomaConfig(_Section):
                 continue
             if section.base_url is not None:
                 validate_base_url(section.base_url, what=f"{name}.base_url")
-            for key, (accepts, words) in _PROVIDER_LIMITS.items():
+            if section.api_key_env is not None and not section.api_key_env.strip():
+                raise ConfigError(
+                    f"{name}.api_key_env must name an environment variable; it is empty"
+                )
+            for key, accepts, words in _PROVIDER_LIMITS:
                 value = getattr(section, key)
                 if value is not None and not accepts(value):
                     raise ConfigError(f"{name}.{key} {words}")
@@ -288,6 +300,16 @@ class XzatomaConfig(_Section):
         )
 
 
+def _finite(section: pydantic.BaseModel, prefix: str) -> None:
+    """Refuse an infinity in any number of seconds (``.inf``, ``1e309``): it would wait
+    forever, and the core refuses it later with a message that lacks the key."""
+    for name, value in section:
+        if isinstance(value, pydantic.BaseModel):
+            _finite(value, f"{prefix}{name}.")
+        elif isinstance(value, float) and math.isinf(value):
+            raise ConfigError(f"{prefix}{name} must be a finite number")
+
+
 def _describe(exc: pydantic.ValidationError) -> str:
     """The first problem, named by its dotted key."""
     error = exc.errors(include_url=False)[0]
@@ -327,7 +349,7 @@ def load_config(path: str | os.PathLike[str]) -> XzatomaConfig:
     invalid YAML, an unknown key or an invalid value. An empty file is all defaults.
     """
     path = Path(path)
-    data = load_yaml(path, read_text(path, "configuration")).data
+    data = load_yaml(path, read_text(path, "configuration", MAX_CONFIG_BYTES)).data
     try:
         return XzatomaConfig.from_dict({} if data is None else data)
     except ConfigError as exc:
