@@ -1,4 +1,4 @@
-"""The OpenAI provider at the boundary (issue 11: items 1, 2, 3, 4, 9, 13 and 16).
+"""The OpenAI provider at the boundary (issue 11: items 1, 2, 3, 4, 9, 13 and 16, and round 2).
 
 Every misbehaving endpoint here is a real server on 127.0.0.1: the scripted one from
 ``_http_server`` for whole replies, and a raw-socket one (below) for what ``http.server``
@@ -8,10 +8,12 @@ cannot do: drip bytes, send an endless chunked body, a gzip bomb, echo a header 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -331,6 +333,9 @@ BAD_USAGE: dict[str, Any] = {
     "string": {"prompt_tokens": "12", "completion_tokens": "3", "total_tokens": "15"},
     "not an object": [12, 3, 15],
     "missing": None,
+    # Zeros for a request and a reply that hold text: "nothing counted", not a count.
+    "zeros": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    "zeros, total left out": {"prompt_tokens": 0, "completion_tokens": 0},
 }
 
 
@@ -395,7 +400,7 @@ def usage_reply(usage: Any, *, content: str | None = None, spawn: str | None = N
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("case", ["negative", "float", "boolean", "missing"])
+@pytest.mark.parametrize("case", ["negative", "float", "boolean", "missing", "zeros"])
 @pytest.mark.anyio
 async def test_bad_usage_cannot_get_subagents_past_a_token_limit(
     case: str, server: ScriptedHTTPServer, provider_for: Any
@@ -786,3 +791,357 @@ def test_one_provider_serves_consecutive_event_loops(
     assert unraisable == [], "a dropped client leaked sockets or warnings"
     # Each loop closed its own client when it ended: the server saw every connection go.
     assert all(server.wait_connection_closed(10) for _ in range(3))
+
+
+# == Round 2: the classes a hostile tester found open after the first round ===================
+
+PLAIN_KEY = "sk-proj-abcDEF123456_ghiJKL789"
+"""A key no encoding changes, so each of its fragments has exactly one spelling."""
+
+
+def leaked_fragment(text: str, key: str = PLAIN_KEY) -> str | None:
+    """The longest start of ``key``, four characters or more, found in ``text``."""
+    return next((key[:n] for n in range(len(key), 3, -1) if key[:n].lower() in text.lower()), None)
+
+
+def padded_to_cut(key_chars: int, *, before: bytes = b"") -> bytes:
+    """A body whose first 4096 bytes end with the first ``key_chars`` characters of the key."""
+    padding = b" " * (4096 - len(before) - key_chars)
+    return before + padding + PLAIN_KEY.encode() + b" and more"
+
+
+# -- R1. a key cut in half where a text is cut -----------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key_chars", [4, 9, 16, len(PLAIN_KEY) - 1])
+@pytest.mark.parametrize("where", ["error body", "malformed 200 body"])
+@pytest.mark.anyio
+async def test_a_key_cut_where_a_body_is_cut_leaves_no_fragment(
+    where: str, key_chars: int, provider_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    if where == "error body":
+        body, status = padded_to_cut(key_chars), "400 Bad Request"
+    else:
+        body, status = padded_to_cut(key_chars, before=b"not json:"), "200 OK"
+
+    def script(request: RawRequest, send: Sender) -> None:
+        send(head(status, Content_Length=str(len(body))) + body)
+
+    with raw_server(script) as srv:
+        provider = provider_for(srv.url, api_key=PLAIN_KEY, max_retries=0)
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+    message = str(info.value)
+    assert ("HTTP 400" if where == "error body" else "malformed reply") in message
+    assert leaked_fragment(message) is None, f"{leaked_fragment(message)!r} left in {message}"
+    assert message.endswith("[redacted]")
+
+
+# -- R2. zero usage for text that is there ---------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_a_zero_count_is_estimated_only_where_there_was_text(
+    server: ScriptedHTTPServer, provider_for: Any
+) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "é" * 6}}
+    zero_out = {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}
+    server.add(
+        Reply(body=with_usage("", zero_out, tool_calls=[call])),  # a reply with a tool call
+        Reply(body=with_usage("", {"prompt_tokens": 0, "completion_tokens": 0})),  # no text
+    )
+    provider = provider_for(server.url)
+    with_call = await provider.complete([Message.user(PROMPT)], [])
+    empty = await provider.complete([Message.user("")], [])
+    assert with_call.usage == Usage(1, 12, 3, 15, estimated=True)  # 12 bytes of "é"
+    assert empty.usage == Usage(1, 0, 0, 0), "a zero for no text at all is a real count"
+
+
+# -- R3. what follows the end of a gzip member -----------------------------------------------
+
+JUNK_LIMIT = 4 * MiB
+"""Where the junk really ends, so the old code (which kept it all) finished too."""
+
+
+def compressed_then(member: bytes, frame: bytes, encoding: str = "gzip") -> Script:
+    """A chunked reply: ``member``, then ``frame`` again and again until ``JUNK_LIMIT``."""
+
+    def script(request: RawRequest, send: Sender) -> None:
+        start = head(Content_Encoding=encoding, Transfer_Encoding="chunked")
+        send(start + b"%x\r\n%s\r\n" % (len(member), member))
+        sent = 0
+        while sent < JUNK_LIMIT and send(b"%x\r\n%s\r\n" % (len(frame), frame)):
+            sent += len(frame)
+        send(b"0\r\n\r\n")
+
+    return script
+
+
+def packed(data: bytes, encoding: str) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.anyio
+async def test_junk_after_the_compressed_data_is_refused(encoding: str, provider_for: Any) -> None:
+    member = packed(json.dumps(chat_body("fine")).encode(), encoding)
+    with raw_server(compressed_then(member, b"J" * 65536, encoding)) as srv:
+        provider = provider_for(srv.url, max_response_bytes=1024)
+        with memory_peak() as peak, pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+    message = str(info.value)
+    assert message.startswith(f"reply from {srv.url}/chat/completions is not valid {encoding}")
+    expected = "do not start another member" if encoding == "gzip" else "follow the end"
+    assert expected in message
+    assert peak[0] < 2 * MiB, f"{peak[0] / MiB:.1f} MiB held for a 1 KiB cap"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.anyio
+async def test_a_body_of_empty_gzip_members_is_bounded_by_its_compressed_size(
+    provider_for: Any,
+) -> None:
+    empty = packed(b"", "gzip")
+    with raw_server(compressed_then(empty, empty * 3000)) as srv:
+        provider = provider_for(srv.url, max_response_bytes=1024)
+        with memory_peak() as peak, pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+    assert "exceeded max_response_bytes (1024 bytes)" in str(info.value)
+    assert peak[0] < 2 * MiB, f"{peak[0] / MiB:.1f} MiB held for a 1 KiB cap"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("frame_size", [7, 65536])
+@pytest.mark.anyio
+async def test_every_member_of_a_gzip_body_is_decoded(frame_size: int, provider_for: Any) -> None:
+    reply = json.dumps(chat_body("A" * 5000)).encode()
+    members = b"".join(packed(part, "gzip") for part in (reply[:20], b"", reply[20:]))
+    frames = [members[i : i + frame_size] for i in range(0, len(members), frame_size)]
+
+    def script(request: RawRequest, send: Sender) -> None:
+        send(head(Content_Encoding="gzip", Transfer_Encoding="chunked"))
+        for frame in frames:
+            send(b"%x\r\n%s\r\n" % (len(frame), frame))
+        send(b"0\r\n\r\n")
+
+    with raw_server(script) as srv:
+        completion = await provider_for(srv.url).complete([Message.user("hi")], [])
+    assert completion.content == "A" * 5000
+
+
+# -- R4. the key in httpx's and httpcore's own log records -----------------------------------
+
+
+def echo_in(where: str) -> Script:
+    def script(request: RawRequest, send: Sender) -> None:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        if where == "status reason":
+            send(head(f"500 {key}", Content_Length="0"))
+        else:
+            send(head("502 Bad Gateway", X_Echo=key, Content_Length="2") + b"no")
+
+    return script
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["status reason", "header"])
+@pytest.mark.anyio
+async def test_the_key_never_reaches_httpx_or_httpcore_log_records(
+    where: str, provider_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with raw_server(echo_in(where)) as srv:
+        provider = provider_for(srv.url, api_key=CANARY, max_retries=1)
+        provider_for(srv.url, api_key=CANARY)  # a second provider adds no second filter
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+        names = {record.name for record in caplog.records}
+        assert {"httpx", "httpcore.http11"} <= names, "the loggers under test logged nothing"
+        assert_no_secret(info.value, caplog)
+        # Scoped to xzatoma's requests: another client's records are left as they are.
+        caplog.clear()
+        async with httpx.AsyncClient() as client:
+            await client.post(srv.url, headers={"Authorization": f"Bearer {CANARY}"})
+    if where == "status reason":
+        assert CORE in caplog.text
+    filters = logging.getLogger("httpx").filters
+    assert len([f for f in filters if type(f).__name__ == "_RedactInFlight"]) == 1
+
+
+# -- R5. whole-value encodings of a secret ---------------------------------------------------
+
+
+def b64(text: str, *, urlsafe: bool = False, padded: bool = True) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    encoded = encode(text.encode()).decode()
+    return encoded if padded else encoded.rstrip("=")
+
+
+WHOLE_VALUE: dict[str, Callable[[str], str]] = {
+    "every character \\u-escaped": lambda v: "".join(f"\\u{ord(c):04x}" for c in v),
+    "every character \\U-escaped": lambda v: "".join(f"\\u{ord(c):04X}" for c in v),
+    "every byte %xx": lambda v: "".join(f"%{b:02x}" for b in v.encode()),
+    "every byte %XX": lambda v: "".join(f"%{b:02X}" for b in v.encode()),
+    "base64 of the header": b64,
+    "base64 of the key": lambda v: b64(v.removeprefix("Bearer ")),
+    "url-safe base64 of the key, unpadded": lambda v: b64(
+        v.removeprefix("Bearer "), urlsafe=True, padded=False
+    ),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("spelling", list(WHOLE_VALUE))
+@pytest.mark.anyio
+async def test_a_key_echoed_whole_value_encoded_is_redacted(
+    spelling: str, provider_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    echoed: list[str] = []
+
+    def script(request: RawRequest, send: Sender) -> None:
+        echoed.append(WHOLE_VALUE[spelling](request.headers["authorization"]))
+        body = f"you sent {echoed[-1]} (bad)".encode()
+        send(head("401 Unauthorized", Content_Length=str(len(body))) + body)
+
+    with raw_server(script) as srv:
+        provider = provider_for(srv.url, api_key=CANARY, max_retries=0)
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+    message = str(info.value)
+    assert "you sent [redacted] (bad)" in message
+    encoded_key = WHOLE_VALUE[spelling](CANARY)
+    assert encoded_key.lower() not in message.lower()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_basic_credentials_from_the_url_echoed_back_are_redacted(
+    provider_for: Any,
+) -> None:
+    password = f"pw/{CORE}:x"
+
+    def script(request: RawRequest, send: Sender) -> None:
+        body = f"Authorization: {request.headers['authorization']}".encode()
+        send(head("403 Forbidden", Content_Length=str(len(body))) + body)
+
+    with raw_server(script) as srv:
+        url = srv.url.replace("//", f"//bob:{quote(password, safe='')}@")
+        with pytest.raises(ProviderError) as info:
+            await provider_for(url, max_retries=0).complete([Message.user("hi")], [])
+    basic = b64(f"bob:{password}")
+    assert srv.requests[0].headers["authorization"] == f"Basic {basic}"
+    assert basic not in str(info.value)
+    assert "Authorization: Basic [redacted]" in str(info.value)
+
+
+# -- R6. every message made from reply data is safe ------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_a_content_encoding_that_echoes_the_key_is_redacted(
+    provider_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def script(request: RawRequest, send: Sender) -> None:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        send(head(Content_Encoding=key, Content_Length="2") + b"xx")
+
+    with raw_server(script) as srv:
+        provider = provider_for(srv.url, api_key=CANARY)
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+    assert "uses Content-Encoding '[redacted]', which was not asked for" in str(info.value)
+    assert_no_secret(info.value, caplog)
+
+
+# -- R7. the tool-call ids of one reply are distinct -----------------------------------------
+
+
+def numbered_call(value: int, call_id: str | None) -> dict[str, Any]:
+    call: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": "numbered", "arguments": json.dumps({"v": value})},
+    }
+    return call if call_id is None else {**call, "id": call_id}
+
+
+@tool
+async def numbered(v: int) -> str:
+    """Echoes its number."""
+    return f"result {v}"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_the_tool_calls_of_one_reply_get_distinct_ids(
+    server: ScriptedHTTPServer, provider_for: Any
+) -> None:
+    calls = [numbered_call(1, "x"), numbered_call(2, "x"), numbered_call(3, None)]
+    calls.append(numbered_call(4, "call_2"))  # the name the missing id would have been given
+    server.add(
+        Reply(body={"choices": [{"message": {"content": None, "tool_calls": calls}}]}),
+        Reply(body=chat_body("done")),
+    )
+    result = await Agent(provider_for(server.url), tools=[numbered]).run("go")
+    assert (result.status, result.output) == ("complete", "done")
+    sent = server.requests[1].json()["messages"]
+    ids = [call["id"] for call in sent[1]["tool_calls"]]
+    assert len(set(ids)) == 4, ids
+    assert (ids[0], ids[3]) == ("x", "call_2"), "an id the endpoint chose once was changed"
+    answers = {m["tool_call_id"]: m["content"] for m in sent if m["role"] == "tool"}
+    assert answers == {ids[i]: f"result {i + 1}" for i in range(4)}
+
+
+# -- R8. a lone surrogate written as an escape in the arguments ------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_an_escaped_lone_surrogate_in_arguments_becomes_a_replacement_character(
+    server: ScriptedHTTPServer, provider_for: Any
+) -> None:
+    seen: list[str] = []
+
+    @tool
+    async def remember(text: str) -> str:
+        """Remembers a text."""
+        seen.append(text)
+        return "ok"
+
+    # A lone high and a lone low escape, a valid pair, and an escaped backslash before "u".
+    arguments = '{"text": "a\\ud800b \\uDC00 \\ud83d\\ude00 \\\\ud800"}'
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "remember", "arguments": arguments},
+    }
+    server.add(
+        Reply(body={"choices": [{"message": {"content": None, "tool_calls": [call]}}]}),
+        Reply(body=chat_body("done")),
+    )
+    result = await Agent(provider_for(server.url), tools=[remember]).run("go")
+    assert result.status == "complete"
+    assert seen == ["a\ufffdb \ufffd \U0001f600 \\ud800"]
+
+
+# -- R9. timeouts and retry counts that are numbers but not limits ---------------------------
+
+
+@pytest.mark.parametrize("timeout", [math.inf, -math.inf, math.nan])
+def test_a_timeout_that_is_not_finite_is_refused(timeout: float) -> None:
+    with pytest.raises(ConfigError, match=r"^timeout must be a finite number of seconds"):
+        OpenAIProvider("http://127.0.0.1:1", "m", timeout=timeout)
+
+
+def test_absurd_retry_counts_are_refused_and_backoff_never_overflows() -> None:
+    for retries in (101, 10**26):
+        with pytest.raises(ConfigError, match=r"^max_retries cannot exceed 100"):
+            OpenAIProvider("http://127.0.0.1:1", "m", max_retries=retries)
+    provider = OpenAIProvider("http://127.0.0.1:1", "m", max_retries=100)
+    provider._random = lambda: 1.0
+    assert [provider._backoff(n) for n in (0, 1, 1025, 10**6)] == [0.5, 1.0, 8.0, 8.0]

@@ -2,9 +2,11 @@
 
 What comes back is untrusted input. Every string taken from a reply has lone surrogates (a
 JSON ``\\ud800`` escape, or the bytes of one) replaced by U+FFFD, here and only here, so no
-later print or request can fail to encode it; token counts are taken only when they are
-plain non-negative integers below a sanity bound, and estimated otherwise. The request body
-is serialised here too, so a lone surrogate in a tool's output cannot crash the next call.
+later print or request can fail to encode it; that includes the escapes inside a tool call's
+raw argument text. The tool calls of one reply get distinct ids. Token counts are taken only
+when they are plain non-negative integers below a sanity bound and not a zero for text that
+is there; they are estimated otherwise. The request body is serialised here too, so a lone
+surrogate in a tool's output cannot crash the next call.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from .._types import Completion, Message, ToolCall, ToolSpec, Usage
@@ -26,6 +29,13 @@ __all__ = (
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT = "\ufffd"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""The cheap test: could this JSON text hold an escaped surrogate at all?"""
+_ESCAPES = re.compile(
+    r"\\\\"  # an escaped backslash, consumed so the "u" after it is not read as an escape
+    r"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a valid pair, kept
+    r"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"  # a lone high or low surrogate
+)
 
 
 class MalformedReply(Exception):
@@ -41,6 +51,19 @@ def clean_text(text: str) -> str:
     if text.isascii() or _SURROGATE.search(text) is None:
         return text
     return _SURROGATE.sub(_REPLACEMENT, text)
+
+
+def clean_json_escapes(text: str) -> str:
+    """JSON text with every escaped lone surrogate (``\\ud800`` as six characters) made
+    ``\\ufffd``, so it decodes to text that encodes; valid pairs are kept.
+
+    :func:`clean_text` cannot see these: they are plain ASCII until the text is decoded, and
+    then pydantic refuses them with a misleading "not valid JSON". Most texts hold no
+    ``\\uD8``-like escape and cost one regex search.
+    """
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return text
+    return _ESCAPES.sub(lambda m: "\\ufffd" if m.group(1) else m.group(0), text)
 
 
 def encode_request(model: str, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> bytes:
@@ -108,10 +131,11 @@ def parse_reply(body: bytes | bytearray, messages: Sequence[Message]) -> Complet
         raise MalformedReply("bad tool_calls: not a list")
     calls = []
     for index, raw in enumerate(raw_calls):
-        call = _tool_call(raw, index)
+        call = _tool_call(raw)
         if isinstance(call, str):
             raise MalformedReply(f"bad tool_calls[{index}]: {call}")
         calls.append(call)
+    calls = _with_unique_ids(calls)
     content = None if content is None else clean_text(content)
     finish = choice.get("finish_reason")
     model = data.get("model")
@@ -124,8 +148,9 @@ def parse_reply(body: bytes | bytearray, messages: Sequence[Message]) -> Complet
     )
 
 
-def _tool_call(raw: object, index: int) -> ToolCall | str:
-    """Parse one tool call, or say what is wrong with it."""
+def _tool_call(raw: object) -> ToolCall | str:
+    """Parse one tool call (its id left empty if the endpoint gave none), or say what is
+    wrong with it."""
     if not isinstance(raw, dict):
         return "not an object"
     function = raw.get("function")
@@ -141,12 +166,39 @@ def _tool_call(raw: object, index: int) -> ToolCall | str:
         # Ollama and some others send the arguments as an object rather than a string; its
         # text is written unescaped, so a lone surrogate in it is cleaned like any other.
         arguments = json.dumps(arguments, ensure_ascii=False)
-    elif not isinstance(arguments, str):
+    elif isinstance(arguments, str):
+        arguments = clean_json_escapes(arguments)
+    else:
         return "arguments is neither a string nor an object"
     call_id = raw.get("id")
-    if not isinstance(call_id, str) or not call_id:
-        call_id = f"call_{index}"
+    if not isinstance(call_id, str):
+        call_id = ""
     return ToolCall(clean_text(call_id), clean_text(name), clean_text(arguments))
+
+
+def _with_unique_ids(calls: list[ToolCall]) -> list[ToolCall]:
+    """The calls with distinct ids, so each tool message answers exactly one call.
+
+    An id the endpoint chose is kept where it is the first of its value; a missing one, and
+    a repeat, become ``call_{index}`` (``call_{index}_{n}`` if the endpoint used that name
+    too). The common case, every id present and distinct, is one set.
+    """
+    given = {call.id for call in calls}
+    if "" not in given and len(given) == len(calls):
+        return calls
+    seen: set[str] = set()
+    unique = []
+    for index, call in enumerate(calls):
+        if call.id and call.id not in seen:
+            seen.add(call.id)
+            unique.append(call)
+            continue
+        new_id, n = f"call_{index}", 1
+        while new_id in given or new_id in seen:
+            new_id, n = f"call_{index}_{n}", n + 1
+        seen.add(new_id)
+        unique.append(replace(call, id=new_id))
+    return unique
 
 
 def _count(raw: dict[str, Any], key: str) -> int | None:
@@ -161,13 +213,19 @@ def _usage(
     """The endpoint's token counts where they can be trusted, xzatoma's estimate where not.
 
     A missing or invalid prompt (completion) count is estimated from the request (reply)
-    text; a ``total_tokens`` that is missing, invalid or below their sum becomes the sum.
-    All but a total that was simply left out mark the usage ``estimated``.
+    text, and so is a zero for a request (reply) that holds text: a server that reports
+    nothing as zeros must not switch ``max_total_tokens`` off. A ``total_tokens`` that is
+    missing, invalid or below their sum becomes the sum. All but a total that was simply
+    left out mark the usage ``estimated``.
     """
     counts = raw if isinstance(raw, dict) else {}
     prompt = _count(counts, "prompt_tokens")
     completion = _count(counts, "completion_tokens")
     total = _count(counts, "total_tokens")
+    if prompt == 0 and estimate_tokens(request_texts(messages)) > 0:
+        prompt = None
+    if completion == 0 and (calls or content):
+        completion = None
     if prompt is not None and completion is not None:
         if total is not None and total >= prompt + completion:
             return Usage(1, prompt, completion, total)

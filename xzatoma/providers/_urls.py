@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import httpx
 
 from ..errors import ConfigError
-from ._secrets import REDACTED
+from ._secrets import REDACTED, Redactor
 
 __all__ = ("chat_completions_url", "shown_url", "url_secrets", "validate_base_url")
 
@@ -50,7 +50,8 @@ def validate_base_url(url: str, what: str = "base_url") -> None:
         host = parsed.host  # decodes IDNA labels: a malformed "xn--" label fails only here
         httpx.URL(chat_completions_url(url))
     except (httpx.InvalidURL, ValueError) as exc:  # idna.IDNAError is a ValueError
-        raise ConfigError(f"{what} is not a valid URL: {str(exc)[:_MAX_QUOTED]}") from None
+        said = Redactor(url_secrets(url)).quote(str(exc), _MAX_QUOTED)  # redacted, then cut
+        raise ConfigError(f"{what} is not a valid URL: {said}") from None
     if not host:
         raise ConfigError(f"{what} has no host name (e.g. http://127.0.0.1:8080/v1)")
     if b":" not in parsed.raw_host and not _is_host_name(parsed.raw_host.decode("ascii")):
@@ -105,9 +106,15 @@ def shown_url(url: str) -> str:
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The user name and password a URL carries, raw and percent-decoded, for redaction."""
+    """The user name and password a URL carries, raw and percent-decoded, for redaction.
+
+    Also ``user:password`` whole, raw and decoded: httpx sends it base64-encoded as
+    ``Authorization: Basic ...``, which an endpoint may echo back.
+    """
     userinfo, at, _ = _authority(url).rpartition("@")
     if not at:
         return ()
     parts = [part for part in userinfo.split(":", 1) if part]
-    return (*parts, *(unquote(part) for part in parts))
+    user, _, password = userinfo.partition(":")
+    basic = f"{unquote(user)}:{unquote(password)}"  # as httpx builds it, "user:" included
+    return (*parts, *(unquote(part) for part in parts), userinfo, basic)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ import httpx
 
 from .._types import Completion, Message, ToolSpec
 from ..errors import ConfigError, ProviderError
+from ._log_redaction import install_log_redaction, redacting_logs
 from ._loop_client import LoopClients
 from ._openai_wire import MalformedReply, clean_text, encode_request, parse_reply
 from ._reply_body import ACCEPT_ENCODING, read_capped, read_prefix
@@ -37,8 +39,14 @@ logger = logging.getLogger(__name__)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
+_BACKOFF_MAX_EXPONENT = 16
+"""Past this many doublings the cap has long won; ``2.0**1025`` would raise OverflowError."""
+MAX_RETRIES = 100
+"""The most retries one provider may make: more is a typo, not a policy."""
 _RETRY_AFTER_CAP = 60.0
 _EXCERPT_CHARS = 200
+_SAID_CHARS = 300
+"""How much of an exception's text about the endpoint a message quotes."""
 _ERROR_BODY_BYTES = 4096
 """How much of an error (or malformed) body is read and scanned for the excerpt."""
 _TIMEOUT_HINT = (
@@ -79,8 +87,8 @@ class OpenAIProvider:
 
     Raises:
         ConfigError: ``base_url`` is unusable, the key holds a control or non-ASCII
-            character, ``timeout`` is not positive, ``max_retries`` is negative or
-            ``max_response_bytes`` is below 1024.
+            character, ``timeout`` is not a finite positive number of seconds,
+            ``max_retries`` is not in 0..100 or ``max_response_bytes`` is below 1024.
     """
 
     def __init__(
@@ -97,10 +105,16 @@ class OpenAIProvider:
         validate_base_url(base_url)
         if api_key is not None:
             api_key = clean_api_key(api_key)
+        if not math.isfinite(timeout):  # infinity would remove the bound; NaN is no number
+            raise ConfigError(
+                f"timeout must be a finite number of seconds greater than 0, got {timeout}"
+            )
         if not timeout > 0:
             raise ConfigError(f"timeout must be greater than 0, got {timeout}")
         if max_retries < 0:
             raise ConfigError(f"max_retries must be at least 0, got {max_retries}")
+        if max_retries > MAX_RETRIES:
+            raise ConfigError(f"max_retries cannot exceed {MAX_RETRIES}, got {max_retries}")
         if max_response_bytes < 1024:
             raise ConfigError(f"max_response_bytes must be at least 1024, got {max_response_bytes}")
         self._base_url = base_url
@@ -122,6 +136,7 @@ class OpenAIProvider:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._httpx_timeout = httpx.Timeout(self._timeout)
+        install_log_redaction()
         # Seams for tests: retry delays are recorded instead of slept, jitter made predictable.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._random: Callable[[], float] = random.random
@@ -201,10 +216,10 @@ class OpenAIProvider:
         try:
             return parse_reply(reply, messages)
         except MalformedReply as exc:
+            prefix = bytes(reply[:_ERROR_BODY_BYTES])
+            excerpt = self._excerpt(prefix, cut=len(reply) > _ERROR_BODY_BYTES)
             raise self._fail(
-                f"malformed reply from {self._shown_url}: {exc}; "
-                f"body: {self._excerpt(bytes(reply[:_ERROR_BODY_BYTES]))}",
-                200,
+                f"malformed reply from {self._shown_url}: {exc}; body: {excerpt}", 200
             ) from None
 
     async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
@@ -222,7 +237,7 @@ class OpenAIProvider:
 
     async def _attempt(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
         """One attempt, bounded as a whole by ``timeout``: the reply body, or why not."""
-        with anyio.move_on_after(self._timeout):
+        with anyio.move_on_after(self._timeout), redacting_logs(self._redact):
             try:
                 response = await client.send(request, stream=True)
                 try:
@@ -240,11 +255,12 @@ class OpenAIProvider:
 
     async def _read(self, response: httpx.Response) -> bytearray:
         if response.is_success:
-            return await read_capped(response, self._max_response_bytes, self._shown_url)
+            limit = self._max_response_bytes
+            return await read_capped(response, limit, self._shown_url, self._redact)
         status = response.status_code
-        prefix = await read_prefix(response, _ERROR_BODY_BYTES, self._shown_url)
+        prefix, cut = await read_prefix(response, _ERROR_BODY_BYTES, self._shown_url, self._redact)
         head, tail = "model endpoint failed", f": HTTP {status} from {self._shown_url}: "
-        tail += self._excerpt(prefix)
+        tail += self._excerpt(prefix, cut=cut)
         if status not in _RETRY_STATUSES:
             raise self._fail(head + tail, status)
         delay = _retry_after(response.headers.get("retry-after"))
@@ -268,21 +284,23 @@ class OpenAIProvider:
         return self._fail(f"{what}: {type(exc).__name__}: {self._said(exc)}")
 
     def _said(self, exc: Exception) -> str:
-        """What an exception says, redacted: only text from outside is (our URL stays whole,
+        """What an exception says, made safe: only text from outside is (our URL stays whole,
         even when a key like ``ollama`` is also the host's name)."""
-        return self._redact(str(exc))
+        return self._redact.quote(str(exc), _SAID_CHARS)
 
     @staticmethod
     def _fail(message: str, status_code: int | None = None) -> ProviderError:
-        """The error to raise, on one line and always encodable; outside text is redacted."""
+        """The error to raise, on one line and always encodable.
+
+        Every piece of outside text in ``message`` went through ``self._redact.quote``
+        first (``_excerpt``, ``_said``, ``read_capped``): redacted, then cut.
+        """
         return ProviderError(clean_text(" ".join(message.split())), status_code=status_code)
 
-    def _excerpt(self, body: bytes) -> str:
-        # Redact before cutting, so a key that straddles the cut cannot leave a fragment.
-        text = " ".join(self._redact(body.decode("utf-8", "replace")).split())
-        if len(text) > _EXCERPT_CHARS:
-            return text[: _EXCERPT_CHARS - 3] + "..."
-        return text or "(empty body)"
+    def _excerpt(self, body: bytes, *, cut: bool) -> str:
+        """The start of a body, made safe; ``cut``: ``body`` is the start of a longer one."""
+        text = body.decode("utf-8", "replace")
+        return self._redact.quote(text, _EXCERPT_CHARS, cut=cut) or "(empty body)"
 
     async def _pause(self, delay: float, reason: str, attempt: int) -> None:
         total = self._max_retries + 1
@@ -292,7 +310,8 @@ class OpenAIProvider:
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in ``[0, min(cap, base * 2**attempt))`` to spread out herds."""
-        return self._random() * min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**attempt)
+        exponent = min(attempt, _BACKOFF_MAX_EXPONENT)
+        return self._random() * min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent)
 
 
 def _retry_after(value: str | None) -> float | None:
