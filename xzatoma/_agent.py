@@ -48,11 +48,14 @@ _Outcome = tuple[RunStatus, ErrorType | None, str | None]
 class RunState:
     """The mutable record of a run in progress; whoever cancels a run reads it afterwards."""
 
-    __slots__ = ("children", "events", "final", "messages", "output", "turns", "usage")
+    __slots__ = ("cancels", "children", "events", "final", "messages", "output", "turns", "usage")
 
     def __init__(self) -> None:
         self.events: frozenset[type[Event]] = frozenset()
         """The run's own event types some subscriber wants (asked once, at its start)."""
+        self.cancels = 0
+        """The run's task's pending cancellation requests at its start (read once per run,
+        so a stray ``CancelledError`` is told from a real one without a read per call)."""
         self.messages: list[Message] = []
         self.usage = Usage()
         self.turns = 0
@@ -199,6 +202,7 @@ class Agent:
         provider, model = self.provider.name, self.provider.model
         started = clock()
         events = state.events = hooks.wanted() if hooks else state.events
+        state.cancels = cancel_requests()
         if RunStarted in events:
             hooks.emit(RunStarted(run_id, parent_id, self.name, label, depth, provider, model))
         outcome: _Outcome = ("cancelled", "cancelled", "cancelled")
@@ -269,7 +273,7 @@ class Agent:
                 except QuotaExceeded as exc:
                     return "failed", "quota_exceeded", str(exc)
             try:
-                completion = await self._call_model(messages, tree, depth, run_id, state.events)
+                completion = await self._call_model(messages, tree, depth, run_id, state)
             except _ModelFailed as exc:
                 return "failed", "execution_failed", str(exc)
             state.turns += 1
@@ -299,9 +303,9 @@ class Agent:
         tree: TreeContext,
         depth: int,
         run_id: int,
-        events: frozenset[type[Event]],
+        state: RunState,
     ) -> Completion:
-        hooks, clock = tree.hooks, tree.clock
+        hooks, clock, events = tree.hooks, tree.clock, state.events
         provider, model = self.provider.name, self.provider.model
         call_id = new_id()
         started = clock()
@@ -309,7 +313,6 @@ class Agent:
             hooks.emit(ModelCallStarted(call_id, run_id, depth, provider, model))
         completion: Completion | None = None
         error_type: str | None = "cancelled"
-        before = cancel_requests()
         try:
             reply = await self.provider.complete(messages, self._specs)
             # Checked before it is charged, summed or recorded: usage is the endpoint's word.
@@ -328,7 +331,7 @@ class Agent:
             logger.exception("provider %r raised an unexpected exception", provider)
             raise _ModelFailed(f"provider {provider!r} raised {error_type}: {exc}") from exc
         except asyncio.CancelledError as exc:
-            if not await is_stray_cancellation(exc, before):
+            if not await is_stray_cancellation(exc, state.cancels):
                 raise
             error_type = "CancelledError"
             raise _ModelFailed(
@@ -365,14 +368,16 @@ class Agent:
         try:
             if len(calls) == 1:
                 only = await self._invoke(
-                    calls[0], sinks[0], tree, depth, label, run_id, deadline, state.events
-                )
+                    calls[0], sinks[0], tree, depth, label, run_id, deadline, state.events,
+                    state.cancels,
+                )  # fmt: skip
                 return [only]
             results: list[ToolResult] = [ToolResult("")] * len(calls)
 
             async def invoke_into(index: int, call: ToolCall) -> None:
+                # Each call runs in a task of its own, whose cancellation count starts at 0.
                 results[index] = await self._invoke(
-                    call, sinks[index], tree, depth, label, run_id, deadline, state.events
+                    call, sinks[index], tree, depth, label, run_id, deadline, state.events, 0
                 )
 
             async with anyio.create_task_group() as tg:
@@ -399,6 +404,7 @@ class Agent:
         run_id: int,
         deadline: float,
         events: frozenset[type[Event]],
+        cancels: int,
     ) -> ToolResult:
         hooks, clock = tree.hooks, tree.clock
         event_id = new_id()
@@ -415,7 +421,7 @@ class Agent:
                 )
                 return result
             ctx = ToolContext(self, call, depth, label, run_id, event_id, deadline, tree, sink)
-            result = await run_tool(found, ctx)
+            result = await run_tool(found, ctx, cancels)
             return result
         finally:
             if ToolCallEnded in events:

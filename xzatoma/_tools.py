@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 import pydantic
 
-from ._cancellation import cancel_requests, is_stray_cancellation
+from ._cancellation import is_stray_cancellation
 from ._hooks import Hooks
 from ._limits import Clock, QuotaTracker
 from ._result import RunResult
@@ -153,21 +153,22 @@ class Tool(Generic[ArgsT]):
         return result if isinstance(result, ToolResult) else ToolResult(result)
 
 
-async def run_tool(found: Tool[Any], ctx: ToolContext) -> ToolResult:
+async def run_tool(found: Tool[Any], ctx: ToolContext, cancels: int = 0) -> ToolResult:
     """Run ``found`` for ``ctx.call``; whatever it raises comes back as an ``Error:`` result.
 
     Only a cancellation of the run itself propagates. A ``CancelledError`` the tool raised
     on its own (a library it calls cancelled its own work) is a failure of that tool, like
-    any other exception, so one tool cannot bring down the whole tree.
+    any other exception, so one tool cannot bring down the whole tree. ``cancels`` is the
+    running task's :func:`~xzatoma._cancellation.cancel_requests` before the call (0 for a
+    task started for it).
     """
-    before = cancel_requests()
     try:
         return await found.invoke(ctx)
     except Exception as exc:
         logger.info("tool %r raised %s", ctx.call.name, type(exc).__name__, exc_info=True)
         return ToolResult.error(f"tool '{ctx.call.name}' raised {type(exc).__name__}: {exc}")
     except (asyncio.CancelledError, BaseExceptionGroup) as exc:
-        if not await is_stray_cancellation(exc, before):
+        if not await is_stray_cancellation(exc, cancels):
             raise
         what = type(exc).__name__
         logger.info("tool %r raised a stray %s", ctx.call.name, what, exc_info=True)
