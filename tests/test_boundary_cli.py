@@ -203,7 +203,7 @@ def test_max_response_bytes_caps_the_reply(
     ("flag", "value", "message"),
     [
         ("--request-timeout", "0", "provider.timeout_seconds must be greater than 0 "
-                                   "(from --request-timeout 0.0)"),
+                                   "(from --request-timeout 0)"),
         ("--max-retries", "-1", "provider.max_retries must be at least 0 (from --max-retries -1)"),
         ("--max-response-bytes", "100",
          "provider.max_response_bytes must be at least 1024 bytes (from --max-response-bytes 100)"),

@@ -198,9 +198,16 @@ def _configure(args: argparse.Namespace) -> XzatomaConfig:
     except ConfigError as exc:
         flags = _flag_names(args.subparser)
         named = [
-            f"{flags[k]} {v}" for k, v in given.items() if str(exc).startswith(OVERRIDE_KEYS[k])
+            f"{flags[k]} {_as_typed(v)}"
+            for k, v in given.items()
+            if str(exc).startswith(OVERRIDE_KEYS[k])
         ]
         raise ConfigError(f"{exc} (from {', '.join(named)})" if named else str(exc)) from None
+
+
+def _as_typed(value: object) -> str:
+    """A flag's value as a person would write it: ``0``, not the parsed ``0.0``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _runtime(config: XzatomaConfig, hooks: Sequence[Hook] = ()) -> Runtime:
