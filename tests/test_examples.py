@@ -20,7 +20,7 @@ import pytest
 from _http_server import Reply, ScriptedHTTPServer
 
 from xzatoma import BatchResult, ParallelSubagentTool, RunResult, SubagentTool
-from xzatoma._subagent_models import batch_json
+from xzatoma._tool_messages import describe_batch
 from xzatoma.cli import main
 from xzatoma.config import XzatomaConfig, load_tasks
 
@@ -206,7 +206,8 @@ def test_batch_json_example_has_the_real_keys() -> None:
         (DOCS / "tool-schemas.md").read_text(encoding="utf-8"), "batch-json"
     )
     result = RunResult("x", "complete", label="a", depth=1)
-    actual = json.loads(batch_json(BatchResult((result,), "complete", 1, 0, 0, 0.0)))
+    batch = BatchResult((result,), "complete", 1, 0, 0, 0.0)
+    actual = json.loads(describe_batch(batch, 1_048_576).content)  # what the model reads
     assert documented.keys() == actual.keys()
     assert documented["tasks"][0].keys() == actual["tasks"][0].keys()
 

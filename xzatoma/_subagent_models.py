@@ -3,7 +3,6 @@ result and the JSON the model receives for it. No async code here; ``_subagents`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -21,7 +20,6 @@ __all__ = (
     "ParallelSubagentArgs",
     "SubagentConfig",
     "SubagentTask",
-    "batch_json",
     "batch_summary",
     "succeeded",
     "task_entry",
@@ -185,10 +183,3 @@ def batch_summary(batch: BatchResult) -> dict[str, object]:
         "total_duration_ms": round(batch.duration * 1000, 3),
         "total_tokens": batch.total_usage.total_tokens,
     }
-
-
-def batch_json(batch: BatchResult) -> str:
-    """The whole batch document, every text in full; the ``parallel_subagent`` tool sends it
-    fitted to ``output_max_size`` (``_tool_messages.describe_batch``)."""
-    document = {"tasks": [task_entry(r) for r in batch.results], **batch_summary(batch)}
-    return json.dumps(document, ensure_ascii=False)
