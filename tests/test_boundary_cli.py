@@ -31,6 +31,7 @@ from test_cli import chat, child_env, cli, ended, endpoint, free_port, one_error
 
 from xzatoma import Usage
 from xzatoma._hooks import BatchStarted, SubagentStarted
+from xzatoma._interrupt import Interrupted, print_interrupted
 from xzatoma._progress import BatchProgress
 from xzatoma._render import print_json
 
@@ -442,11 +443,11 @@ def test_live_progress_and_interrupted_reports_are_escaped(
         progress.close()
         assert_safe(stream.getvalue().replace("\x1b[?25l", "").replace("\x1b[?25h", ""))
         assert "t\\x1b[2J\\u202e\\x85" in stream.getvalue()
-        progress.print_interrupted(2, as_json=False)
+        print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=False, total=2)
         out = capsys.readouterr().out
         assert_safe(out)
         assert "  t\\x1b[2J\\u202e\\x85: complete" in out
-        progress.print_interrupted(2, as_json=True)
+        print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=True, total=2)
         assert json.loads(capsys.readouterr().out)["finished"][0]["output"] == HOSTILE
 
 
@@ -681,7 +682,7 @@ def test_line_separators_c1_and_bidi_are_escaped_in_every_output(
     progress(SubagentStarted(2, 1, label, 1))
     progress(ended(2, 1, label, 1, "complete", None, 1, Usage(1, 1, 1, 2), output))
     assert "[1/1] done a\\u2028b\\u2029c\\x85d (complete" in stream.getvalue()
-    progress.print_interrupted(1, as_json=False)
+    print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=False, total=1)
     out = capsys.readouterr().out
     assert "  a\\u2028b\\u2029c\\x85d: complete" in out
     assert "    first\u2028still first\n    second\n" in out  # indented on "\n" only

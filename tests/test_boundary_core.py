@@ -781,3 +781,30 @@ async def test_the_label_of_a_refused_call_is_bounded_and_encodable(label: str) 
     assert child.label == "".join(
         "\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in label[:200]
     )
+
+
+@tool
+async def sloppy() -> str:
+    """Swallows a cancellation of its own task without ``uncancel()`` (pre-3.11 style)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().call_soon(task.cancel)
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:  # swallowed on purpose: the pattern under test
+        return "ok"
+    return "not cancelled"
+
+
+@pytest.mark.timeout(10)
+async def test_a_cancel_swallowed_by_an_earlier_tool_does_not_make_a_later_stray_real() -> None:
+    provider = ScriptedProvider([tool_calls(call("sloppy")), tool_calls(call("flaky")), "done"])
+    try:
+        result = await Agent(provider, tools=[sloppy, flaky]).run("go")
+    finally:
+        task = asyncio.current_task()
+        assert task is not None
+        while task.cancelling():
+            task.uncancel()
+    assert result.status == "complete"
+    assert "raised CancelledError (inner task cancelled)" in result.messages[-2].content  # type: ignore[operator]

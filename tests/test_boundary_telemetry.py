@@ -266,6 +266,34 @@ def test_a_drip_does_not_extend_the_header_deadline() -> None:
         assert time.monotonic() - started < 10
 
 
+@pytest.mark.timeout(30)
+def test_a_drip_of_blank_lines_on_a_kept_alive_connection_is_timed_out() -> None:
+    server = start_metrics_server(
+        port=0, registry=CollectorRegistry(), idle_timeout=0.5, header_timeout=0.5
+    )
+    with server, _connect(server) as drip, selectors.DefaultSelector() as selector:
+        drip.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += drip.recv(65536)
+        started = time.monotonic()
+        closed = False
+        selector.register(drip, selectors.EVENT_READ)
+        while not closed and time.monotonic() - started < 20:
+            try:
+                drip.send(b"\r\n")  # blank lines, which may come before a request line
+            except OSError:
+                closed = True
+            ready = selector.select(0.05)
+            if ready and not closed:
+                try:
+                    closed = drip.recv(65536) == b""  # the rest of the answer, or EOF
+                except OSError:
+                    closed = True
+        assert closed
+        assert time.monotonic() - started < 10
+
+
 # -- 18: HTTP/1.1 as a scraper uses it -------------------------------------------------------
 
 

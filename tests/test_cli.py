@@ -26,6 +26,7 @@ from _http_server import Reply, ScriptedHTTPServer
 
 from xzatoma import ErrorType, RunResult, RunStatus, Usage
 from xzatoma._hooks import BatchStarted, ModelCallEnded, SubagentEnded, SubagentStarted
+from xzatoma._interrupt import Interrupted, print_interrupted
 from xzatoma._progress import BatchProgress
 from xzatoma.cli import build_parser, main
 
@@ -538,11 +539,11 @@ def test_interrupted_report_lists_what_finished(capsys: pytest.CaptureFixture[st
     progress(SubagentStarted(6, 1, "c", 1))
     # c was running when Ctrl-C came: cancelled by the interruption, so not "finished".
     progress(ended(6, 1, "c", 1, "cancelled", "cancelled", 0, Usage()))
-    progress.print_interrupted(5, as_json=False)
+    print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=False, total=5)
     out = capsys.readouterr().out
     assert "interrupted: 2 of 5 tasks had finished" in out
     assert "  a: complete, 1 turns, 10 tokens\n    answer of a\n" in out
-    progress.print_interrupted(5, as_json=True)
+    print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=True, total=5)
     data = json.loads(capsys.readouterr().out)
     assert [row["label"] for row in data["finished"]] == ["a", "b"]
     assert data["finished"][0]["output"] == "answer of a"

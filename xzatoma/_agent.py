@@ -48,14 +48,11 @@ _Outcome = tuple[RunStatus, ErrorType | None, str | None]
 class RunState:
     """The mutable record of a run in progress; whoever cancels a run reads it afterwards."""
 
-    __slots__ = ("cancels", "children", "events", "final", "messages", "output", "turns", "usage")
+    __slots__ = ("children", "events", "final", "messages", "output", "turns", "usage")
 
     def __init__(self) -> None:
         self.events: frozenset[type[Event]] = frozenset()
         """The run's own event types some subscriber wants (asked once, at its start)."""
-        self.cancels = 0
-        """The run's task's pending cancellation requests at its start (read once per run,
-        so a stray ``CancelledError`` is told from a real one without a read per call)."""
         self.messages: list[Message] = []
         self.usage = Usage()
         self.turns = 0
@@ -202,7 +199,6 @@ class Agent:
         provider, model = self.provider.name, self.provider.model
         started = clock()
         events = state.events = hooks.wanted() if hooks else state.events
-        state.cancels = cancel_requests()
         if RunStarted in events:
             hooks.emit(RunStarted(run_id, parent_id, self.name, label, depth, provider, model))
         outcome: _Outcome = ("cancelled", "cancelled", "cancelled")
@@ -313,6 +309,7 @@ class Agent:
             hooks.emit(ModelCallStarted(call_id, run_id, depth, provider, model))
         completion: Completion | None = None
         error_type: str | None = "cancelled"
+        before = cancel_requests()  # per call: a tool may have left one uncancelled
         try:
             reply = await self.provider.complete(messages, self._specs)
             # Checked before it is charged, summed or recorded: usage is the endpoint's word.
@@ -331,7 +328,7 @@ class Agent:
             logger.exception("provider %r raised an unexpected exception", provider)
             raise _ModelFailed(f"provider {provider!r} raised {error_type}: {exc}") from exc
         except asyncio.CancelledError as exc:
-            if not await is_stray_cancellation(exc, state.cancels):
+            if not await is_stray_cancellation(exc, before):
                 raise
             error_type = "CancelledError"
             raise _ModelFailed(
@@ -369,7 +366,7 @@ class Agent:
             if len(calls) == 1:
                 only = await self._invoke(
                     calls[0], sinks[0], tree, depth, label, run_id, deadline, state.events,
-                    state.cancels,
+                    cancel_requests(),  # the run's own task: a tool before may have left one
                 )  # fmt: skip
                 return [only]
             results: list[ToolResult] = [ToolResult("")] * len(calls)

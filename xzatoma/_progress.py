@@ -10,11 +10,9 @@ escaped for the terminal (:func:`~xzatoma._terminal.printable`).
 
 from __future__ import annotations
 
-import signal
 from typing import TYPE_CHECKING, TextIO
 
 from ._hooks import BatchStarted, Event, ModelCallEnded, SubagentEnded, SubagentStarted
-from ._interrupt import Interrupted, print_interrupted
 from ._render import SUCCEEDED, describe_status
 from ._terminal import printable
 
@@ -143,10 +141,6 @@ class BatchProgress(Finished):
 
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
-
-    def print_interrupted(self, total: int, *, as_json: bool) -> None:
-        """What had finished when Ctrl-C came (:func:`~xzatoma._interrupt.print_interrupted`)."""
-        print_interrupted(self.finished, Interrupted(signal.SIGINT), as_json=as_json, total=total)
 
     def close(self) -> None:
         """Stop the live display (idempotent)."""

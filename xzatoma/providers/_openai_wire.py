@@ -222,7 +222,7 @@ def _usage(
     prompt = _count(counts, "prompt_tokens")
     completion = _count(counts, "completion_tokens")
     total = _count(counts, "total_tokens")
-    if prompt == 0 and estimate_tokens(request_texts(messages)) > 0:
+    if prompt == 0 and any(request_texts(messages)):  # some text, yet "0 tokens"
         prompt = None
     if completion == 0 and (calls or content):
         completion = None

@@ -10,6 +10,7 @@ the API key (see ``docs/providers.md``).
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import logging
 import math
@@ -166,16 +167,10 @@ class OpenAIProvider:
         parent's connections, in whichever event loop. The pool stays owned (and closed) by
         this provider.
         """
-        twin = OpenAIProvider(
-            self._base_url,
-            model,
-            api_key=self._api_key,
-            timeout=self._timeout,
-            max_retries=self._max_retries,
-            max_response_bytes=self._max_response_bytes,
-        )
-        twin._clients, twin._owns_clients = self._clients, False
-        twin._sleep, twin._random = self._sleep, self._random
+        # A copy, not a new construction: every spawn of a child under another model comes
+        # here, and the checks, the redactor and the headers are the parent's already.
+        twin = copy.copy(self)
+        twin._model, twin._owns_clients = model, False
         return twin
 
     async def __aenter__(self) -> Self:

@@ -273,7 +273,9 @@ class Transport:
             elif conn.state == BUSY:
                 conn.inbuf += data  # pipelined requests, read once this one is answered
             else:
-                if conn.state == WAITING and not conn.inbuf:  # a new request begins
+                # A new request begins with its first byte that is not a blank line (blank
+                # lines before it are skipped), so a drip of CRLFs cannot restart the timer.
+                if conn.state == WAITING and not conn.inbuf and data.strip(b"\r\n"):
                     self._timers.set(conn, time.monotonic() + self._limits.header_timeout)
                 conn.inbuf += data
                 self._read_request(conn)
