@@ -9,7 +9,6 @@ one end event whatever happens.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from ._subagent_models import (
     SubagentTask,
     succeeded,
 )
+from ._text import replace_lone_surrogates
 from ._tool_messages import describe_batch, describe_child
 from ._tools import ArgsT, Tool, ToolContext, ToolResult
 from ._types import Usage
@@ -418,7 +418,4 @@ def _label_of(arguments: str) -> str:
     label = data.get("label") if isinstance(data, dict) else None
     if not isinstance(label, str) or not label.strip():
         return "subagent"
-    return _LONE_SURROGATE.sub("\ufffd", label[:LABEL_MAX_LENGTH])
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+    return replace_lone_surrogates(label[:LABEL_MAX_LENGTH])

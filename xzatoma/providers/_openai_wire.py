@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from .._text import replace_lone_surrogates
 from .._types import Completion, Message, ToolCall, ToolSpec, Usage
 from .._usage import MAX_TOKENS_PER_CALL, estimate_tokens, request_texts
 
@@ -27,8 +28,6 @@ __all__ = (
     "parse_reply",
 )
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_REPLACEMENT = "\ufffd"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """The cheap test: could this JSON text hold an escaped surrogate at all?"""
 _ESCAPES = re.compile(
@@ -42,15 +41,8 @@ class MalformedReply(Exception):
     """A reply that is not a usable chat completion; the text says what is wrong with it."""
 
 
-def clean_text(text: str) -> str:
-    """``text`` with every lone surrogate replaced by U+FFFD, so it always encodes as UTF-8.
-
-    A Python string never holds a valid surrogate pair (JSON's pairs decode to one code
-    point), so every surrogate found is a lone one. ASCII text is returned untouched.
-    """
-    if text.isascii() or _SURROGATE.search(text) is None:
-        return text
-    return _SURROGATE.sub(_REPLACEMENT, text)
+clean_text = replace_lone_surrogates
+"""Every string taken from a reply goes through this, once (see :mod:`xzatoma._text`)."""
 
 
 def clean_json_escapes(text: str) -> str:
@@ -79,7 +71,7 @@ def encode_request(model: str, messages: Sequence[Message], tools: Sequence[Tool
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATE.sub(_REPLACEMENT, text).encode("utf-8")
+        return replace_lone_surrogates(text).encode("utf-8")
 
 
 def _message(message: Message) -> dict[str, Any]:

@@ -13,13 +13,13 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import quote, quote_plus
 
+from .._text import replace_lone_surrogates
 from ..errors import ConfigError
 
 __all__ = ("REDACTED", "Redactor", "clean_api_key")
 
 REDACTED = "[redacted]"
 """What stands in a message where a secret was."""
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_api_key(key: str, source: str = "api_key") -> str:
@@ -139,9 +139,7 @@ class Redactor:
         text = " ".join(text.split())
         if len(text) > limit:
             text = self._cut_fragment(text[: limit - 3]) + "..."
-        if not text.isascii():
-            text = _SURROGATE.sub("\ufffd", text)
-        return text
+        return replace_lone_surrogates(text)
 
     def _cut_fragment(self, text: str) -> str:
         """``text`` with a trailing start (``_MIN_FRAGMENT`` characters or more) of a
