@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TextIO
 
 from ._hooks import BatchStarted, Event, ModelCallEnded, SubagentEnded, SubagentStarted
-from ._render import SUCCEEDED, describe_status
+from ._render import describe_status
+from ._subagent_models import SUCCEEDED
 from ._terminal import printable
 
 if TYPE_CHECKING:

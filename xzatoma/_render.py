@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from ._result import RunResult
-from ._subagent_models import BatchResult
+from ._subagent_models import SUCCEEDED, BatchResult
 from ._terminal import json_text, one_line, printable
 
 __all__ = (
-    "SUCCEEDED",
     "batch_dict",
     "describe_status",
     "format_tree",
@@ -23,9 +22,6 @@ __all__ = (
     "print_json",
     "print_run",
 )
-
-SUCCEEDED = ("complete", "incomplete")
-"""The statuses of a run that answered."""
 
 
 def describe_status(status: str, error_type: str | None) -> str:

@@ -20,6 +20,7 @@ __all__ = (
     "ParallelSubagentArgs",
     "SubagentConfig",
     "SubagentTask",
+    "SUCCEEDED",
     "batch_summary",
     "succeeded",
     "task_entry",
@@ -149,9 +150,13 @@ class BatchResult:
         return total
 
 
+SUCCEEDED = ("complete", "incomplete")
+"""The statuses of a run that returned an answer."""
+
+
 def succeeded(result: RunResult) -> bool:
     """A task succeeded when it returned an answer: ``complete`` or ``incomplete``."""
-    return result.status in ("complete", "incomplete")
+    return result.status in SUCCEEDED
 
 
 def task_entry(result: RunResult) -> dict[str, object]:
