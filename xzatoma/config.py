@@ -25,7 +25,15 @@ from ._tasks_file import load_tasks
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
-from .providers.openai import clean_api_key, validate_base_url
+from .providers.openai import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_RETRIES,
+    MIN_RESPONSE_BYTES,
+    clean_api_key,
+    validate_base_url,
+)
 
 __all__ = (
     "DEFAULT_BASE_URLS",
@@ -56,15 +64,12 @@ DEFAULT_BASE_URLS: Mapping[str, str] = {
 }
 
 PROVIDER_DEFAULTS: Mapping[str, float | int] = {
-    "timeout_seconds": 60.0,
-    "max_retries": 2,
-    "max_response_bytes": 8_388_608,
+    "timeout_seconds": DEFAULT_TIMEOUT,
+    "max_retries": DEFAULT_MAX_RETRIES,
+    "max_response_bytes": DEFAULT_MAX_RESPONSE_BYTES,
 }
 """What ``provider.timeout_seconds``, ``max_retries`` and ``max_response_bytes`` are when
 neither the file nor the command line sets them."""
-
-MAX_RETRIES = 100
-"""The most retries ``provider.max_retries`` may ask for: more is a typo, not a policy."""
 
 # What each key accepts, and the words of its message, in the order checked (NaN is not
 # greater than 0 either; an infinity is refused by every float key, see _finite).
@@ -72,7 +77,11 @@ _PROVIDER_LIMITS: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("timeout_seconds", lambda v: v > 0, "must be greater than 0"),
     ("max_retries", lambda v: v >= 0, "must be at least 0"),
     ("max_retries", lambda v: v <= MAX_RETRIES, f"cannot exceed {MAX_RETRIES}"),
-    ("max_response_bytes", lambda v: v >= 1024, "must be at least 1024 bytes"),
+    (
+        "max_response_bytes",
+        lambda v: v >= MIN_RESPONSE_BYTES,
+        f"must be at least {MIN_RESPONSE_BYTES} bytes",
+    ),
 )
 
 _API_KEY_HINT = (

@@ -44,6 +44,11 @@ _BACKOFF_MAX_EXPONENT = 16
 """Past this many doublings the cap has long won; ``2.0**1025`` would raise OverflowError."""
 MAX_RETRIES = 100
 """The most retries one provider may make: more is a typo, not a policy."""
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_MAX_RESPONSE_BYTES = 8_388_608
+MIN_RESPONSE_BYTES = 1024
+"""The smallest reply-size cap: below it no chat completion fits."""
 _RETRY_AFTER_CAP = 60.0
 _EXCERPT_CHARS = 200
 _SAID_CHARS = 300
@@ -98,9 +103,9 @@ class OpenAIProvider:
         model: str,
         *,
         api_key: str | None = None,
-        timeout: float = 60,
-        max_retries: int = 2,
-        max_response_bytes: int = 8_388_608,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         validate_base_url(base_url)
@@ -116,8 +121,11 @@ class OpenAIProvider:
             raise ConfigError(f"max_retries must be at least 0, got {max_retries}")
         if max_retries > MAX_RETRIES:
             raise ConfigError(f"max_retries cannot exceed {MAX_RETRIES}, got {max_retries}")
-        if max_response_bytes < 1024:
-            raise ConfigError(f"max_response_bytes must be at least 1024, got {max_response_bytes}")
+        if max_response_bytes < MIN_RESPONSE_BYTES:
+            raise ConfigError(
+                f"max_response_bytes must be at least {MIN_RESPONSE_BYTES}, "
+                f"got {max_response_bytes}"
+            )
         self._base_url = base_url
         self._model = model
         self._api_key = api_key
