@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from ._types import Completion, Message, Usage
+from ._types import Completion, Message, ToolCall, Usage
 
 __all__ = (
     "MAX_TOKENS_PER_CALL",
@@ -23,6 +23,7 @@ __all__ = (
     "describe_count",
     "estimate_tokens",
     "estimated_usage",
+    "reply_texts",
     "request_texts",
 )
 
@@ -98,7 +99,7 @@ _NOTHING_REPORTED = Usage()
 def estimated_usage(messages: Sequence[Message], completion: Completion) -> Usage:
     """xzatoma's estimate of one call: the request's texts in, the reply's texts out."""
     prompt = estimate_tokens(request_texts(messages))
-    reply = estimate_tokens([completion.content, *(c.arguments for c in completion.tool_calls)])
+    reply = estimate_tokens(reply_texts(completion.content, completion.tool_calls))
     return Usage(1, prompt, reply, prompt + reply, estimated=True)
 
 
@@ -108,6 +109,13 @@ def request_texts(messages: Sequence[Message]) -> Iterable[str | None]:
         yield message.content
         for call in message.tool_calls:
             yield call.arguments
+
+
+def reply_texts(content: str | None, calls: Sequence[ToolCall]) -> Iterable[str | None]:
+    """The texts of a reply that a model wrote as tokens: its content and tool-call arguments."""
+    yield content
+    for call in calls:
+        yield call.arguments
 
 
 def estimate_tokens(texts: Iterable[str | None]) -> int:

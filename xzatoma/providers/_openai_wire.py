@@ -19,7 +19,7 @@ from typing import Any
 
 from .._text import replace_lone_surrogates
 from .._types import Completion, Message, ToolCall, ToolSpec, Usage
-from .._usage import MAX_TOKENS_PER_CALL, estimate_tokens, request_texts
+from .._usage import MAX_TOKENS_PER_CALL, estimate_tokens, reply_texts, request_texts
 
 __all__ = (
     "MalformedReply",
@@ -226,5 +226,5 @@ def _usage(
     if prompt is None:
         prompt = estimate_tokens(request_texts(messages))
     if completion is None:
-        completion = estimate_tokens([content, *(call.arguments for call in calls)])
+        completion = estimate_tokens(reply_texts(content, calls))
     return Usage(1, prompt, completion, prompt + completion, estimated=True)
