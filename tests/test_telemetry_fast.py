@@ -11,7 +11,10 @@ temporality, exemplars, a disabled meter; and values the SDK refuses.
 from __future__ import annotations
 
 import logging
+import re
+import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,14 +32,21 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 
 from xzatoma.telemetry import _fast
 from xzatoma.telemetry._config import state
-from xzatoma.telemetry._fast import TESTED_SDK_MINORS, fast_histogram
+from xzatoma.telemetry._fast import (
+    OLDEST_TESTED_SDK,
+    TESTED_SDK_MINORS,
+    fast_histogram,
+    sdk_is_tested,
+)
 
 BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6)
-DEPTH_1 = {"depth": 1}
-DEPTH_2 = {"depth": 2}
-PAIR = {"depth": 1, "status": "complete"}
+Attributes = Mapping[str, str | int]
+DEPTH_1: Attributes = {"depth": 1}
+DEPTH_2: Attributes = {"depth": 2}
+PAIR: Attributes = {"depth": 1, "status": "complete"}
 VALUES = (0, 0.05, 0.1, 0.15, 0.4, 1, 1.6, 7, 123456.5, 3)
-SDK_TESTED = tuple(int(part) for part in sdk_version.split(".")[:2]) in TESTED_SDK_MINORS
+SDK_TESTED = sdk_is_tested(sdk_version)
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 Setup = Callable[[], dict[str, Any]]
 
@@ -82,7 +92,8 @@ def _points(reader: InMemoryMetricReader) -> list[tuple[Any, ...]]:
                 for point in metric.data.data_points:
                     fields = dict(vars(point)) if hasattr(point, "__dict__") else {}
                     if not fields:
-                        fields = {name: getattr(point, name) for name in point.__slots__}
+                        slots: tuple[str, ...] = getattr(point, "__slots__", ())
+                        fields = {name: getattr(point, name) for name in slots}
                     exemplars = tuple(
                         (e.value, tuple(sorted((e.filtered_attributes or {}).items())))
                         for e in fields.pop("exemplars", ())
@@ -136,11 +147,28 @@ def test_the_fast_path_gives_the_data_points_of_record(name: str) -> None:
 
     assert fast == public
     assert public[0], "nothing was recorded: the comparison would prove nothing"
-    assert recorder.bound is SDK_TESTED
+    assert _is_bound(recorder) is SDK_TESTED
 
 
-@pytest.mark.skipif(not SDK_TESTED, reason=f"opentelemetry-sdk {sdk_version} is untested")
+def _is_bound(recorder: object) -> bool:
+    return isinstance(recorder, _fast._BoundHistogram) and recorder.bound
+
+
 def test_the_installed_sdk_takes_the_fast_path() -> None:
+    # A failure, not a skip: on an SDK outside the tested releases every histogram silently
+    # takes the slower public record(), and the tests above prove nothing about the fast path.
+    if not SDK_TESTED:
+        tested = ", ".join(f"{major}.{minor}" for major, minor in sorted(TESTED_SDK_MINORS))
+        oldest = ".".join(map(str, OLDEST_TESTED_SDK))
+        pytest.fail(
+            f"opentelemetry-sdk {sdk_version} is installed, but the telemetry fast path was "
+            f"checked only on {tested} from {oldest} on, so histograms fall back to the slower "
+            "record(). Install the range pyproject.toml pins (pip install -e "
+            f"'.[dev,prometheus]'), or check this release with `bench/otel_matrix.sh "
+            f"{sdk_version}` and, if every test passes, add it to TESTED_SDK_MINORS "
+            "(xzatoma/telemetry/_fast.py) and to the opentelemetry pins of pyproject.toml.",
+            pytrace=False,
+        )
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     histogram = provider.get_meter("t").create_histogram("h")
@@ -157,11 +185,63 @@ def test_the_installed_sdk_takes_the_fast_path() -> None:
     for value in (2.0, 3.0, 4.0):
         recorder.record(value, DEPTH_1)
 
-    assert recorder.bound
+    assert _is_bound(recorder)
     assert public_calls == []  # the three values went straight to the aggregation
     (point,) = _points(reader)
     assert (dict(point[2])["count"], dict(point[2])["sum"]) == (4, 10.0)
     assert isinstance(histogram, Histogram)
+
+
+def _bounds(requirement: str) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """``NAME>=A.B[.C][bN],<A.D`` as ``((A, B[, C]), (A, D))``."""
+    found = re.fullmatch(r"[\w-]+>=(\d+)\.(\d+)(?:\.(\d+))?(?:b\d+)?,<(\d+)\.(\d+)", requirement)
+    assert found, f"{requirement!r} is not of the form NAME>=A.B[.C],<A.D"
+    lower = tuple(int(part) for part in found.groups()[:3] if part is not None)
+    return lower, (int(found[4]), int(found[5]))
+
+
+def test_pyproject_pins_the_opentelemetry_releases_the_fast_path_was_tested_on() -> None:
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["prometheus"]]
+    pins = {
+        requirement.split(">")[0]: requirement
+        for requirement in requirements
+        if requirement.startswith("opentelemetry-")
+    }
+    (major,) = {major for major, _ in TESTED_SDK_MINORS}
+    minors = sorted(minor for _, minor in TESTED_SDK_MINORS)
+    # One run of minors, from the oldest tested release to the end of the newest minor.
+    expected = (OLDEST_TESTED_SDK, (major, minors[-1] + 1))
+
+    assert minors == list(range(OLDEST_TESTED_SDK[1], minors[-1] + 1))
+    assert _bounds(pins["opentelemetry-sdk"]) == expected
+    assert _bounds(pins["opentelemetry-api"]) == expected
+    # The exporter ships with the SDK, 21 minors ahead (0.66b* with 1.45), and requires it.
+    lower, upper = _bounds(pins["opentelemetry-exporter-prometheus"])
+    assert (lower[:2], upper) == ((0, minors[0] + 21), (0, minors[-1] + 22))
+
+
+@pytest.mark.parametrize(
+    ("version", "tested"),
+    [
+        ("1.45.2", True),
+        ("1.45.10", True),
+        ("1.45.3.dev0", True),
+        ("1.45.1", False),
+        ("1.45", False),
+        ("1.44.9", False),
+        ("1.46.0", False),
+        ("2.45.2", False),
+        ("not a version", False),
+    ],
+)
+def test_a_release_is_tested_from_the_oldest_tested_one_within_a_tested_minor(
+    version: str, tested: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_fast, "TESTED_SDK_MINORS", frozenset({(1, 45)}))
+    monkeypatch.setattr(_fast, "OLDEST_TESTED_SDK", (1, 45, 2))
+
+    assert sdk_is_tested(version) is tested
 
 
 def test_an_untested_sdk_version_records_through_record(
@@ -210,7 +290,7 @@ def test_a_reader_added_later_gets_the_records_that_follow() -> None:
 
 def test_delta_temporality_falls_back_to_record_and_stays_exact() -> None:
     def delta() -> dict[str, Any]:
-        temporality = {Histogram: AggregationTemporality.DELTA}
+        temporality: dict[type, AggregationTemporality] = {Histogram: AggregationTemporality.DELTA}
         return {"readers": [InMemoryMetricReader(preferred_temporality=temporality)]}
 
     public, fast, recorder = _record_both(delta, _records())
@@ -267,7 +347,7 @@ def test_a_meter_disabled_between_records_drops_the_records_that_follow() -> Non
 
 
 def test_attributes_the_sdk_would_clean_take_the_public_path() -> None:
-    odd = {"depth": 1, "": "dropped by the SDK"}
+    odd: Attributes = {"depth": 1, "": "dropped by the SDK"}
     public, fast, recorder = _record_both(_one_reader, [(1.0, DEPTH_1), (2.0, odd)] * 3)
 
     assert fast == public

@@ -68,8 +68,9 @@ class _State:
 
         Read at every run start, so a global provider installed later is picked up; until
         then no span objects are made at all. ``trace.get_tracer_provider()`` looks in
-        ``os.environ`` each time (about 1 µs, a noticeable share of a subagent), so it is
-        asked again only when the API's global (set at most once) has changed. So an
+        ``os.environ`` each time, a noticeable share of a subagent's cost (bench/README.md,
+        "The telemetry fast path"), so it is asked again only when the API's global (set at
+        most once, a private name of the API pinned in pyproject.toml) has changed. So an
         ``OTEL_PYTHON_TRACER_PROVIDER`` put in the environment after the first run is seen
         once something calls ``get_tracer_provider()`` (the SDK's auto-instrumentation does).
         """

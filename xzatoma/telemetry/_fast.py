@@ -1,20 +1,23 @@
 """A faster ``Histogram.record`` for the OTel Python SDK, bound per attribute set.
 
-The SDK spends 6 to 9 µs on each ``record``, most of it cleaning, copying and hashing the
-attributes to find the aggregation they belong to: the same work, with the same answer, on
-every call. xzatoma records six histogram values per subagent execution from a handful of
-attribute sets, so it finds each aggregation once and then hands it the measurement
-directly (about 1.6 µs). What ``record`` does besides is kept: the finite and non-negative
-checks (delegated, with the SDK's warning), the meter's enabled flag, the exemplar filter
-on every measurement (the SDK's trace-based one once per context, all its answer depends
-on), and the measurement's attributes whenever an exemplar is sampled.
+Most of what the SDK's ``record`` costs is cleaning, copying and hashing the attributes to
+find the aggregation they belong to: the same work, with the same answer, on every call.
+xzatoma records six histogram values per subagent execution from a handful of attribute
+sets, so it finds each aggregation once and then hands it the measurement directly (the
+figures are in bench/README.md, "The telemetry fast path"). What ``record`` does besides is
+kept: the finite and non-negative checks (delegated, with the SDK's warning), the meter's
+enabled flag, the exemplar filter on every measurement (the SDK's trace-based one once per
+context, all its answer depends on), and the measurement's attributes whenever an exemplar
+is sampled.
 
 This leans on SDK internals, so it is used only where it was checked to give the same data
 points as ``record`` (tests/test_telemetry_fast.py compares the two through views,
 attribute filters, cardinality overflow, exemplars, readers added later and a meter
 disabled between records):
 
-- the SDK's own ``Histogram`` of a tested SDK minor version (:data:`TESTED_SDK_MINORS`);
+- the SDK's own ``Histogram`` of a tested SDK release (:func:`sdk_is_tested`: a minor of
+  :data:`TESTED_SDK_MINORS`, from :data:`OLDEST_TESTED_SDK` on), the range pyproject.toml
+  pins; ``bench/otel_matrix.sh`` checks other releases;
 - every reader cumulative: delta readers drop their aggregations at each collection, so a
   binding would go stale, and the instrument falls back to ``record`` for good;
 - a binding is remade when a reader is added or removed (the SDK replaces its storage map);
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from time import time_ns
 from typing import Any, Final, Protocol
@@ -37,7 +41,14 @@ from typing import Any, Final, Protocol
 from opentelemetry import metrics
 from opentelemetry.context import get_current
 
-__all__ = ("SWITCH", "TESTED_SDK_MINORS", "HistogramRecorder", "fast_histogram")
+__all__ = (
+    "OLDEST_TESTED_SDK",
+    "SWITCH",
+    "TESTED_SDK_MINORS",
+    "HistogramRecorder",
+    "fast_histogram",
+    "sdk_is_tested",
+)
 
 logger = logging.getLogger("xzatoma.telemetry")
 
@@ -45,8 +56,28 @@ SWITCH: Final = "XZATOMA_TELEMETRY_FAST_PATH"
 """Set to ``0`` to record every histogram through the SDK's public ``record`` (read once)."""
 
 TESTED_SDK_MINORS: Final = frozenset({(1, 45)})
-"""The ``opentelemetry-sdk`` versions (major, minor) whose internals the fast path was
-checked against; any other version records through the public ``Histogram.record``."""
+"""The ``opentelemetry-sdk`` minors (major, minor) whose internals the fast path was checked
+against (``bench/otel_matrix.sh``); any other version records through the public
+``Histogram.record``."""
+
+OLDEST_TESTED_SDK: Final = (1, 45, 2)
+"""The first release the checks passed on. Patch releases change internals too: 1.45.0 and
+1.45.1 predate the reworked ``_ViewInstrumentMatch`` (hashed attribute keys, cardinality
+limit, ``_get_or_create_aggregation``) that the fast path binds through."""
+
+
+def sdk_is_tested(version: str) -> bool:
+    """Whether the fast path was checked on ``opentelemetry-sdk`` ``version`` (``"1.45.2"``).
+
+    Later patch releases of a tested minor count as tested, as pyproject.toml's range admits
+    them; a release before :data:`OLDEST_TESTED_SDK` or of another minor does not.
+    """
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if found is None:
+        return False
+    release = (int(found[1]), int(found[2]), int(found[3] or 0))
+    return release[:2] in TESTED_SDK_MINORS and release >= OLDEST_TESTED_SDK
+
 
 _Attributes = Mapping[str, str | int]
 _INF: Final = float("inf")
@@ -120,8 +151,7 @@ def _sdk_internals() -> _Sdk | None:
         try:
             from opentelemetry.sdk.version import __version__
 
-            major, minor = (int(part) for part in __version__.split(".")[:2])
-            if (major, minor) in TESTED_SDK_MINORS:
+            if sdk_is_tested(__version__):
                 _sdk = _Sdk()
             else:
                 logger.debug("xzatoma telemetry: SDK %s untested, plain record()", __version__)

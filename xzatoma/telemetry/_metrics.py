@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Final, Literal, get_args
 
@@ -24,6 +24,8 @@ from .._result import ErrorType
 from . import _names as n
 from ._config import state
 from ._fast import HistogramRecorder, fast_histogram
+from ._tally import Key as _Key
+from ._tally import Tally
 
 __all__ = (
     "BATCH_SIZE_BUCKETS",
@@ -54,41 +56,6 @@ _ERROR_TYPES: Final = frozenset(get_args(ErrorType))
 _COMPLETION_STATUSES: Final = frozenset({"complete", "incomplete"})
 
 
-_Key = tuple[tuple[str, str | int], ...]
-
-
-class Tally:
-    """A cumulative sum kept in-process and reported by an observable instrument.
-
-    ``add`` has the signature of ``Counter.add`` but costs a dict update, not an SDK
-    measurement (about 5 µs each in the OTel Python SDK): the SDK reads the totals only when
-    a reader collects, so the cost is per scrape and per series, not per execution. The
-    exported data is the same cumulative sum a synchronous instrument would give.
-    """
-
-    __slots__ = ("_lock", "_values")
-
-    def __init__(self, lock: threading.Lock | None = None) -> None:
-        self._values: dict[_Key, int] = {}
-        self._lock = lock if lock is not None else threading.Lock()
-
-    def add(self, amount: int, attributes: Mapping[str, str | int]) -> None:
-        """Add ``amount`` to the series of ``attributes`` (always built in the same order)."""
-        key = tuple(attributes.items())
-        with self._lock:
-            self.add_locked(amount, key)
-
-    def add_locked(self, amount: int, key: _Key) -> None:
-        """``add`` for a caller that holds this tally's lock and has the series' key."""
-        self._values[key] = self._values.get(key, 0) + amount
-
-    def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        """The observable instrument's callback: one observation per series."""
-        with self._lock:
-            items = list(self._values.items())
-        return [metrics.Observation(total, dict(key)) for key, total in items]
-
-
 class Instruments:
     """Every instrument xzatoma records, created once per meter.
 
@@ -111,12 +78,49 @@ class Instruments:
         "turns",
     )
 
+    lock: threading.Lock
+    """Shared by every tally, so one execution's two updates take it once."""
+    executions: Tally
+    completions: Tally
+    errors: Tally
+    active: Tally
+    batches: Tally
+    duration: HistogramRecorder
+    turns: HistogramRecorder
+    tokens: HistogramRecorder
+    batch_size: HistogramRecorder
+    token_usage: HistogramRecorder
+    operation_duration: HistogramRecorder
+
     def __init__(self, meter: metrics.Meter) -> None:
         self.lock = threading.Lock()
-        """Shared by every tally, so one execution's two updates take it once."""
+        self._make_sums(meter)
+        self._make_histograms(meter)
+
+    def _make_sums(self, meter: metrics.Meter) -> None:
+        """The tallies, each behind its observable instrument."""
         self.executions = self._counter(
             meter, n.EXECUTIONS, n.UNIT_EXECUTION, "Subagent spawn attempts, refused ones included."
         )
+        self.completions = self._counter(
+            meter, n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
+        )
+        self.errors = self._counter(
+            meter, n.ERRORS, n.UNIT_ERROR, "Refused, failed, timed-out or cancelled executions."
+        )
+        self.active = Tally(self.lock)
+        meter.create_observable_up_down_counter(
+            n.ACTIVE_COUNT,
+            [self.active.observe],
+            n.UNIT_EXECUTION,
+            "Subagent executions in progress.",
+        )
+        self.batches = self._counter(
+            meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
+        )
+
+    def _make_histograms(self, meter: metrics.Meter) -> None:
+        """The synchronous histograms, with their advisory buckets (DESIGN.md section 5)."""
         self.duration = _histogram(
             meter,
             n.DURATION,
@@ -137,22 +141,6 @@ class Instruments:
             n.UNIT_TOKEN,
             "Tokens of each subagent execution that consumed any, failed ones included.",
             TOKEN_BUCKETS,
-        )
-        self.completions = self._counter(
-            meter, n.COMPLETIONS, n.UNIT_EXECUTION, "Subagent executions that returned an answer."
-        )
-        self.errors = self._counter(
-            meter, n.ERRORS, n.UNIT_ERROR, "Refused, failed, timed-out or cancelled executions."
-        )
-        self.active = Tally(self.lock)
-        meter.create_observable_up_down_counter(
-            n.ACTIVE_COUNT,
-            [self.active.observe],
-            n.UNIT_EXECUTION,
-            "Subagent executions in progress.",
-        )
-        self.batches = self._counter(
-            meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
         )
         self.batch_size = _histogram(
             meter,
