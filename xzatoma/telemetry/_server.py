@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from ..errors import ConfigError
 from ._config import Configuration, configuration, configure, meter_is_configured, restore, state
@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # the SDK is imported when a server starts, not with the runt
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
     from prometheus_client import CollectorRegistry
+
+    _Owned: TypeAlias = tuple[MeterProvider, Configuration]
+    """The provider a server set up, and the configuration to restore when it stops."""
 
 __all__ = ("INSTALL_HINT", "MetricsServer", "MetricsServerStatistics", "start_metrics_server")
 
@@ -49,7 +52,7 @@ class MetricsServer:
         transport: Transport,
         address: tuple[str, int],
         registry: CollectorRegistry,
-        owned: tuple[MeterProvider, Configuration] | None,
+        owned: _Owned | None,
     ) -> None:
         self._transport = transport
         self._owned = owned
@@ -129,9 +132,9 @@ def start_metrics_server(
         host: Address to bind; 127.0.0.1 by default (binding elsewhere is your choice).
         port: Port to listen on; 0 picks a free one (read it back from ``.port``).
         registry: The ``prometheus_client`` registry to serve (see above).
-        max_connections: Connections open at once; one more evicts a connection that has
-            not completed a request (the oldest), else the one idle the longest, else the
-            one whose answer has stalled the longest.
+        max_connections: Connections open at once; one more evicts first a connection
+            already answered and closing, else the oldest that has not completed a request,
+            else the one idle the longest, else the one whose answer has stalled the longest.
         idle_timeout: Seconds a kept-alive connection may wait between requests before it
             is closed.
         header_timeout: Seconds a client has to send a complete request head, from the
@@ -148,45 +151,56 @@ def start_metrics_server(
             install), a limit is out of range, or the address cannot be bound.
     """
     limits = _limits(max_connections, idle_timeout, header_timeout, write_timeout, max_header_bytes)
+    _require_extra()
+    import prometheus_client
+
+    owned: _Owned | None = None
+    if registry is None:
+        registry, owned = _default_registry()
+    listener = _bind(host, port, owned)
+    address = listener.getsockname()
+    served = registry
+    transport = Transport(listener, lambda: prometheus_client.generate_latest(served), limits)
+    return MetricsServer(transport, (address[0], address[1]), registry, owned)
+
+
+def _require_extra() -> None:
+    """Raise the error that says what to install when the ``prometheus`` extra is missing."""
     try:
-        import prometheus_client
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        import prometheus_client  # noqa: F401
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
             "start_metrics_server needs the 'prometheus' extra (opentelemetry-exporter-"
             f"prometheus and prometheus-client), which is not installed: {INSTALL_HINT} "
             f"({exc})"
         ) from None
-    owned: tuple[MeterProvider, Configuration] | None = None
-    if registry is None:
-        if meter_is_configured():
-            registry = prometheus_client.REGISTRY
-        else:
-            from opentelemetry.sdk.metrics import MeterProvider
 
-            registry = prometheus_client.CollectorRegistry()
-            try:
-                reader = PrometheusMetricReader(registry=registry)
-            except TypeError:  # an exporter older than its ``registry`` argument
-                registry = prometheus_client.REGISTRY
-                reader = PrometheusMetricReader()
-            provider = MeterProvider(
-                metric_readers=[reader], resource=_resource(), shutdown_on_exit=False
-            )
-            previous = configuration()
-            owned = (provider, previous)
-            configure(provider, previous.tracer_provider)
-    served = registry
+
+def _default_registry() -> tuple[CollectorRegistry, _Owned | None]:
+    """The registry to serve when none is given, and the provider set up for it, if any.
+
+    A configured meter provider records to ``prometheus_client``'s default registry (where
+    ``PrometheusMetricReader()`` writes unless told otherwise); with none, the server sets up
+    its own provider, which :meth:`MetricsServer.stop` takes back.
+    """
+    import prometheus_client
+
+    if meter_is_configured():
+        return prometheus_client.REGISTRY, None
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    registry = prometheus_client.CollectorRegistry()
     try:
-        listener = _listen(host, port)
-    except OSError as exc:
-        if owned is not None:
-            restore(owned[1])
-            owned[0].shutdown()
-        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-    address = listener.getsockname()
-    transport = Transport(listener, lambda: prometheus_client.generate_latest(served), limits)
-    return MetricsServer(transport, (address[0], address[1]), registry, owned)
+        reader = PrometheusMetricReader(registry=registry)
+    except TypeError:  # an exporter older than its ``registry`` argument
+        registry = prometheus_client.REGISTRY
+        reader = PrometheusMetricReader()
+    provider = MeterProvider(metric_readers=[reader], resource=_resource(), shutdown_on_exit=False)
+    previous = configuration()
+    configure(provider, previous.tracer_provider)
+    return registry, (provider, previous)
 
 
 def _limits(
@@ -222,6 +236,17 @@ def _limits(
         write_timeout=float(write_timeout),
         max_header_bytes=max_header_bytes,
     )
+
+
+def _bind(host: str, port: int, owned: _Owned | None) -> socket.socket:
+    """The listening socket; when the address cannot be bound, what was set up is undone."""
+    try:
+        return _listen(host, port)
+    except OSError as exc:
+        if owned is not None:
+            restore(owned[1])
+            owned[0].shutdown()
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
 
 
 def _listen(host: str, port: int) -> socket.socket:

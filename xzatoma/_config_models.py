@@ -1,0 +1,306 @@
+"""The configuration file's schema: one pydantic model per section, and what the file builds.
+
+Each section is a frozen, strict model that refuses unknown keys; :class:`XzatomaConfig` is
+the whole file. It checks what pydantic's types cannot say (ranges, finite numbers, URLs),
+and builds the core's objects from the file: the provider clients, the
+:class:`~xzatoma.SubagentConfig` (whose messages are the section 6 ones, spelled once there)
+and the :class:`~xzatoma.QuotaLimits`. :mod:`xzatoma.config` is where these are imported from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import pydantic
+
+from ._config_errors import describe
+from ._limits import QuotaLimits
+from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
+from .errors import ConfigError
+from .providers import OpenAIProvider
+from .providers._base import Provider
+from .providers.openai import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_RETRIES,
+    MIN_RESPONSE_BYTES,
+    clean_api_key,
+    validate_base_url,
+)
+
+__all__ = (
+    "DEFAULT_BASE_URLS",
+    "PROVIDER_DEFAULTS",
+    "AgentSettings",
+    "PrometheusSettings",
+    "ProviderSettings",
+    "ProviderType",
+    "SubagentSettings",
+    "TelemetrySettings",
+    "XzatomaConfig",
+)
+
+ProviderType = Literal["openai", "ollama", "vllm", "llamacpp", "lmstudio"]
+"""Every type is the same OpenAI-compatible client; the type only picks a default base URL."""
+
+DEFAULT_BASE_URLS: Mapping[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "ollama": "http://127.0.0.1:11434/v1",
+    "vllm": "http://127.0.0.1:8000/v1",
+    "llamacpp": "http://127.0.0.1:8080/v1",
+    "lmstudio": "http://127.0.0.1:1234/v1",
+}
+
+PROVIDER_DEFAULTS: Mapping[str, float | int] = {
+    "timeout_seconds": DEFAULT_TIMEOUT,
+    "max_retries": DEFAULT_MAX_RETRIES,
+    "max_response_bytes": DEFAULT_MAX_RESPONSE_BYTES,
+}
+"""What ``provider.timeout_seconds``, ``max_retries`` and ``max_response_bytes`` are when
+neither the file nor the command line sets them."""
+
+# What each key accepts, and the words of its message, in the order checked (NaN is not
+# greater than 0 either; an infinity is refused by every float key, see _finite).
+_PROVIDER_LIMITS: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("timeout_seconds", lambda v: v > 0, "must be greater than 0"),
+    ("max_retries", lambda v: v >= 0, "must be at least 0"),
+    ("max_retries", lambda v: v <= MAX_RETRIES, f"cannot exceed {MAX_RETRIES}"),
+    (
+        "max_response_bytes",
+        lambda v: v >= MIN_RESPONSE_BYTES,
+        f"must be at least {MIN_RESPONSE_BYTES} bytes",
+    ),
+)
+
+
+class _Section(pydantic.BaseModel):
+    # strict: YAML already gives typed values, so "3" for an integer is a mistake to report.
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ProviderSettings(_Section):
+    """``provider``: which OpenAI-compatible endpoint to call."""
+
+    type: ProviderType | None = None
+    """``openai``, ``ollama``, ``vllm``, ``llamacpp`` or ``lmstudio``: one client, a default URL."""
+    base_url: str | None = None
+    """The API root, e.g. ``http://127.0.0.1:11434/v1``; defaults to the type's URL."""
+    model: str | None = None
+    """The model name the endpoint serves."""
+    api_key_env: str | None = None
+    """The environment variable holding the API key (none: send no key)."""
+    timeout_seconds: float | None = None
+    """Seconds one attempt of a request may take, every byte of the reply included (60)."""
+    max_retries: int | None = None
+    """Retries after a failed attempt (429, 5xx, connection errors, timeouts) (2)."""
+    max_response_bytes: int | None = None
+    """The largest reply body accepted, after decompression (8388608, 8 MiB)."""
+
+    @property
+    def endpoint(self) -> str | None:
+        """The base URL to call: ``base_url``, else the type's default, else None."""
+        if self.base_url is not None:
+            return self.base_url
+        return DEFAULT_BASE_URLS[self.type] if self.type is not None else None
+
+
+def _provider_shorthand(value: object) -> object:
+    # `provider: ollama` under agent.subagent is short for `provider: {type: ollama}`.
+    return {"type": value} if isinstance(value, str) else value
+
+
+class SubagentSettings(_Section):
+    """``agent.subagent``: how subagents are spawned, and the quota they share."""
+
+    max_depth: int = 3
+    """Deepest level a subagent may run at (the root is 0); 1..10."""
+    default_max_turns: int = 10
+    """Model calls a subagent may make when its task does not say; 1..100."""
+    output_max_size: int = 1_048_576
+    """Bytes of a child's output the parent receives; at least 1024."""
+    max_concurrent: int = 5
+    """Tasks of one parallel batch in flight at once."""
+    summary_prompt: str | None = DEFAULT_SUMMARY_PROMPT
+    """Asked after each task; ``null`` turns the summary turn off."""
+    timeout_seconds: float | None = None
+    """Seconds each subagent may run."""
+    max_executions: int | None = None
+    """Subagent executions the whole tree may start."""
+    max_total_tokens: int | None = None
+    """Tokens the whole tree may consume."""
+    max_total_time: float | None = None
+    """Seconds after which no subagent may run."""
+    provider: ProviderSettings | None = None
+    """Another endpoint for subagents (a mapping like ``provider``, or just a type name)."""
+    model: str | None = None
+    """Another model for subagents, on the same endpoint unless ``provider`` is set."""
+
+    _shorthand = pydantic.field_validator("provider", mode="before")(_provider_shorthand)
+
+
+class AgentSettings(_Section):
+    """``agent``: the root agent, and its subagents."""
+
+    max_turns: int = 50
+    """Model calls the root agent may make."""
+    timeout_seconds: float | None = None
+    """Seconds the whole run may take."""
+    subagent: SubagentSettings = SubagentSettings()
+    """How subagents are spawned."""
+
+
+class PrometheusSettings(_Section):
+    """``telemetry.prometheus``: where ``/metrics`` is served."""
+
+    host: str = "127.0.0.1"
+    """The interface to bind; loopback unless you choose otherwise."""
+    port: int = 9464
+    """The TCP port (0 picks a free one)."""
+
+
+class TelemetrySettings(_Section):
+    """``telemetry``: OpenTelemetry metrics and the Prometheus endpoint."""
+
+    enabled: bool = False
+    """Serve ``/metrics`` while a command runs."""
+    prometheus: PrometheusSettings = PrometheusSettings()
+    """Where to serve it."""
+
+
+class XzatomaConfig(_Section):
+    """The whole configuration file; every section is optional."""
+
+    provider: ProviderSettings = ProviderSettings()
+    """The model endpoint."""
+    agent: AgentSettings = AgentSettings()
+    """The root agent and its subagents."""
+    telemetry: TelemetrySettings = TelemetrySettings()
+    """Metrics."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> XzatomaConfig:
+        """Validate a parsed file; raises :class:`ConfigError` with one readable line."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                "the configuration must be a mapping with the sections provider, agent, "
+                f"telemetry; got {type(data).__name__}"
+            )
+        try:
+            config = cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(describe(exc, cls)) from None
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Check the limits pydantic's types cannot express (the section 6 messages)."""
+        _finite(self, "")
+        self.subagent_config()
+        self.quota_limits()
+        p, a = "agent.subagent", self.agent
+        if a.max_turns < 1:
+            raise ConfigError("agent.max_turns must be greater than 0")
+        if a.timeout_seconds is not None and not a.timeout_seconds > 0:
+            raise ConfigError("agent.timeout_seconds must be greater than 0")
+        if not 0 <= self.telemetry.prometheus.port <= 65535:
+            raise ConfigError("telemetry.prometheus.port must be between 0 and 65535")
+        for name, section in (("provider", self.provider), (f"{p}.provider", a.subagent.provider)):
+            if section is None:
+                continue
+            if section.base_url is not None:
+                validate_base_url(section.base_url, what=f"{name}.base_url")
+            if section.api_key_env is not None and not section.api_key_env.strip():
+                raise ConfigError(
+                    f"{name}.api_key_env must name an environment variable; it is empty"
+                )
+            for key, accepts, words in _PROVIDER_LIMITS:
+                value = getattr(section, key)
+                if value is not None and not accepts(value):
+                    raise ConfigError(f"{name}.{key} {words}")
+
+    def subagent_config(self, provider: Provider | None = None) -> SubagentConfig:
+        """The core's :class:`SubagentConfig` (it raises the section 6 messages)."""
+        s = self.agent.subagent
+        return SubagentConfig(
+            max_depth=s.max_depth,
+            default_max_turns=s.default_max_turns,
+            output_max_size=s.output_max_size,
+            max_concurrent=s.max_concurrent,
+            summary_prompt=s.summary_prompt,
+            timeout=s.timeout_seconds,
+            provider=provider,
+            model=s.model,
+        )
+
+    def quota_limits(self) -> QuotaLimits:
+        """The shared quota, with messages naming the configuration keys."""
+        s, p = self.agent.subagent, "agent.subagent"
+        for name in ("max_executions", "max_total_tokens"):
+            value = getattr(s, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{p}.{name} must be at least 0")
+        if s.max_total_time is not None and not s.max_total_time > 0:
+            raise ConfigError(f"{p}.max_total_time must be greater than 0")
+        return QuotaLimits(s.max_executions, s.max_total_tokens, s.max_total_time)
+
+    def build_provider(
+        self, env: Mapping[str, str] | None = None, *, subagents: bool = False
+    ) -> OpenAIProvider | None:
+        """The client for ``provider``; None when no endpoint is given.
+
+        With ``subagents``: the client for subagents when ``agent.subagent.provider`` or
+        ``agent.subagent.model`` asks for one, else None (children use the parent's).
+        ``timeout_seconds``, ``max_retries`` and ``max_response_bytes`` of
+        ``agent.subagent.provider`` default to those of ``provider``, then to
+        :data:`PROVIDER_DEFAULTS`. Raises :class:`ConfigError` when there is an endpoint but
+        no model, or when ``api_key_env`` names a variable that is not set, is blank, or holds
+        a control character (the message names the variable, never its value).
+        """
+        s = self.agent.subagent
+        section, where, model = self.provider, "provider", self.provider.model
+        if subagents:
+            if s.provider is None and s.model is None:
+                return None
+            if s.provider is not None:
+                section, where = s.provider, "agent.subagent.provider"
+            model = (s.provider.model if s.provider else None) or s.model or model
+        if section.endpoint is None:
+            return None
+        if not model:
+            raise ConfigError(f"no model given for {section.endpoint}: set {where}.model")
+        key = None
+        if section.api_key_env:
+            name = section.api_key_env
+            key = (os.environ if env is None else env).get(name)
+            if not key:
+                raise ConfigError(
+                    f"environment variable {name} (named by {where}.api_key_env) is not set"
+                )
+            key = clean_api_key(key, source=f"environment variable {name}")
+        setting = {
+            k: next(v for v in (getattr(section, k), getattr(self.provider, k), default)
+                    if v is not None)
+            for k, default in PROVIDER_DEFAULTS.items()
+        }  # fmt: skip
+        return OpenAIProvider(
+            section.endpoint,
+            model,
+            api_key=key,
+            timeout=setting["timeout_seconds"],
+            max_retries=int(setting["max_retries"]),
+            max_response_bytes=int(setting["max_response_bytes"]),
+        )
+
+
+def _finite(section: pydantic.BaseModel, prefix: str) -> None:
+    """Refuse an infinity in any number of seconds (``.inf``, ``1e309``): it would wait
+    forever, and the core refuses it later with a message that lacks the key."""
+    for name, value in section:
+        if isinstance(value, pydantic.BaseModel):
+            _finite(value, f"{prefix}{name}.")
+        elif isinstance(value, float) and math.isinf(value):
+            raise ConfigError(f"{prefix}{name} must be a finite number")
