@@ -23,8 +23,8 @@ import anyio
 from hypothesis import strategies as st
 
 from xzatoma import Completion, Message, ToolSpec, Usage
-from xzatoma._hooks import Event, ModelCallStarted
 from xzatoma.errors import ProviderError
+from xzatoma.events import Event, ModelCallStarted
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 USAGE = Usage(1, 20, 5, 25)

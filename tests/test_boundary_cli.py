@@ -27,13 +27,11 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 from _http_server import Reply, ScriptedHTTPServer
-from test_cli import chat, child_env, cli, ended, endpoint, free_port, one_error_line, tasks_file
+from test_cli import Feed, chat, child_env, cli, endpoint, free_port, one_error_line, tasks_file
 
 from xzatoma import Usage
-from xzatoma._hooks import BatchStarted, SubagentStarted
-from xzatoma._interrupt import Interrupted, print_interrupted
 from xzatoma._progress import BatchProgress
-from xzatoma._render import print_json
+from xzatoma._render import print_interrupted, print_json
 
 CLI = [sys.executable, "-m", "xzatoma.cli"]
 KEY = "sk-live/Abc+123=xyz"
@@ -437,17 +435,17 @@ def test_live_progress_and_interrupted_reports_are_escaped(
     for live in (True, False):
         stream = io.StringIO()
         progress = BatchProgress(stream, live=live)
-        progress(BatchStarted(1, None, 1, 2))
-        progress(SubagentStarted(2, 1, label, 1))
-        progress(ended(2, 1, label, 1, "complete", None, 1, Usage(1, 1, 1, 2), HOSTILE))
+        f = Feed(progress)
+        f.batch(2)
+        f.ended(f.started(label), "complete", None, 1, Usage(1, 1, 1, 2), HOSTILE)
         progress.close()
         assert_safe(stream.getvalue().replace("\x1b[?25l", "").replace("\x1b[?25h", ""))
         assert "t\\x1b[2J\\u202e\\x85" in stream.getvalue()
-        print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=False, total=2)
+        print_interrupted(progress.finished, "SIGINT", as_json=False, total=2)
         out = capsys.readouterr().out
         assert_safe(out)
         assert "  t\\x1b[2J\\u202e\\x85: complete" in out
-        print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=True, total=2)
+        print_interrupted(progress.finished, "SIGINT", as_json=True, total=2)
         assert json.loads(capsys.readouterr().out)["finished"][0]["output"] == HOSTILE
 
 
@@ -678,11 +676,11 @@ def test_line_separators_c1_and_bidi_are_escaped_in_every_output(
     label, output = "a\u2028b\u2029c\x85d", "first\u2028still first\nsecond"
     stream = io.StringIO()
     progress = BatchProgress(stream, live=False)
-    progress(BatchStarted(1, None, 1, 1))
-    progress(SubagentStarted(2, 1, label, 1))
-    progress(ended(2, 1, label, 1, "complete", None, 1, Usage(1, 1, 1, 2), output))
+    f = Feed(progress)
+    f.batch(1)
+    f.ended(f.started(label), "complete", None, 1, Usage(1, 1, 1, 2), output)
     assert "[1/1] done a\\u2028b\\u2029c\\x85d (complete" in stream.getvalue()
-    print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=False, total=1)
+    print_interrupted(progress.finished, "SIGINT", as_json=False, total=1)
     out = capsys.readouterr().out
     assert "  a\\u2028b\\u2029c\\x85d: complete" in out
     assert "    first\u2028still first\n    second\n" in out  # indented on "\n" only

@@ -36,7 +36,7 @@ from xzatoma import (
     Usage,
     tool,
 )
-from xzatoma._hooks import ModelCallEnded, SubagentEnded, SubagentStarted, ToolCallEnded
+from xzatoma.events import ModelCallEnded, SubagentEnded, SubagentStarted, ToolCallEnded
 from xzatoma.telemetry import TelemetrySubscriber
 from xzatoma.telemetry import _names as n
 from xzatoma.testing import (
@@ -215,7 +215,7 @@ async def test_invalid_usage_from_any_provider_fails_the_call_and_charges_nothin
     # The model read a failure, and no event carried the bad numbers to a subscriber.
     assert tool_message(result).startswith("Error: subagent 'child' failed (execution_failed)")
     ends = [e for e in capture.of(ModelCallEnded) if e.depth == 1]  # type: ignore[union-attr]
-    assert [(e.error_type, e.usage) for e in ends] == [("ProviderError", Usage())]  # type: ignore[union-attr]
+    assert [(e.error_type, e.usage) for e in ends] == [("execution_failed", Usage())]  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(10)

@@ -69,9 +69,9 @@ async def test_model_names_the_endpoint_answers_with_do_not_grow_metric_series()
         usage_sets = captured.attribute_sets(n.TOKEN_USAGE)
         duration_sets = captured.attribute_sets(n.OPERATION_DURATION)
         assert len(usage_sets) == 2  # input and output, not 2 per name served
-        assert len(duration_sets) == 2  # succeeded, and failed with error.type ProviderError
+        assert len(duration_sets) == 2  # succeeded, and failed with error.type execution_failed
         assert captured.histogram(n.TOKEN_USAGE, **{n.GEN_AI_TOKEN_TYPE: "input"}).count == 60
-        assert {s.get(n.OTEL_ERROR_TYPE) for s in duration_sets} == {None, "ProviderError"}
+        assert {s.get(n.OTEL_ERROR_TYPE) for s in duration_sets} == {None, "execution_failed"}
         for attributes in usage_sets + duration_sets:
             assert attributes[n.GEN_AI_REQUEST_MODEL] == "asked-model"
             assert n.GEN_AI_RESPONSE_MODEL not in attributes
@@ -607,7 +607,7 @@ def test_a_pipelined_burst_is_answered_as_its_client_reads_not_all_at_once() -> 
             watch_until = time.monotonic() + 1.0  # the bound holds throughout, not eventually
             while time.monotonic() < watch_until:
                 assert server.statistics().requests <= 100  # old code: all 600 at once
-                for conn in list(server._transport._connections.values()):
+                for conn in list(server._transport._pool.connections.values()):
                     assert conn.inbuf.count(b"\r\n\r\n") <= 8  # READ_AHEAD: queued, read
                 threading.Event().wait(0.01)
             reader = sock.makefile("rb")

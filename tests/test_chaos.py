@@ -19,7 +19,7 @@ from _trees import CancelAfter, TreeModel, spec_json
 from test_properties import assert_every_start_has_exactly_one_end
 
 from xzatoma import QuotaLimits, Runtime, SubagentConfig, Usage
-from xzatoma._hooks import RunStarted
+from xzatoma.events import RunStarted
 from xzatoma.telemetry import TelemetrySubscriber
 from xzatoma.telemetry import _names as n
 from xzatoma.testing import EventCapture, FaultyProvider, capture_telemetry

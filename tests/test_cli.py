@@ -24,11 +24,21 @@ from typing import Any
 import pytest
 from _http_server import Reply, ScriptedHTTPServer
 
-from xzatoma import ErrorType, RunResult, RunStatus, Usage
-from xzatoma._hooks import BatchStarted, ModelCallEnded, SubagentEnded, SubagentStarted
-from xzatoma._interrupt import Interrupted, print_interrupted
+from xzatoma import (
+    Batch,
+    Completion,
+    ErrorType,
+    Hooks,
+    Instrument,
+    ModelCall,
+    Run,
+    RunStatus,
+    Usage,
+)
 from xzatoma._progress import BatchProgress
+from xzatoma._render import print_interrupted
 from xzatoma.cli import build_parser, main
+from xzatoma.testing import ScriptedProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_CLI = ROOT / "docs" / "cli.md"
@@ -477,35 +487,52 @@ def test_batch_file_errors_name_the_line(
 # -- the progress display, fed events directly ----------------------------------------------
 
 
-def ended(
-    event_id: int,
-    parent: int,
-    label: str,
-    depth: int,
-    status: RunStatus,
-    error_type: ErrorType | None,
-    turns: int,
-    usage: Usage,
-    output: str = "",
-) -> SubagentEnded:
-    """A SubagentEnded event as the spawner emits it, with its RunResult."""
-    result = RunResult(
-        output, status, turns, usage, error_type=error_type, label=label, depth=depth
-    )
-    return SubagentEnded(
-        event_id, parent, label, depth, status, error_type, turns, usage, 0.1, False, result
-    )  # fmt: skip
+class Feed:
+    """Drives a progress instrument the way the spawner does, with real ``Run`` objects."""
+
+    def __init__(self, instrument: Instrument) -> None:
+        self.instrument = instrument
+        self.root = Run(
+            label="batch", hooks=Hooks(), quota=None, provider=ScriptedProvider(), now=lambda: 0.0
+        )
+
+    def batch(self, size: int) -> None:
+        self.instrument.batch_started(self.root, Batch(self.root, None, size))
+
+    def started(self, label: str, parent: Run | None = None) -> Run:
+        run = (parent or self.root).child(label)
+        self.instrument.subagent_started(run)
+        return run
+
+    def model_call(self, run: Run, usage: Usage) -> None:
+        call = ModelCall(run)
+        call.completion = Completion("x", usage=usage)
+        self.instrument.model_call_ended(run, call)
+
+    def ended(
+        self,
+        run: Run,
+        status: RunStatus,
+        error_type: ErrorType | None,
+        turns: int,
+        usage: Usage,
+        output: str = "",
+    ) -> None:
+        run.turns, run.usage, run.output = turns, usage, output
+        run.finish(status, error_type, None)
+        self.instrument.subagent_ended(run)
 
 
-def feed(progress: BatchProgress) -> None:
-    progress(BatchStarted(1, None, 1, 2))
-    progress(SubagentStarted(2, 1, "a", 1))
-    progress(SubagentStarted(3, 1, "b", 1))
-    progress(ModelCallEnded(4, 9, 1, "p", "m", Usage(1, 7, 3, 10), 0.1, None, "m"))
-    progress(ended(2, 1, "a", 1, "complete", None, 1, Usage(1, 7, 3, 10), "answer of a"))
-    progress(SubagentStarted(5, 2, "nested", 2))  # a grandchild: not one of the batch's tasks
-    progress(ended(5, 2, "nested", 2, "complete", None, 1, Usage()))
-    progress(ended(3, 1, "b", 1, "failed", "timeout", 0, Usage()))
+def feed(progress: BatchProgress) -> Feed:
+    f = Feed(progress)
+    f.batch(2)
+    a, b = f.started("a"), f.started("b")
+    f.model_call(a, Usage(1, 7, 3, 10))
+    f.ended(a, "complete", None, 1, Usage(1, 7, 3, 10), "answer of a")
+    nested = f.started("nested", parent=a)  # a grandchild: not one of the batch's tasks
+    f.ended(nested, "complete", None, 1, Usage())
+    f.ended(b, "failed", "timeout", 0, Usage())
+    return f
 
 
 def test_plain_progress_lines() -> None:
@@ -535,15 +562,15 @@ def test_live_progress_draws_with_rich() -> None:
 
 def test_interrupted_report_lists_what_finished(capsys: pytest.CaptureFixture[str]) -> None:
     progress = BatchProgress(io.StringIO(), live=False)
-    feed(progress)
-    progress(SubagentStarted(6, 1, "c", 1))
+    f = feed(progress)
+    c = f.started("c")
     # c was running when Ctrl-C came: cancelled by the interruption, so not "finished".
-    progress(ended(6, 1, "c", 1, "cancelled", "cancelled", 0, Usage()))
-    print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=False, total=5)
+    f.ended(c, "cancelled", "cancelled", 0, Usage())
+    print_interrupted(progress.finished, "SIGINT", as_json=False, total=5)
     out = capsys.readouterr().out
     assert "interrupted: 2 of 5 tasks had finished" in out
     assert "  a: complete, 1 turns, 10 tokens\n    answer of a\n" in out
-    print_interrupted(progress.finished, Interrupted(signal.SIGINT), as_json=True, total=5)
+    print_interrupted(progress.finished, "SIGINT", as_json=True, total=5)
     data = json.loads(capsys.readouterr().out)
     assert [row["label"] for row in data["finished"]] == ["a", "b"]
     assert data["finished"][0]["output"] == "answer of a"

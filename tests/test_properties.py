@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xzatoma import QuotaLimits, Runtime, SubagentConfig
-from xzatoma._hooks import Event, ModelCallStarted, RunStarted
+from xzatoma.events import Event, ModelCallStarted, RunStarted
 from xzatoma.testing import EventCapture
 
 PAIRS = {

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xzatoma import Completion, Message, Runtime, SubagentConfig, ToolSpec, tool
-from xzatoma._hooks import Event, RunStarted, ToolCallStarted
+from xzatoma.events import Event, RunStarted, ToolCallStarted
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 

@@ -12,6 +12,7 @@ import pytest
 from _trees import USAGE, TreeModel, spec_json, task
 
 from xzatoma import (
+    Agent,
     Completion,
     ConfigError,
     Message,
@@ -20,11 +21,13 @@ from xzatoma import (
     Runtime,
     SubagentConfig,
     SubagentTask,
+    SubagentTool,
     ToolSpec,
     Usage,
     tool,
 )
-from xzatoma._hooks import (
+from xzatoma._spawn import Spawner
+from xzatoma.events import (
     ModelCallEnded,
     ModelCallStarted,
     RunEnded,
@@ -32,8 +35,6 @@ from xzatoma._hooks import (
     SubagentEnded,
     SubagentStarted,
 )
-from xzatoma._subagents import Spawner
-from xzatoma._tools import ToolContext, TreeContext
 from xzatoma.testing import EventCapture, ScriptedProvider, call, reply, tool_calls
 
 pytestmark = pytest.mark.anyio
@@ -210,11 +211,6 @@ FAILURE_CASES: dict[str, tuple[Completion, str, dict[str, Any]]] = {
         "Error: allowed_tools may not name 'subagent'",
         {},
     ),
-    "model override without with_model": (
-        tool_calls(call("subagent", label="a", task_prompt="x")),
-        "Error: could not start the subagent: cannot switch provider 'plain' to model 'small'",
-        {"subagents": SubagentConfig(model="small")},
-    ),
     "empty batch": (
         tool_calls(call("parallel_subagent", tasks=[])),
         "Error: Invalid arguments for tool 'parallel_subagent': tasks: List should have at least 1",
@@ -243,6 +239,23 @@ async def test_every_refusal_reaches_the_parent_model_as_an_error(case: str) -> 
     tool_message = result.messages[2]
     assert tool_message.role == "tool"
     assert (tool_message.content or "").startswith(expected)
+
+
+async def test_a_model_override_the_provider_cannot_take_is_refused_when_the_runtime_is_built() -> (
+    None
+):
+    with pytest.raises(ConfigError, match="cannot switch provider 'plain' to model 'small'"):
+        runtime(NoModelSwitch("x"), subagents=SubagentConfig(model="small"))
+
+
+async def test_a_standalone_subagent_tool_that_cannot_switch_models_refuses_at_spawn() -> None:
+    provider = NoModelSwitch("quota")  # its first reply spawns, its second answers
+    tool = SubagentTool(SubagentConfig(model="small", summary_prompt=None))
+    result = await Agent(provider, tools=[search, tool]).run("go")
+    assert (result.messages[2].content or "").startswith(
+        "Error: could not start the subagent: cannot switch provider 'plain' to model 'small'"
+    )
+    assert result.children[0].error_type == "initialization_failed"
 
 
 async def test_child_failures_reach_the_parent_model_as_errors() -> None:
@@ -296,38 +309,28 @@ async def test_quota_time_limit_bounds_a_child_and_is_reported_as_quota() -> Non
 
 
 def test_child_deadline_is_the_earliest_bound() -> None:
-    class Clock:
-        now = 0.0
+    from trio.testing import MockClock
 
-        def __call__(self) -> float:
-            return self.now
+    from xzatoma import Hooks, QuotaTracker, Run
 
     async def check() -> None:
-        clock = Clock()
-        now = anyio.current_time()
-        tree = TreeContext(hooks=__import__("xzatoma").Hooks(), clock=clock, quota=None)
-        agent = runtime(ScriptedProvider()).agent()
-        ctx = ToolContext(agent, call("subagent"), 0, "r", 1, 2, now + 100, tree)
-        from xzatoma import QuotaTracker
-
+        now = anyio.current_time()  # a MockClock that only moves when told: exact values
+        parent = Run(
+            label="r", hooks=Hooks(), quota=None, provider=ScriptedProvider(), deadline=now + 100
+        )
         cases = [
             (None, None, (now + 100, "timeout")),  # the parent's remaining time
             (5.0, None, (now + 5, "timeout")),  # its own timeout
             (5.0, 2.0, (now + 2, "quota_exceeded")),  # the quota's remaining time
             (1.0, 2.0, (now + 1, "timeout")),
         ]
-        for timeout, quota_time, (expected, kind) in cases:
-            tracker = (
-                QuotaTracker(QuotaLimits(max_total_time=quota_time), clock=clock)
-                if quota_time
-                else None
-            )
-            spawner = Spawner(SubagentConfig(timeout=timeout), tracker)
-            deadline, why = spawner._deadline(ctx)
-            assert why == kind
-            assert deadline == pytest.approx(expected, abs=0.5)
+        for timeout, quota_time, expected in cases:
+            tracker = QuotaTracker(QuotaLimits(max_total_time=quota_time)) if quota_time else None
+            child = parent.child("c")
+            Spawner(SubagentConfig(timeout=timeout), tracker)._set_deadline(child)
+            assert (child.deadline, child.deadline_error) == expected
 
-    anyio.run(check)
+    anyio.run(check, backend="trio", backend_options={"clock": MockClock()})
 
 
 # -- fail_fast ------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ async def test_fail_fast_cancels_slow_siblings_and_no_model_call_follows() -> No
     failure = next(
         i
         for i, e in enumerate(capture.events)
-        if isinstance(e, ModelCallEnded) and e.error_type == "ProviderError"
+        if isinstance(e, ModelCallEnded) and e.error_type == "execution_failed"
     )
     later_calls = [
         e for e in capture.events[failure:] if isinstance(e, ModelCallStarted) and e.depth > 0
@@ -631,19 +634,7 @@ async def test_run_batch_starts_nothing_after_its_deadline() -> None:
 
 
 async def test_quota_time_limit_message_and_check_order_in_a_batch() -> None:
-    class Clock:
-        now = 0.0
-
-        def __call__(self) -> float:
-            return self.now
-
-    clock = Clock()
-    rt = Runtime(
-        ScriptedProvider(["a"]),
-        quota=QuotaLimits(max_executions=0),
-        telemetry=False,
-        clock=clock,
-    )
+    rt = Runtime(ScriptedProvider(["a"]), quota=QuotaLimits(max_executions=0), telemetry=False)
     batch = await rt.run_batch([{"label": "t", "task_prompt": "x", "allowed_tools": ["nope"]}])
     # quota is checked before the arguments (allowed_tools), as in a single spawn
     assert batch.results[0].error_type == "quota_exceeded"

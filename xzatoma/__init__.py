@@ -3,18 +3,23 @@ batches, under one quota and a depth limit, with OpenTelemetry built in."""
 
 from __future__ import annotations
 
+import inspect as _inspect
 from importlib.metadata import PackageNotFoundError, version
 
 from ._agent import Agent as Agent
-from ._hooks import Event as Event
+from ._events import Event as Event
 from ._hooks import Hook as Hook
 from ._hooks import Hooks as Hooks
+from ._hooks import Instrument as Instrument
 from ._limits import QuotaLimits as QuotaLimits
 from ._limits import QuotaStatistics as QuotaStatistics
 from ._limits import QuotaTracker as QuotaTracker
 from ._result import ErrorType as ErrorType
 from ._result import RunResult as RunResult
 from ._result import RunStatus as RunStatus
+from ._run import Batch as Batch
+from ._run import ModelCall as ModelCall
+from ._run import Run as Run
 from ._runtime import Runtime as Runtime
 from ._subagent_models import BatchResult as BatchResult
 from ._subagent_models import SubagentConfig as SubagentConfig
@@ -44,8 +49,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = (
-    # the agent loop and its result
+    # the agent loop, one run and its result
     "Agent",
+    "Run",
     "RunResult",
     "RunStatus",
     "ErrorType",
@@ -73,10 +79,13 @@ __all__ = (
     "SubagentConfig",
     "SubagentTask",
     "SubagentTool",
-    # events
+    # subscribers and what they are told
+    "Batch",
     "Event",
     "Hook",
     "Hooks",
+    "Instrument",
+    "ModelCall",
     # errors
     "ConfigError",
     "DepthLimitExceeded",
@@ -84,3 +93,11 @@ __all__ = (
     "QuotaExceeded",
     "XzatomaError",
 )
+
+# The public names say where to import them from (in reprs, tracebacks, docs and pickles),
+# not which private module holds their code.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or _inspect.isfunction(_value):
+        _value.__module__ = __name__
+del _name, _value

@@ -1,353 +1,361 @@
-"""The events the core emits, and the dispatcher that hands them to subscribers.
+"""Subscribers to what a run does: the :class:`Instrument` base, and :class:`Hooks`.
 
-The runtime never asks "is telemetry on?": it emits plain events to :class:`Hooks`, and
-subscribers (telemetry, progress display, a user's own) turn them into whatever they need.
-Every ``*Started`` event is followed by exactly one matching ``*Ended`` event, whatever the
-end (answer, failure, timeout, cancellation). A subscriber that raises is logged once and
-dropped, never fatal (the habit of trio's instrumentation).
+The runtime never asks "is telemetry on?": it calls :class:`Hooks`, and subscribers
+(telemetry, progress display, a user's own) turn what they are told into what they need.
+As with trio's instruments, a subscriber is an object with some of the methods of
+:class:`Instrument`, called with the live :class:`~xzatoma.Run` (and the model call, tool
+call or batch); which of them it has is worked out once, when it is added, so a method
+nobody implements costs an empty loop. A plain function is a subscriber too: it is called
+with an event record (:mod:`xzatoma.events`). Every ``*_started`` is followed by exactly one
+matching ``*_ended``, whatever the end. A subscriber that raises is logged once and dropped,
+never fatal (trio's ``_instrumentation.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Final, TypeAlias, TypeVar, get_args
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-from ._result import ErrorType, RunResult, RunStatus
-from ._types import Usage
-
-__all__ = (
-    "ALL_EVENTS",
-    "BatchEnded",
-    "BatchStarted",
-    "Event",
-    "Hook",
-    "Hooks",
-    "RUN_EVENTS",
-    "ModelCallEnded",
-    "ModelCallStarted",
-    "RunEnded",
-    "RunStarted",
-    "SubagentEnded",
-    "SubagentStarted",
-    "ToolCallEnded",
-    "ToolCallStarted",
+from ._events import (
+    ALL_EVENTS,
+    BatchEnded,
+    BatchStarted,
+    Event,
+    ModelCallEnded,
+    ModelCallStarted,
+    RunEnded,
+    RunStarted,
+    SubagentEnded,
+    SubagentStarted,
+    ToolCallEnded,
+    ToolCallStarted,
 )
+
+if TYPE_CHECKING:
+    from ._run import Batch, ModelCall, Run
+    from ._tools import ToolContext, ToolResult
+
+__all__ = ("HOOK_METHODS", "Hook", "Hooks", "Instrument")
 
 logger = logging.getLogger("xzatoma.hooks")
 
-_E = TypeVar("_E")
 
+class Instrument:
+    """Base class for a subscriber: override the methods you need; the rest cost nothing.
 
-def _event(cls: type[_E]) -> type[_E]:
-    """Give a frozen slotted dataclass an ``__init__`` that stores through its slots.
-
-    The dataclass's own ``__init__`` stores each field with ``object.__setattr__`` (the way
-    round its frozen ``__setattr__``), about 1.9 µs for nine fields; storing through the
-    slot descriptors takes 0.7 µs. A subagent execution makes up to eight events, so this
-    is a large part of what an attached subscriber costs. Everything else (fields, repr,
-    eq, hash, ``FrozenInstanceError`` on assignment) stays the dataclass's.
+    Every method is called synchronously, in the task doing the work, so it must be quick
+    and must not block. ``run`` is live: read it, do not change it.
     """
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    plain = all(
-        f.init
-        and not f.kw_only
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-        for f in fields
-    )
-    if not plain or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: @_event takes required positional fields only")
-    names = [field.name for field in fields]
-    setters = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
-    body = "".join(f"    _set_{name}(self, {name})\n" for name in names)
-    namespace: dict[str, Callable[..., None]] = {}
-    exec(f"def __init__(self, {', '.join(names)}):\n{body}", setters, namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    init.__annotations__ = cls.__init__.__annotations__
-    type.__setattr__(cls, "__init__", init)
-    return cls
+
+    __slots__ = ()
+
+    def run_started(self, run: Run) -> None:
+        """An agent run began (the root, or a subagent that passed its checks)."""
+
+    def run_ended(self, run: Run) -> None:
+        """An agent run ended; ``run.status``, ``turns``, ``usage`` and ``duration`` are final."""
+
+    def model_call_started(self, run: Run, call: ModelCall) -> None:
+        """``run`` is about to call its model."""
+
+    def model_call_ended(self, run: Run, call: ModelCall) -> None:
+        """The model call ended: ``call.completion`` on success, ``call.error_type`` if not."""
+
+    def tool_call_started(self, run: Run, ctx: ToolContext) -> None:
+        """``run`` is about to run the tool call ``ctx.call``."""
+
+    def tool_call_ended(self, run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
+        """The tool call ended; ``result`` is ``None`` when it was cancelled."""
+
+    def subagent_started(self, run: Run) -> None:
+        """A spawn was attempted (refused ones included); ``run`` is the child."""
+
+    def subagent_ended(self, run: Run) -> None:
+        """A spawn ended; ``run.result()`` is what its parent's caller sees."""
+
+    def batch_started(self, run: Run, batch: Batch) -> None:
+        """``run`` began a parallel batch (its tasks run at ``batch.depth``)."""
+
+    def batch_ended(self, run: Run, batch: Batch) -> None:
+        """The batch ended; ``batch.result`` holds every task's result."""
 
 
-new_id = itertools.count(1).__next__
-"""Process-unique event ids; ``parent_id`` links an event to the scope it happened in."""
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class RunStarted:
-    """An agent run began. ``parent_id`` is the tool call that spawned it (None at the root)."""
-
-    id: int
-    parent_id: int | None
-    name: str
-    label: str
-    depth: int
-    provider: str
-    model: str
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class RunEnded:
-    """An agent run ended; ``usage`` is its own model calls only."""
-
-    id: int
-    parent_id: int | None
-    name: str
-    label: str
-    depth: int
-    provider: str
-    model: str
-    status: RunStatus
-    error_type: ErrorType | None
-    turns: int
-    usage: Usage
-    duration: float
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class ModelCallStarted:
-    """A model call began inside run ``run_id``."""
-
-    id: int
-    run_id: int
-    depth: int
-    provider: str
-    model: str
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class ModelCallEnded:
-    """A model call ended; ``error_type`` is set when it raised or was cancelled."""
-
-    id: int
-    run_id: int
-    depth: int
-    provider: str
-    model: str
-    usage: Usage
-    duration: float
-    error_type: str | None
-    response_model: str | None
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class ToolCallStarted:
-    """A tool call began inside run ``run_id``."""
-
-    id: int
-    run_id: int
-    depth: int
-    tool: str
-    call_id: str
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class ToolCallEnded:
-    """A tool call ended; ``is_error`` when the model got an ``Error:`` message."""
-
-    id: int
-    run_id: int
-    depth: int
-    tool: str
-    call_id: str
-    is_error: bool
-    duration: float
-    cancelled: bool
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class SubagentStarted:
-    """A spawn was attempted (refused ones included); ``depth`` is the child's."""
-
-    id: int
-    parent_id: int | None
-    label: str
-    depth: int
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class SubagentEnded:
-    """A spawn ended; ``usage`` is the child's own calls, ``turns`` its model calls."""
-
-    id: int
-    parent_id: int | None
-    label: str
-    depth: int
-    status: RunStatus
-    error_type: ErrorType | None
-    turns: int
-    usage: Usage
-    duration: float
-    truncated: bool
-    result: RunResult
-    """The child's whole result (output included), as its parent's caller will see it."""
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class BatchStarted:
-    """A parallel batch began; ``depth`` is its tasks' depth."""
-
-    id: int
-    parent_id: int | None
-    depth: int
-    size: int
-
-
-@_event
-@dataclass(frozen=True, slots=True)
-class BatchEnded:
-    """A parallel batch ended; ``status`` is complete, partial or failed."""
-
-    id: int
-    parent_id: int | None
-    depth: int
-    size: int
-    status: str
-    successful: int
-    failed: int
-    cancelled: int
-    usage: Usage
-    duration: float
-
-
-Event: TypeAlias = (
-    RunStarted
-    | RunEnded
-    | ModelCallStarted
-    | ModelCallEnded
-    | ToolCallStarted
-    | ToolCallEnded
-    | SubagentStarted
-    | SubagentEnded
-    | BatchStarted
-    | BatchEnded
-)
+HOOK_METHODS: Final = tuple(name for name in vars(Instrument) if not name.startswith("_"))
+"""The names of the subscriber methods, in the order above."""
 
 Hook: TypeAlias = Callable[[Event], None]
-"""A subscriber: called synchronously with each event; must be quick and must not block."""
-
-
-ALL_EVENTS: Final[frozenset[type[Event]]] = frozenset(get_args(Event))
-"""Every event type: what a subscriber without ``wanted_events`` is sent."""
-
-RUN_EVENTS: Final[frozenset[type[Event]]] = frozenset(
-    {RunStarted, RunEnded, ModelCallStarted, ModelCallEnded, ToolCallStarted, ToolCallEnded}
-)
-"""The events of one run, made only when some subscriber wants them for that run."""
-
-_PAIRS: Final[tuple[tuple[type[Event], type[Event]], ...]] = (
-    (RunStarted, RunEnded),
-    (ModelCallStarted, ModelCallEnded),
-    (ToolCallStarted, ToolCallEnded),
-    (SubagentStarted, SubagentEnded),
-    (BatchStarted, BatchEnded),
-)
-_END_OF: Final[dict[type[Event], type[Event]]] = dict(_PAIRS)
+"""A function subscriber: called with each event record."""
 
 
 class Hooks:
-    """Dispatches events to subscribers; a subscriber that raises is logged and dropped.
+    """The subscribers of one tree, and one method per thing that happens to call them."""
 
-    A subscriber may have a ``wanted_events()`` method returning the event types it wants.
-    The core asks it at every run start and makes that run's own events (``RunStarted``,
-    ``RunEnded``, ``ModelCall*``, ``ToolCall*``) only if some subscriber wants them, the
-    way trio calls only the instrument hooks that exist. A subscriber can still be handed
-    events it did not ask for (another one wanted them); one without the method gets all.
-    """
+    __slots__ = (
+        "_batch_ended",
+        "_batch_started",
+        "_model_call_ended",
+        "_model_call_started",
+        "_run_ended",
+        "_run_started",
+        "_subagent_ended",
+        "_subagent_started",
+        "_subscribers",
+        "_tool_call_ended",
+        "_tool_call_started",
+    )
+    _run_started: tuple[Callable[[Run], None], ...]
+    _run_ended: tuple[Callable[[Run], None], ...]
+    _model_call_started: tuple[Callable[[Run, ModelCall], None], ...]
+    _model_call_ended: tuple[Callable[[Run, ModelCall], None], ...]
+    _tool_call_started: tuple[Callable[[Run, ToolContext], None], ...]
+    _tool_call_ended: tuple[Callable[[Run, ToolContext, ToolResult | None], None], ...]
+    _subagent_started: tuple[Callable[[Run], None], ...]
+    _subagent_ended: tuple[Callable[[Run], None], ...]
+    _batch_started: tuple[Callable[[Run, Batch], None], ...]
+    _batch_ended: tuple[Callable[[Run, Batch], None], ...]
 
-    __slots__ = ("_hooks", "_wanted")
-
-    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
-        self._hooks: list[Hook] = list(hooks)
-        self._wanted: tuple[list[Iterable[type[Event]]], frozenset[type[Event]]] | None = None
+    def __init__(self, hooks: Iterable[Instrument | Hook | object] = ()) -> None:
+        self._subscribers: list[object] = []
+        self._rebuild()
+        for hook in hooks:
+            self.add(hook)
 
     def __bool__(self) -> bool:
-        return bool(self._hooks)
+        return bool(self._subscribers)
 
-    def add(self, hook: Hook) -> None:
-        """Subscribe ``hook`` to every later event."""
-        self._hooks = [*self._hooks, hook]
+    def add(self, hook: Instrument | Hook | object) -> None:
+        """Subscribe ``hook``: an object with some :class:`Instrument` methods, or a function
+        of one event record.
 
-    def wanted(self) -> frozenset[type[Event]]:
-        """The event types some subscriber wants now (the core asks once per run).
-
-        A wanted start brings its end, so every start any subscriber is handed is followed
-        by its end; an end can come alone (to one that asked for ends only, or subscribed
-        mid-run). A ``wanted_events`` that raises or answers something other than event
-        types is logged and its subscriber dropped, as in :meth:`emit`.
+        Raises:
+            TypeError: ``hook`` is neither.
         """
-        hooks: list[Hook] = []
-        answers: list[Iterable[type[Event]]] = []
-        for hook in self._hooks:
-            ask = getattr(hook, "wanted_events", None)
-            if ask is None:
-                return ALL_EVENTS
+        if _methods_of(hook):
+            subscriber: object = hook
+        elif callable(hook):
+            subscriber = _EventHook(hook)
+            if not _methods_of(subscriber):
+                return  # its wanted_events() failed or wants nothing: dropped
+        else:
+            raise TypeError(
+                f"a hook is an object with Instrument methods or a function of one event, "
+                f"got {hook!r}"
+            )
+        self._subscribers = [*self._subscribers, subscriber]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """One tuple of bound methods per hook method, worked out now and not per call."""
+        tables: dict[str, list[Callable[..., None]]] = {name: [] for name in HOOK_METHODS}
+        for subscriber in self._subscribers:
+            for name, method in _methods_of(subscriber).items():
+                tables[name].append(method)
+        for name, methods in tables.items():
+            setattr(self, f"_{name}", tuple(methods))
+
+    def _failed(self, method: Callable[..., None], name: str) -> None:
+        """Log the failure (inside the ``except`` that caught it) and drop its subscriber."""
+        subscriber = getattr(method, "__self__", method)
+        logger.exception("xzatoma hook %r raised in %s and has been disabled", subscriber, name)
+        self._subscribers = [s for s in self._subscribers if s is not subscriber]
+        self._rebuild()
+
+    def run_started(self, run: Run) -> None:
+        for method in self._run_started:
             try:
-                answers.append(ask())
+                method(run)
             except Exception:
-                self._drop_for_wanted_events(hook)
-            else:
-                hooks.append(hook)
-        # Subscribers answer with the same few frozensets run after run: a combination is
-        # checked and closed once.
-        cached = self._wanted
-        if cached is not None and _same(cached[0], answers):
-            return cached[1]
-        wanted: set[type[Event]] = set()
-        dropped = False
-        for hook, answer in zip(hooks, answers, strict=True):
+                self._failed(method, "run_started")
+
+    def run_ended(self, run: Run) -> None:
+        for method in self._run_ended:
             try:
-                kinds = frozenset(answer)
-                if not kinds <= ALL_EVENTS:
-                    raise TypeError(f"not event types: {sorted(map(repr, kinds - ALL_EVENTS))}")
+                method(run)
             except Exception:
-                self._drop_for_wanted_events(hook)
-                dropped = True
-                continue
-            wanted |= kinds
-        closed = frozenset(wanted | {_END_OF[kind] for kind in wanted if kind in _END_OF})
-        # Kept only for answers that cannot change and all passed the check above.
-        if not dropped and all(type(answer) is frozenset for answer in answers):
-            self._wanted = (answers, closed)
-        return closed
+                self._failed(method, "run_ended")
 
-    def _drop_for_wanted_events(self, hook: Hook) -> None:
-        """Log the failure (inside the ``except`` that caught it) and drop ``hook``."""
-        logger.exception("xzatoma hook %r: wanted_events() failed; disabled", hook)
-        self._hooks = [h for h in self._hooks if h is not hook]
-
-    def emit(self, event: Event) -> None:
-        """Hand ``event`` to every subscriber, in subscription order."""
-        # The list is replaced, never changed in place, so iterating it needs no copy.
-        for hook in self._hooks:
+    def model_call_started(self, run: Run, call: ModelCall) -> None:
+        for method in self._model_call_started:
             try:
-                hook(event)
+                method(run, call)
             except Exception:
-                logger.exception(
-                    "xzatoma hook %r raised on %s and has been disabled",
-                    hook,
-                    type(event).__name__,
-                )
-                self._hooks = [h for h in self._hooks if h is not hook]
+                self._failed(method, "model_call_started")
+
+    def model_call_ended(self, run: Run, call: ModelCall) -> None:
+        for method in self._model_call_ended:
+            try:
+                method(run, call)
+            except Exception:
+                self._failed(method, "model_call_ended")
+
+    def tool_call_started(self, run: Run, ctx: ToolContext) -> None:
+        for method in self._tool_call_started:
+            try:
+                method(run, ctx)
+            except Exception:
+                self._failed(method, "tool_call_started")
+
+    def tool_call_ended(self, run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
+        for method in self._tool_call_ended:
+            try:
+                method(run, ctx, result)
+            except Exception:
+                self._failed(method, "tool_call_ended")
+
+    def subagent_started(self, run: Run) -> None:
+        for method in self._subagent_started:
+            try:
+                method(run)
+            except Exception:
+                self._failed(method, "subagent_started")
+
+    def subagent_ended(self, run: Run) -> None:
+        for method in self._subagent_ended:
+            try:
+                method(run)
+            except Exception:
+                self._failed(method, "subagent_ended")
+
+    def batch_started(self, run: Run, batch: Batch) -> None:
+        for method in self._batch_started:
+            try:
+                method(run, batch)
+            except Exception:
+                self._failed(method, "batch_started")
+
+    def batch_ended(self, run: Run, batch: Batch) -> None:
+        for method in self._batch_ended:
+            try:
+                method(run, batch)
+            except Exception:
+                self._failed(method, "batch_ended")
 
 
-def _same(kept: list[Iterable[type[Event]]], answers: list[Iterable[type[Event]]]) -> bool:
-    """Whether ``answers`` equal the answers kept (frozensets); anything odd is a miss."""
-    try:
-        return bool(kept == answers)
-    except Exception:
-        return False
+def _methods_of(subscriber: object) -> dict[str, Callable[..., None]]:
+    """The hook methods ``subscriber`` implements (the base class's no-ops are not)."""
+    if isinstance(subscriber, _EventHook):
+        return subscriber.methods
+    found: dict[str, Callable[..., None]] = {}
+    kind = type(subscriber)
+    for name in HOOK_METHODS:
+        if getattr(kind, name, None) is getattr(Instrument, name):
+            continue
+        method = getattr(subscriber, name, None)
+        if callable(method):
+            found[name] = method
+    return found
+
+
+class _EventHook:
+    """A function subscriber, handed event records built from the live objects.
+
+    It may have a ``wanted_events()`` method returning the event types it wants; asked once,
+    here. A wanted start brings its end, so every start it is handed is followed by its end;
+    an end may be wanted alone.
+    """
+
+    __slots__ = ("hook", "methods")
+
+    def __init__(self, hook: Hook) -> None:
+        self.hook = hook
+        self.methods: dict[str, Callable[..., None]] = {}
+        wanted = self._wanted(hook)
+        for name, (start, end) in _EVENT_PAIRS.items():
+            if start in wanted:
+                self.methods[f"{name}_started"] = getattr(self, f"_{name}_started")
+            if start in wanted or end in wanted:
+                self.methods[f"{name}_ended"] = getattr(self, f"_{name}_ended")
+
+    @staticmethod
+    def _wanted(hook: Hook) -> frozenset[type[Event]]:
+        ask = getattr(hook, "wanted_events", None)
+        if ask is None:
+            return ALL_EVENTS
+        try:
+            kinds = frozenset(ask())
+            if not kinds <= ALL_EVENTS:
+                raise TypeError(f"not event types: {sorted(map(repr, kinds - ALL_EVENTS))}")
+        except Exception:
+            logger.exception("xzatoma hook %r: wanted_events() failed; disabled", hook)
+            return frozenset()
+        return kinds
+
+    def __repr__(self) -> str:
+        return repr(self.hook)
+
+    def _run_started(self, run: Run) -> None:
+        provider = run.provider
+        self.hook(
+            RunStarted(
+                run.id, run.call_id, run.name, run.label, run.depth, provider.name, provider.model
+            )
+        )
+
+    def _run_ended(self, run: Run) -> None:
+        provider = run.provider
+        status = run.status or "cancelled"
+        self.hook(
+            RunEnded(
+                run.id, run.call_id, run.name, run.label, run.depth, provider.name,
+                provider.model, status, run.error_type, run.turns, run.usage, run.duration,
+            )
+        )  # fmt: skip
+
+    def _model_call_started(self, run: Run, call: ModelCall) -> None:
+        self.hook(ModelCallStarted(call.id, run.id, run.depth, call.provider, call.model))
+
+    def _model_call_ended(self, run: Run, call: ModelCall) -> None:
+        completion = call.completion
+        self.hook(
+            ModelCallEnded(
+                call.id, run.id, run.depth, call.provider, call.model, call.usage,
+                call.duration, call.error_type, completion.model if completion else None,
+            )
+        )  # fmt: skip
+
+    def _tool_call_started(self, run: Run, ctx: ToolContext) -> None:
+        self.hook(ToolCallStarted(ctx.id, run.id, run.depth, ctx.call.name, ctx.call.id))
+
+    def _tool_call_ended(self, run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
+        self.hook(
+            ToolCallEnded(
+                ctx.id, run.id, run.depth, ctx.call.name, ctx.call.id,
+                result is None or result.is_error, run.now() - ctx.started, result is None,
+            )
+        )  # fmt: skip
+
+    def _subagent_started(self, run: Run) -> None:
+        self.hook(SubagentStarted(run.id, run.call_id, run.label, run.depth))
+
+    def _subagent_ended(self, run: Run) -> None:
+        result = run.result()
+        self.hook(
+            SubagentEnded(
+                run.id, run.call_id, run.label, run.depth, result.status, result.error_type,
+                run.turns, run.usage, result.duration, result.truncated, result,
+            )
+        )  # fmt: skip
+
+    def _batch_started(self, run: Run, batch: Batch) -> None:
+        self.hook(BatchStarted(batch.id, batch.call_id, batch.depth, batch.size))
+
+    def _batch_ended(self, run: Run, batch: Batch) -> None:
+        done = batch.result
+        if done is None:  # pragma: no cover - the spawner sets it before the end
+            return
+        self.hook(
+            BatchEnded(
+                batch.id, batch.call_id, batch.depth, batch.size, done.status, done.successful,
+                done.failed, done.cancelled, done.total_usage, done.duration,
+            )
+        )  # fmt: skip
+
+
+_EVENT_PAIRS: Final[dict[str, tuple[type[Event], type[Event]]]] = {
+    "run": (RunStarted, RunEnded),
+    "model_call": (ModelCallStarted, ModelCallEnded),
+    "tool_call": (ToolCallStarted, ToolCallEnded),
+    "subagent": (SubagentStarted, SubagentEnded),
+    "batch": (BatchStarted, BatchEnded),
+}

@@ -9,7 +9,7 @@ command line starts until it returns, so neither ever ends in Python's default h
 - while the work runs (:func:`until_signal`), the handler only writes the signal's number to
   a socket the event loop watches: the first cancels the work's task group like any other
   cancellation (every subagent cancelled, the events of the finished ones kept, printed by
-  :func:`print_interrupted`); a second one, however soon, changes nothing;
+  :func:`~xzatoma._render.print_interrupted`); a second one, however soon, changes nothing;
 - once the work has ended, a signal changes nothing either: the report is printed and the
   command exits with its own code; during ``--metrics-linger`` a signal ends the linger.
 
@@ -25,22 +25,17 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
-from typing import TextIO, TypeVar
+from typing import TypeVar
 
 import anyio
-
-from ._hooks import SubagentEnded
-from ._render import describe_status, print_json
-from ._terminal import printable
 
 __all__ = (
     "SIGNALS",
     "Interrupted",
     "handling_signals",
     "linger",
-    "print_interrupted",
     "until_signal",
 )
 
@@ -155,55 +150,3 @@ def linger(seconds: float, announcement: str) -> None:
 
     with contextlib.suppress(Interrupted):
         until_signal(sleep)
-
-
-def print_interrupted(
-    finished: Sequence[SubagentEnded],
-    why: Interrupted,
-    *,
-    as_json: bool,
-    total: int | None = None,
-    partial_output: str = "",
-    out: TextIO | None = None,
-) -> None:
-    """Say what had finished when the command was interrupted, on ``out`` (stdout).
-
-    ``finished`` are the end events of the depth-1 subagents (a batch's tasks, or the root's
-    children); those the interruption itself cancelled are left out. ``total`` is the
-    batch's size; ``partial_output`` what the root of a ``run`` had answered so far.
-    """
-    out = sys.stdout if out is None else out
-    done = [e for e in finished if e.status != "cancelled"]
-    if as_json:
-        report: dict[str, object] = {"status": "interrupted", "signal": why.name}
-        if total is not None:
-            report["total"] = total
-        else:
-            report["output"] = partial_output
-        report["finished"] = [
-            {"label": e.label, "status": e.status, "error_type": e.error_type,
-             "turns": e.turns, "tokens": e.usage.total_tokens, "output": e.result.output}
-            for e in done
-        ]  # fmt: skip
-        print_json(report, out)
-        return
-    if total is not None:
-        print(f"\ninterrupted: {len(done)} of {total} tasks had finished", file=out)
-    else:
-        print(f"\ninterrupted: {len(done)} subagents had finished", file=out)
-    for e in done:
-        status = describe_status(e.status, e.error_type)
-        label = printable(e.label, single_line=True)
-        print(f"  {label}: {status}, {e.turns} turns, {e.usage.total_tokens} tokens", file=out)
-        if e.result.output:
-            print(_indent(printable(e.result.output)), file=out)
-    if partial_output:
-        print("  partial answer of the root agent:", file=out)
-        print(_indent(printable(partial_output)), file=out)
-    out.flush()
-
-
-def _indent(text: str) -> str:
-    # On "\n" only: splitlines() would also break at U+2028, U+0085 and other characters
-    # that printable() shows as escapes or keeps, and the output would not be the same text.
-    return "\n".join("    " + line for line in text.removesuffix("\n").split("\n"))

@@ -7,11 +7,13 @@ between "is a slot free?" and "take it" even if threads share a tracker.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import anyio
 
 from ._usage import describe_count
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
@@ -26,7 +28,7 @@ __all__ = (
 )
 
 Clock = Callable[[], float]
-"""Seconds from an arbitrary origin, never going back (``time.monotonic`` by default)."""
+"""Seconds from an arbitrary origin, never going back (anyio's clock by default)."""
 
 TRUNCATION_MARKER = "\n[... output truncated to {limit} bytes]"
 
@@ -40,7 +42,8 @@ class QuotaLimits:
     max_total_tokens: int | None = None
     """Tokens the whole tree may consume; charged after every model call."""
     max_total_time: float | None = None
-    """Seconds from the tracker's creation after which no subagent may run."""
+    """Seconds from the tracker's creation (made outside an event loop: from the first time
+    a run reads it) after which no subagent may run."""
 
     def __post_init__(self) -> None:
         # A NaN, an infinity or a string here would switch the limit off or fail at the
@@ -84,12 +87,16 @@ class QuotaTracker:
     before each model call so it stops as soon as the tree is out of tokens or time.
     """
 
-    __slots__ = ("_clock", "_executions", "_lock", "_started", "_tokens", "limits")
+    __slots__ = ("_clock", "_executions", "_last", "_lock", "_started", "_tokens", "limits")
 
-    def __init__(self, limits: QuotaLimits | None = None, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, limits: QuotaLimits | None = None, *, clock: Clock | None = None) -> None:
         self.limits = limits if limits is not None else QuotaLimits()
-        self._clock = clock
-        self._started = clock()
+        # The runtime's one clock, anyio's, unless a test without an event loop brings one.
+        self._clock: Clock = clock if clock is not None else anyio.current_time
+        self._started: float | None = None
+        with contextlib.suppress(Exception):  # made outside an event loop: starts at first use
+            self._started = self._clock()
+        self._last = self._started
         self._executions = 0
         self._tokens = 0
         self._lock = threading.Lock()
@@ -99,7 +106,7 @@ class QuotaTracker:
         if limits.max_total_tokens is not None and self._tokens >= limits.max_total_tokens:
             raise QuotaExceeded(limit="tokens", used=self._tokens, maximum=limits.max_total_tokens)
         if limits.max_total_time is not None:
-            elapsed = self._clock() - self._started
+            elapsed = self._elapsed()
             if elapsed >= limits.max_total_time:
                 raise QuotaExceeded(limit="time", used=elapsed, maximum=limits.max_total_time)
 
@@ -142,18 +149,28 @@ class QuotaTracker:
         with self._lock:
             self._tokens += tokens
 
+    def _elapsed(self) -> float:
+        now = self._last = self._clock()
+        if self._started is None:
+            self._started = now
+        return now - self._started
+
     def remaining_time(self) -> float | None:
         """Seconds left under ``max_total_time`` (never negative), or None if unlimited."""
         if self.limits.max_total_time is None:
             return None
-        return max(0.0, self.limits.max_total_time - (self._clock() - self._started))
+        return max(0.0, self.limits.max_total_time - self._elapsed())
 
     def statistics(self) -> QuotaStatistics:
         """A frozen snapshot: used, limits and remaining."""
         with self._lock:
             limits = self.limits
             executions, tokens = self._executions, self._tokens
-        elapsed = self._clock() - self._started
+        try:
+            elapsed = self._elapsed()
+        except Exception:  # asked after the event loop ended: as of the last reading
+            last, started = self._last, self._started
+            elapsed = 0.0 if last is None or started is None else last - started
         return QuotaStatistics(
             executions=executions,
             total_tokens=tokens,
@@ -165,7 +182,9 @@ class QuotaTracker:
             remaining_tokens=None
             if limits.max_total_tokens is None
             else max(0, limits.max_total_tokens - tokens),
-            remaining_time=self.remaining_time(),
+            remaining_time=None
+            if limits.max_total_time is None
+            else max(0.0, limits.max_total_time - elapsed),
         )
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TextIO
 
-from ._hooks import BatchStarted, Event, ModelCallEnded, SubagentEnded, SubagentStarted
+from ._hooks import Instrument
 from ._render import describe_status
-from ._subagent_models import SUCCEEDED
+from ._result import RunResult
+from ._run import Batch, ModelCall, Run
 from ._terminal import printable
 
 if TYPE_CHECKING:
@@ -23,24 +24,26 @@ if TYPE_CHECKING:
 __all__ = ("BatchProgress", "Finished")
 
 
-class Finished:
-    """A hook that keeps the end events of depth-1 subagents, in the order they ended."""
+class Finished(Instrument):
+    """An instrument that keeps the root run and the results of depth-1 subagents."""
 
     def __init__(self) -> None:
-        self.finished: list[SubagentEnded] = []
-        """End events of the depth-1 subagents, in the order they finished."""
+        self.finished: list[RunResult] = []
+        """Results of the depth-1 subagents, in the order they finished."""
+        self.root: Run | None = None
+        """The root run, once it started (what it had when a signal cancelled it)."""
 
-    def wanted_events(self) -> frozenset[type[Event]]:
-        """Only the subagents' ends (no per-run events)."""
-        return _ENDS
+    def run_started(self, run: Run) -> None:
+        if run.depth == 0:
+            self.root = run
 
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, SubagentEnded) and event.depth == 1:
-            self.finished.append(event)
+    def subagent_ended(self, run: Run) -> None:
+        if run.depth == 1:
+            self.finished.append(run.result())
 
 
 class BatchProgress(Finished):
-    """A hook that follows one top-level batch (its tasks run at depth 1) and draws it.
+    """An instrument that follows one top-level batch (its tasks run at depth 1) and draws it.
 
     Args:
         stream: Where to draw.
@@ -89,25 +92,23 @@ class BatchProgress(Finished):
             f"done {self.done}  failed {self.failed}  running {self.running}  tokens {self.tokens}"
         )
 
-    def wanted_events(self) -> frozenset[type[Event]]:
-        """Of a run's own events, only the model calls' ends (for the token count)."""
-        return _WANTED
+    def batch_started(self, run: Run, batch: Batch) -> None:
+        if batch.depth == 1 and self.total == 0:
+            self.total = batch.size
+            self._started(batch.size)
 
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, BatchStarted):
-            if event.depth == 1 and self.total == 0:
-                self.total = event.size
-                self._started(event.size)
-        elif isinstance(event, SubagentStarted):
-            if event.depth == 1:
-                self.running += 1
-                self._redraw()
-        elif isinstance(event, SubagentEnded):
-            if event.depth == 1:
-                self._ended(event)
-        elif isinstance(event, ModelCallEnded):
-            self.tokens += event.usage.total_tokens
+    def subagent_started(self, run: Run) -> None:
+        if run.depth == 1:
+            self.running += 1
             self._redraw()
+
+    def subagent_ended(self, run: Run) -> None:
+        if run.depth == 1:
+            self._ended(run.result())
+
+    def model_call_ended(self, run: Run, call: ModelCall) -> None:
+        self.tokens += call.usage.total_tokens
+        self._redraw()
 
     def _started(self, size: int) -> None:
         if self._progress is not None:
@@ -116,24 +117,24 @@ class BatchProgress(Finished):
         else:
             self._line(f"batch: {size} tasks")
 
-    def _ended(self, event: SubagentEnded) -> None:
+    def _ended(self, result: RunResult) -> None:
         self.running -= 1
-        ok = event.status in SUCCEEDED
+        ok = result.succeeded
         if ok:
             self.done += 1
         else:
             self.failed += 1
-        self.finished.append(event)
+        self.finished.append(result)
         count = len(self.finished)
-        status = describe_status(event.status, event.error_type)
-        detail = f"{status}, {event.turns} turns, {event.usage.total_tokens} tokens"
-        label = printable(event.label, single_line=True)
+        status = describe_status(result.status, result.error_type)
+        detail = f"{status}, {result.turns} turns, {result.usage.total_tokens} tokens"
+        label = printable(result.label, single_line=True)
         if self._progress is not None and self._task is not None:
             mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
             self._progress.console.print(f"{mark} {_markup_escape(label)}  ({detail})")
             self._progress.update(self._task, completed=count, stats=self.stats)
         else:
-            verb = "done" if ok else event.status
+            verb = "done" if ok else result.status
             self._line(f"[{count}/{self.total}] {verb} {label} ({detail})")
 
     def _redraw(self) -> None:
@@ -154,9 +155,3 @@ def _markup_escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
-
-
-_ENDS: frozenset[type[Event]] = frozenset({SubagentEnded})
-_WANTED: frozenset[type[Event]] = frozenset(
-    {BatchStarted, SubagentStarted, SubagentEnded, ModelCallEnded}
-)

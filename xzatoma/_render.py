@@ -7,11 +7,12 @@ exact text (:func:`~xzatoma._terminal.json_text`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from ._result import RunResult
-from ._subagent_models import SUCCEEDED, BatchResult
+from ._result import ANSWERED, RunResult
+from ._subagent_models import BatchResult
 from ._terminal import json_text, one_line, printable
 
 __all__ = (
@@ -19,6 +20,7 @@ __all__ = (
     "describe_status",
     "format_tree",
     "print_batch",
+    "print_interrupted",
     "print_json",
     "print_run",
 )
@@ -97,7 +99,7 @@ def format_tree(result: RunResult, *, errors: bool = True) -> list[str]:
             f"{name}  {status}  depth {node.depth}  turns {node.turns:>2}  "
             f"tokens {node.usage.total_tokens:>6}"
         )
-        if errors and node.error and node.status not in SUCCEEDED:
+        if errors and node.error and node.status not in ANSWERED:
             lines.append(f"{cont}↳ {one_line(node.error)}")
     return lines
 
@@ -109,3 +111,56 @@ def _rows(node: RunResult, prefix: str, cont: str) -> Iterator[tuple[str, str, R
     for index, child in enumerate(node.children):
         branch, further = ("└─ ", "   ") if index == last else ("├─ ", "│  ")
         yield from _rows(child, cont + branch, cont + further)
+
+
+def print_interrupted(
+    finished: Sequence[RunResult],
+    signal_name: str,
+    *,
+    as_json: bool,
+    total: int | None = None,
+    partial_output: str = "",
+    out: TextIO | None = None,
+) -> None:
+    """Say what had finished when the command was interrupted, on ``out`` (stdout).
+
+    ``finished`` are the results of the depth-1 subagents (a batch's tasks, or the root's
+    children), in the order they ended; those the interruption itself cancelled are left
+    out. ``total`` is the
+    batch's size; ``partial_output`` what the root of a ``run`` had answered so far.
+    """
+    out = sys.stdout if out is None else out
+    done = [e for e in finished if e.status != "cancelled"]
+    if as_json:
+        report: dict[str, object] = {"status": "interrupted", "signal": signal_name}
+        if total is not None:
+            report["total"] = total
+        else:
+            report["output"] = partial_output
+        report["finished"] = [
+            {"label": e.label, "status": e.status, "error_type": e.error_type,
+             "turns": e.turns, "tokens": e.usage.total_tokens, "output": e.output}
+            for e in done
+        ]  # fmt: skip
+        print_json(report, out)
+        return
+    if total is not None:
+        print(f"\ninterrupted: {len(done)} of {total} tasks had finished", file=out)
+    else:
+        print(f"\ninterrupted: {len(done)} subagents had finished", file=out)
+    for e in done:
+        status = describe_status(e.status, e.error_type)
+        label = printable(e.label, single_line=True)
+        print(f"  {label}: {status}, {e.turns} turns, {e.usage.total_tokens} tokens", file=out)
+        if e.output:
+            print(_indent(printable(e.output)), file=out)
+    if partial_output:
+        print("  partial answer of the root agent:", file=out)
+        print(_indent(printable(partial_output)), file=out)
+    out.flush()
+
+
+def _indent(text: str) -> str:
+    # On "\n" only: splitlines() would also break at U+2028, U+0085 and other characters
+    # that printable() shows as escapes or keeps, and the output would not be the same text.
+    return "\n".join("    " + line for line in text.removesuffix("\n").split("\n"))

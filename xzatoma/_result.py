@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ._types import Message, Usage
 
-__all__ = ("ErrorType", "RunResult", "RunStatus")
+__all__ = ("ANSWERED", "AnswerStatus", "ErrorType", "RunResult", "RunStatus")
 
 RunStatus = Literal["complete", "incomplete", "failed", "cancelled"]
 """How a run ended: answered, ran out of turns, failed, or was cancelled."""
@@ -22,6 +22,13 @@ ErrorType = Literal[
     "cancelled",
 ]
 """Why a run or a spawn did not complete; the bounded set used as a metric attribute."""
+
+AnswerStatus = Literal["complete", "incomplete"]
+"""The statuses of a run that returned an answer."""
+
+ANSWERED: frozenset[RunStatus] = frozenset(get_args(AnswerStatus))
+"""The ends that count as success: the run returned an answer (a metric's completion, a
+batch task that succeeded); every other end is an error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,11 @@ class RunResult:
         for child in self.children:
             total = total + child.total_usage
         object.__setattr__(self, "total_usage", total)
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the run returned an answer: ``complete`` or ``incomplete``."""
+        return self.status in ANSWERED
 
     @property
     def ok(self) -> bool:

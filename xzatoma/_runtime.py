@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import anyio
-
 from ._agent import Agent
-from ._hooks import Hook, Hooks, new_id
-from ._limits import Clock, QuotaLimits, QuotaTracker
+from ._hooks import Hook, Hooks, Instrument
+from ._limits import QuotaLimits, QuotaTracker
 from ._result import RunResult
+from ._run import Run, loop_clock
+from ._spawn import Spawner
 from ._subagent_models import BatchResult, SubagentConfig, SubagentTask
 from ._subagents import ParallelSubagentTool, SubagentTool
-from ._tools import Tool, ToolContext, TreeContext
-from ._types import ToolCall
+from ._tools import Tool
 from .errors import ConfigError
 from .providers._base import Provider
 
@@ -34,12 +32,16 @@ class Runtime:
     Args:
         provider: The model for the root and (unless overridden) every subagent.
         subagents: How subagents are spawned (depth, turns, output size, concurrency).
-        quota: Limits shared by every subagent of this runtime.
-        telemetry: An event subscriber for OpenTelemetry; ``None`` subscribes
-            ``xzatoma.telemetry`` (which goes to OTel's no-op API unless an SDK is configured),
-            ``False`` subscribes nothing.
-        hooks: More event subscribers (progress display, your own).
-        clock: The clock for durations and the quota's time limit.
+        quota: Limits shared by every subagent of this runtime, or a :class:`QuotaTracker`
+            to share with other runtimes.
+        telemetry: A subscriber for OpenTelemetry; ``None`` subscribes ``xzatoma.telemetry``
+            (which goes to OTel's no-op API unless an SDK is configured), ``False``
+            subscribes nothing.
+        hooks: More subscribers (progress display, your own).
+
+    Raises:
+        ConfigError: The subagents' provider or model cannot be set up (found here, before
+            any run).
     """
 
     def __init__(
@@ -47,15 +49,13 @@ class Runtime:
         provider: Provider,
         *,
         subagents: SubagentConfig | None = None,
-        quota: QuotaLimits | None = None,
-        telemetry: Hook | bool | None = None,
-        hooks: Iterable[Hook] = (),
-        clock: Clock = time.monotonic,
+        quota: QuotaLimits | QuotaTracker | None = None,
+        telemetry: Instrument | Hook | bool | None = None,
+        hooks: Iterable[Instrument | Hook] = (),
     ) -> None:
         self.provider = provider
         self.config = subagents if subagents is not None else SubagentConfig()
-        self.tracker = QuotaTracker(quota, clock=clock)
-        self.clock = clock
+        self.tracker = quota if isinstance(quota, QuotaTracker) else QuotaTracker(quota)
         self.hooks = Hooks(hooks)
         if telemetry is None or telemetry is True:
             from .telemetry import TelemetrySubscriber
@@ -63,8 +63,9 @@ class Runtime:
             self.hooks.add(TelemetrySubscriber())
         elif telemetry is not False:
             self.hooks.add(telemetry)
-        self.subagent_tool = SubagentTool(self.config, self.tracker)
-        self.parallel_tool = ParallelSubagentTool(self.config, self.tracker)
+        self.spawner = Spawner(self.config, self.tracker, provider=provider)
+        self.subagent_tool = SubagentTool(spawner=self.spawner)
+        self.parallel_tool = ParallelSubagentTool(spawner=self.spawner)
 
     def agent(
         self,
@@ -85,7 +86,6 @@ class Runtime:
             timeout=timeout,
             hooks=self.hooks,
             quota=self.tracker,
-            clock=self.clock,
         )
 
     async def run(self, prompt: str, **agent_options: Any) -> RunResult:
@@ -119,21 +119,19 @@ class Runtime:
             raise ConfigError(
                 f"max_concurrent must be an integer of at least 1, got {max_concurrent!r}"
             )
-        root = self.agent(tools=tools, name="batch", timeout=timeout)
-        tree = TreeContext(self.hooks, self.clock, self.tracker)
-        deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        ctx = ToolContext(
-            root,
-            ToolCall("batch", "parallel_subagent", ""),
-            0,
-            "batch",
-            0,
-            new_id(),
-            deadline,
-            tree,
+        now = loop_clock()
+        root = Run(
+            label="batch",
+            name="batch",
+            hooks=self.hooks,
+            quota=self.tracker,
+            provider=self.provider,
+            tools=[*tools, self.subagent_tool, self.parallel_tool],
+            deadline=math.inf if timeout is None else now() + timeout,
+            now=now,
         )
-        return await self.parallel_tool.spawner.run_batch(
-            ctx, parsed, max_concurrent=max_concurrent, fail_fast=fail_fast
+        return await self.spawner.run_batch(
+            root, parsed, max_concurrent=max_concurrent, fail_fast=fail_fast
         )
 
 

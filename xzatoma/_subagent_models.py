@@ -3,6 +3,7 @@ result and the JSON the model receives for it. No async code here; ``_subagents`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -20,9 +21,7 @@ __all__ = (
     "ParallelSubagentArgs",
     "SubagentConfig",
     "SubagentTask",
-    "SUCCEEDED",
     "batch_summary",
-    "succeeded",
     "task_entry",
 )
 
@@ -141,6 +140,17 @@ class BatchResult:
     cancelled: int
     duration: float
 
+    @classmethod
+    def of(cls, results: Sequence[RunResult], duration: float) -> BatchResult:
+        """The batch of these task results (in input order), counted."""
+        count = len(results)
+        ok = sum(1 for r in results if r.succeeded)
+        cancelled = sum(1 for r in results if r.status == "cancelled")
+        status: Literal["complete", "partial", "failed"] = (
+            "complete" if ok == count else "failed" if ok == 0 else "partial"
+        )
+        return cls(tuple(results), status, ok, count - ok - cancelled, cancelled, duration)
+
     @property
     def total_usage(self) -> Usage:
         """Every model call of every task's tree, each counted once."""
@@ -150,21 +160,12 @@ class BatchResult:
         return total
 
 
-SUCCEEDED = ("complete", "incomplete")
-"""The statuses of a run that returned an answer."""
-
-
-def succeeded(result: RunResult) -> bool:
-    """A task succeeded when it returned an answer: ``complete`` or ``incomplete``."""
-    return result.status in SUCCEEDED
-
-
 def task_entry(result: RunResult) -> dict[str, object]:
     """One task of the batch document the model receives (see ``_tool_messages``); it says
     ``"truncated": true`` only when its output was cut."""
     entry: dict[str, object] = {
         "label": result.label,
-        "success": succeeded(result),
+        "success": result.succeeded,
         "status": result.status,
         "output": result.output,
         "error": result.error if result.status != "complete" else None,

@@ -12,29 +12,25 @@ import asyncio
 import inspect
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_type_hints, overload
 
-import anyio
-import anyio.lowlevel
 import pydantic
 
 from ._cancellation import is_stray_cancellation
-from ._hooks import Hooks
-from ._limits import Clock, QuotaTracker
-from ._result import RunResult
 from ._types import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
     from ._agent import Agent
+    from ._run import Run
 
 __all__ = (
     "FunctionTool",
     "Tool",
     "ToolContext",
     "ToolResult",
+    "parse_arguments",
     "run_tool",
     "tool",
 )
@@ -59,51 +55,49 @@ class ToolResult:
         return cls(f"Error: {message}", True)
 
 
-@dataclass(frozen=True, slots=True)
-class TreeContext:
-    """What every run of one agent tree shares: event hooks, the clock and the quota."""
-
-    hooks: Hooks
-    clock: Clock
-    quota: QuotaTracker | None
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolContext:
-    """What a tool may know about the run that called it."""
+    """What a tool may know about the run that called it: one tool call, live."""
 
+    run: Run
+    """The calling run (depth, label, deadline, quota; see :class:`xzatoma.Run`)."""
     agent: Agent
     """The agent whose model asked for the call (its tools, provider and settings)."""
     call: ToolCall
     """The call being answered."""
-    depth: int
-    """The calling agent's depth (0 at the root)."""
-    label: str
-    """The calling run's label."""
-    run_id: int
-    """Event id of the calling run."""
-    event_id: int
-    """Event id of this tool call; runs spawned by it name it as their parent."""
-    deadline: float
-    """Absolute deadline of the calling run on anyio's clock (``math.inf`` when none)."""
-    tree: TreeContext
-    """Hooks, clock and quota shared by the whole tree."""
-    children: list[tuple[int, RunResult]] = field(default_factory=list)
-    """Where this call's subagent results go (see :meth:`add_child`)."""
+    id: int
+    """Process-unique id of this tool call; runs it spawns name it as ``call_id``."""
+    started: float
+    """When the call began, on the run's clock."""
 
-    def add_child(self, result: RunResult, order: int = 0) -> None:
-        """Attach a subagent result to the calling run's tree.
+    @property
+    def depth(self) -> int:
+        """The calling run's depth (0 at the root)."""
+        return self.run.depth
 
-        Recorded as soon as the child ends (also when the call is later cancelled or timed
-        out), so no finished child is lost; ``order`` sorts the children of one call.
-        """
-        self.children.append((order, result))
+    @property
+    def label(self) -> str:
+        """The calling run's label."""
+        return self.run.label
+
+    @property
+    def run_id(self) -> int:
+        """Id of the calling run."""
+        return self.run.id
+
+    @property
+    def event_id(self) -> int:
+        """The same as :attr:`id` (the name event records use)."""
+        return self.id
+
+    @property
+    def deadline(self) -> float:
+        """Absolute deadline of the calling run on anyio's clock (``math.inf`` when none)."""
+        return self.run.deadline
 
     def remaining_time(self) -> float:
         """Seconds until the calling run's deadline (``math.inf`` when none)."""
-        if self.deadline == math.inf:
-            return math.inf
-        return max(0.0, self.deadline - anyio.current_time())
+        return self.run.remaining_time()
 
 
 class Tool(Generic[ArgsT]):
@@ -138,10 +132,7 @@ class Tool(Generic[ArgsT]):
 
     def validate_arguments(self, arguments: str) -> ArgsT:
         """Parse the model's raw JSON into the parameters model (raises ``ValueError``)."""
-        try:
-            return self.parameters.model_validate_json(arguments or "{}")
-        except pydantic.ValidationError as exc:
-            raise ValueError(describe_validation_error(self.name, exc)) from None
+        return parse_arguments(self.parameters, self.name, arguments)
 
     async def invoke(self, ctx: ToolContext) -> ToolResult:
         """Validate ``ctx.call``'s arguments and run; bad arguments become an ``Error:``."""
@@ -177,6 +168,14 @@ async def run_tool(found: Tool[Any], ctx: ToolContext, cancels: int = 0) -> Tool
             f"tool '{ctx.call.name}' raised {what}{detail} although nothing cancelled "
             "this run; the tool failed, and the run goes on"
         )
+
+
+def parse_arguments(model: type[ArgsT], tool_name: str, arguments: str) -> ArgsT:
+    """Parse a model's raw JSON arguments into ``model``; ``ValueError`` says what is wrong."""
+    try:
+        return model.model_validate_json(arguments or "{}")
+    except pydantic.ValidationError as exc:
+        raise ValueError(describe_validation_error(tool_name, exc)) from None
 
 
 def describe_validation_error(tool_name: str, exc: pydantic.ValidationError) -> str:

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from ._agent import RunState
 from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser
 from ._cli_parser import flag_names as _flag_names
-from ._hooks import Hook
-from ._interrupt import Interrupted, handling_signals, linger, print_interrupted, until_signal
+from ._hooks import Instrument
+from ._interrupt import Interrupted, handling_signals, linger, until_signal
 from ._progress import BatchProgress, Finished
-from ._render import batch_dict, print_batch, print_json, print_run
+from ._render import batch_dict, print_batch, print_interrupted, print_json, print_run
 from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import BatchResult
@@ -210,7 +209,7 @@ def _as_typed(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _runtime(config: XzatomaConfig, hooks: Sequence[Hook] = ()) -> Runtime:
+def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime:
     provider = config.build_provider()
     if provider is None:
         raise UsageError(
@@ -255,8 +254,7 @@ def _interrupted(why: Interrupted, what: str) -> int:
 def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
     prompt = _prompt(args.prompt)
     finished = Finished()
-    runtime = _runtime(config, hooks=[finished])
-    state = RunState()  # what the root had, if a signal cancels it
+    runtime = _runtime(config, hooks=[finished])  # it keeps what the root had, on a signal
 
     async def go() -> RunResult:
         try:
@@ -265,7 +263,7 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
                 max_turns=config.agent.max_turns,
                 timeout=config.agent.timeout_seconds,
             )
-            return await agent.run(prompt, state=state)
+            return await agent.run(prompt)
         finally:
             await _close(runtime)
 
@@ -273,8 +271,9 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
         try:
             result = until_signal(go)
         except Interrupted as why:
+            partial = finished.root.output if finished.root is not None else ""
             print_interrupted(
-                finished.finished, why, as_json=args.json, partial_output=state.output
+                finished.finished, why.name, as_json=args.json, partial_output=partial
             )
             return _interrupted(why, "the run and its subagents were cancelled")
         problem = _endpoint_error([result])
@@ -309,7 +308,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
             batch = until_signal(go)
         except Interrupted as why:
             progress.close()
-            print_interrupted(progress.finished, why, as_json=args.json, total=len(tasks))
+            print_interrupted(progress.finished, why.name, as_json=args.json, total=len(tasks))
             return _interrupted(why, "the batch was cancelled")
         finally:
             progress.close()

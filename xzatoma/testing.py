@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
-from ._hooks import Event
+from ._events import Event
 from ._types import Completion, Message, ToolCall, ToolSpec, Usage
 from .errors import ProviderError
 from .providers._base import Provider

@@ -1,37 +1,31 @@
-"""``TelemetrySubscriber``: the hook that turns the core's events into OTel metrics and spans.
+"""``TelemetrySubscriber``: the instrument that turns what runs do into OTel metrics and spans.
 
-Metrics: a :class:`SubagentMetrics` per subagent execution (``SubagentStarted`` to
-``SubagentEnded``), the batch instruments at ``BatchEnded``, the GenAI client instruments at
-every ``ModelCallEnded``. Spans: ``invoke_agent`` per run, ``execute_tool`` per tool call,
-``chat`` per model call, linked through the events' ids (a child run's ``parent_id`` is the
-tool call that spawned it, so its ``invoke_agent`` nests under ``execute_tool subagent`` or
-``execute_tool parallel_subagent``). The two halves are independent: if either raises (a
-broken provider, processor or exporter), it is logged once and switched off for this
-subscriber, and the other half and the run go on.
+Metrics: a :class:`SubagentMetrics` per subagent execution (``subagent_started`` to
+``subagent_ended``), the batch instruments at ``batch_ended``, the GenAI client instruments
+at every ``model_call_ended``. Spans: ``invoke_agent`` per run, ``execute_tool`` per tool
+call, ``chat`` per model call, each made the *current* span while its work runs (attached to
+the context of the task doing it, detached at its end), so a span a tool opens, an HTTP
+client's instrumentation span under ``chat``, and a child's ``invoke_agent`` under
+``execute_tool subagent`` all nest where they happened. The two halves are independent: if
+either raises (a broken provider, processor or exporter), it is logged once and switched off
+for this subscriber, and the other half and the run go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any, Final
+from contextvars import Token
+from typing import cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from .._hooks import (
-    BatchEnded,
-    Event,
-    ModelCallEnded,
-    ModelCallStarted,
-    RunEnded,
-    RunStarted,
-    SubagentEnded,
-    SubagentStarted,
-    ToolCallEnded,
-    ToolCallStarted,
-)
+from .._hooks import Instrument
+from .._result import AnswerStatus
+from .._run import Batch, ModelCall, Run
+from .._tools import ToolContext, ToolResult
 from . import _names as n
 from ._config import state
 from ._metrics import SubagentMetrics, current_instruments, depth_attributes, pair_attributes
@@ -40,68 +34,30 @@ __all__ = ("TelemetrySubscriber",)
 
 logger = logging.getLogger("xzatoma.telemetry")
 
+_Current = tuple[Span, Token[otel_context.Context]]
+"""A span and the token that made it current (to detach at its end)."""
 
-class TelemetrySubscriber:
-    """Records xzatoma's events as OpenTelemetry metrics and spans.
+
+class TelemetrySubscriber(Instrument):
+    """Records xzatoma's runs as OpenTelemetry metrics and spans.
 
     ``Runtime(telemetry=None)`` subscribes one; pass ``hooks=[TelemetrySubscriber()]`` to an
     :class:`xzatoma.Agent` to instrument a bare agent. It records to the providers of
-    :func:`xzatoma.telemetry.configure` as they are at each event, so it may be made before
-    telemetry is configured.
+    :func:`xzatoma.telemetry.configure` as they are at each run, so it may be made before
+    telemetry is configured. With only OTel's no-op API, a run makes no span objects at all.
 
     Args:
         metrics: Record the ``subagent.*`` and ``gen_ai.client.*`` instruments.
         traces: Record the ``invoke_agent``, ``execute_tool`` and ``chat`` spans.
     """
 
-    __slots__ = (
-        "_dispatch",
-        "_executions",
-        "_metrics_on",
-        "_spans",
-        "_spans_on",
-        "_wanted_tracing",
-        "_wanted_untraced",
-    )
+    __slots__ = ("_executions", "_metrics_on", "_spans", "_spans_on")
 
     def __init__(self, *, metrics: bool = True, traces: bool = True) -> None:
         self._metrics_on = metrics
         self._spans_on = traces
         self._executions: dict[int, SubagentMetrics] = {}
-        self._spans: dict[int, Span] = {}
-        self._dispatch: dict[type, tuple[tuple[bool, _Handler], ...]] = {}
-        self._wanted_tracing: frozenset[type[Event]] = frozenset()
-        self._wanted_untraced: frozenset[type[Event]] = frozenset()
-        self._build_dispatch()
-
-    def _build_dispatch(self) -> None:
-        """One table from event class to its handlers (``True`` marks the metrics half)."""
-        table: dict[type, list[tuple[bool, _Handler]]] = {}
-        if self._metrics_on:
-            for kind, handler in _METRIC_HANDLERS.items():
-                table.setdefault(kind, []).append((True, handler))
-        if self._spans_on:
-            for kind, handler in _SPAN_HANDLERS.items():
-                table.setdefault(kind, []).append((False, handler))
-        self._dispatch = {kind: tuple(handlers) for kind, handlers in table.items()}
-        self._wanted_tracing = frozenset(table)
-        self._wanted_untraced = frozenset(_METRIC_HANDLERS) if self._metrics_on else frozenset()
-
-    def wanted_events(self) -> frozenset[type[Event]]:
-        """The events to make for a run starting now (see :class:`xzatoma.Hooks`).
-
-        Those of the metrics half, and those of the span half while spans can go anywhere:
-        with only OTel's no-op API, a run makes no span events at all.
-        """
-        if self._spans_on:
-            try:
-                tracing = state.tracing()
-            except Exception:  # e.g. OTEL_PYTHON_TRACER_PROVIDER naming no provider
-                self._switch_off(False, "wanted_events")
-                return self._wanted_untraced
-            if tracing:
-                return self._wanted_tracing
-        return self._wanted_untraced
+        self._spans: dict[int, _Current] = {}
 
     def __repr__(self) -> str:
         return f"TelemetrySubscriber(metrics={self._metrics_on}, traces={self._spans_on})"
@@ -111,17 +67,7 @@ class TelemetrySubscriber:
         """Executions and spans started and not yet ended (0 at rest: nothing leaks)."""
         return len(self._executions) + len(self._spans)
 
-    def __call__(self, event: Event) -> None:
-        handlers = self._dispatch.get(type(event))
-        if handlers is None:
-            return
-        for is_metrics, handler in handlers:
-            try:
-                handler(self, event)
-            except Exception:
-                self._switch_off(is_metrics, type(event).__name__)
-
-    def _switch_off(self, is_metrics: bool, event_name: str) -> None:
+    def _switch_off(self, is_metrics: bool, where: str) -> None:
         """A half that raised is logged once and turned off; the other half and the run go on."""
         if is_metrics:
             self._metrics_on = False
@@ -133,157 +79,198 @@ class TelemetrySubscriber:
         else:
             self._spans_on = False
             self._spans.clear()
-        self._build_dispatch()
+        half = "metrics" if is_metrics else "spans"
         logger.exception(
             "xzatoma telemetry: recording %s failed on %s; %s is off for this subscriber, "
             "the run goes on",
-            "metrics" if is_metrics else "spans",
-            event_name,
+            half,
+            where,
             "metrics" if is_metrics else "tracing",
         )
 
     # -- metrics ---------------------------------------------------------------------------
-    def _subagent_started(self, event: SubagentStarted) -> None:
-        self._executions[event.id] = SubagentMetrics(event.label, event.depth)
+    def subagent_started(self, run: Run) -> None:
+        if self._metrics_on:
+            try:
+                self._executions[run.id] = SubagentMetrics(run.label, run.depth)
+            except Exception:
+                self._switch_off(True, "subagent_started")
 
-    def _subagent_ended(self, event: SubagentEnded) -> None:
-        recorder = self._executions.pop(event.id, None)
-        if recorder is None:  # started before this subscriber was listening
+    def subagent_ended(self, run: Run) -> None:
+        recorder = self._executions.pop(run.id, None)
+        if recorder is None:  # started before this subscriber was listening, or switched off
             return
-        tokens = event.usage.total_tokens
-        if event.status == "complete" or event.status == "incomplete":
-            recorder.record_completion(event.turns, tokens, event.status, duration=event.duration)
+        try:
+            result = run.result()
+            tokens = result.usage.total_tokens
+            if result.succeeded:
+                status = cast(AnswerStatus, result.status)
+                recorder.record_completion(result.turns, tokens, status, duration=result.duration)
+            else:
+                recorder.record_error(
+                    result.error_type or "execution_failed",
+                    turns=result.turns,
+                    tokens=tokens,
+                    duration=result.duration,
+                )
+        except Exception:
+            self._switch_off(True, "subagent_ended")
+
+    def batch_ended(self, run: Run, batch: Batch) -> None:
+        if not self._metrics_on or batch.result is None:
             return
-        error_type = event.error_type
-        if error_type is None:
-            error_type = "cancelled" if event.status == "cancelled" else "execution_failed"
-        recorder.record_error(error_type, turns=event.turns, tokens=tokens, duration=event.duration)
+        try:
+            inst = current_instruments()
+            inst.batches.add(1, pair_attributes(batch.depth, n.STATUS, batch.result.status))
+            inst.batch_size.record(batch.size, depth_attributes(batch.depth))
+        except Exception:
+            self._switch_off(True, "batch_ended")
 
-    def _batch_ended(self, event: BatchEnded) -> None:
-        inst = current_instruments()
-        inst.batches.add(1, pair_attributes(event.depth, n.STATUS, event.status))
-        inst.batch_size.record(event.size, depth_attributes(event.depth))
+    def model_call_ended(self, run: Run, call: ModelCall) -> None:
+        if self._metrics_on:
+            try:
+                self._model_call_metrics(call)
+            except Exception:
+                self._switch_off(True, "model_call_ended")
+        current = self._spans.pop(call.id, None)
+        if current is not None:
+            try:
+                self._end_chat(current, call)
+            except Exception:
+                self._switch_off(False, "model_call_ended")
 
-    def _model_call_metrics(self, event: ModelCallEnded) -> None:
+    @staticmethod
+    def _model_call_metrics(call: ModelCall) -> None:
         inst = current_instruments()
         call_attrs, input_attrs, output_attrs = _gen_ai_attributes(
-            event.provider, event.model, event.error_type
+            call.provider, call.model, call.error_type
         )
-        inst.operation_duration.record(event.duration, call_attrs)
-        usage = event.usage
+        inst.operation_duration.record(call.duration, call_attrs)
+        usage = call.usage
         # A call that failed, or whose provider reported no usage, has no token counts to give.
-        if event.error_type is None and (
+        if call.error_type is None and (
             usage.requests or usage.prompt_tokens or usage.completion_tokens or usage.total_tokens
         ):
             inst.token_usage.record(usage.prompt_tokens, input_attrs)
             inst.token_usage.record(usage.completion_tokens, output_attrs)
 
     # -- spans -----------------------------------------------------------------------------
-    def _start(
-        self,
-        event_id: int,
-        parent_id: int | None,
-        name: str,
-        kind: SpanKind,
-        attributes: dict[str, str | int],
-    ) -> None:
-        parent = self._spans.get(parent_id) if parent_id is not None else None
-        context = trace.set_span_in_context(parent) if parent is not None else None
-        self._spans[event_id] = state.tracer().start_span(
-            name, context=context, kind=kind, attributes=attributes
-        )
+    def _start(self, key: int, name: str, kind: SpanKind, attributes: dict[str, str | int]) -> None:
+        """Start a span under the current one and make it current in this task's context."""
+        span = state.tracer().start_span(name, kind=kind, attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        self._spans[key] = (span, token)
 
-    def _run_started(self, event: RunStarted) -> None:
-        # Decided once per run: with only the no-op API, no span objects are made at all,
-        # and the run's model and tool calls (which nest under its span) make none either.
-        if not state.tracing():
+    def run_started(self, run: Run) -> None:
+        if not self._spans_on:
             return
-        self._start(
-            event.id,
-            event.parent_id,
-            n.invoke_agent_span(event.name),
-            SpanKind.INTERNAL,
-            {
-                n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
-                n.GEN_AI_AGENT_NAME: event.name,
-                n.GEN_AI_PROVIDER_NAME: event.provider,
-                n.GEN_AI_REQUEST_MODEL: event.model,
-                n.XZ_DEPTH: event.depth,
-                n.XZ_LABEL: event.label,
-            },
-        )
-
-    def _run_ended(self, event: RunEnded) -> None:
-        span = self._spans.pop(event.id, None)
-        if span is None:
-            return
-        if span.is_recording():
-            span.set_attributes(
+        try:
+            # Decided once per run: with only the no-op API, no span objects are made at
+            # all, and the run's model and tool calls (which nest under it) make none either.
+            if not state.tracing():
+                return
+            self._start(
+                run.id,
+                n.invoke_agent_span(run.name),
+                SpanKind.INTERNAL,
                 {
-                    n.GEN_AI_USAGE_INPUT_TOKENS: event.usage.prompt_tokens,
-                    n.GEN_AI_USAGE_OUTPUT_TOKENS: event.usage.completion_tokens,
-                    n.XZ_TOTAL_TOKENS: event.usage.total_tokens,
-                    n.XZ_TURNS: event.turns,
-                    n.XZ_STATUS: event.status,
-                }
+                    n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
+                    n.GEN_AI_AGENT_NAME: run.name,
+                    n.GEN_AI_PROVIDER_NAME: run.provider.name,
+                    n.GEN_AI_REQUEST_MODEL: run.provider.model,
+                    n.XZ_DEPTH: run.depth,
+                    n.XZ_LABEL: run.label,
+                },
             )
-            if event.status == "failed" or event.status == "cancelled":
-                _fail(span, event.error_type or event.status)
-        span.end()
+        except Exception:
+            self._switch_off(False, "run_started")
 
-    def _model_call_started(self, event: ModelCallStarted) -> None:
-        if event.run_id not in self._spans:
+    def run_ended(self, run: Run) -> None:
+        current = self._spans.pop(run.id, None)
+        if current is None:
             return
-        self._start(
-            event.id,
-            event.run_id,
-            n.chat_span(event.model),
-            SpanKind.CLIENT,
-            {
-                n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
-                n.GEN_AI_PROVIDER_NAME: event.provider,
-                n.GEN_AI_REQUEST_MODEL: event.model,
-                n.XZ_DEPTH: event.depth,
-            },
-        )
+        span, token = current
+        try:
+            otel_context.detach(token)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        n.GEN_AI_USAGE_INPUT_TOKENS: run.usage.prompt_tokens,
+                        n.GEN_AI_USAGE_OUTPUT_TOKENS: run.usage.completion_tokens,
+                        n.XZ_TOTAL_TOKENS: run.usage.total_tokens,
+                        n.XZ_TURNS: run.turns,
+                        n.XZ_STATUS: run.status or "cancelled",
+                    }
+                )
+                if run.status == "failed" or run.status == "cancelled":
+                    _fail(span, run.error_type or run.status)
+            span.end()
+        except Exception:
+            self._switch_off(False, "run_ended")
 
-    def _chat_ended(self, event: ModelCallEnded) -> None:
-        span = self._spans.pop(event.id, None)
-        if span is None:
+    def model_call_started(self, run: Run, call: ModelCall) -> None:
+        if run.id not in self._spans:
             return
+        try:
+            self._start(
+                call.id,
+                n.chat_span(call.model),
+                SpanKind.CLIENT,
+                {
+                    n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
+                    n.GEN_AI_PROVIDER_NAME: call.provider,
+                    n.GEN_AI_REQUEST_MODEL: call.model,
+                    n.XZ_DEPTH: run.depth,
+                },
+            )
+        except Exception:
+            self._switch_off(False, "model_call_started")
+
+    @staticmethod
+    def _end_chat(current: _Current, call: ModelCall) -> None:
+        span, token = current
+        otel_context.detach(token)
         if span.is_recording():
-            if event.response_model is not None:
-                span.set_attribute(n.GEN_AI_RESPONSE_MODEL, event.response_model)
-            if event.error_type is None:
-                span.set_attribute(n.GEN_AI_USAGE_INPUT_TOKENS, event.usage.prompt_tokens)
-                span.set_attribute(n.GEN_AI_USAGE_OUTPUT_TOKENS, event.usage.completion_tokens)
+            completion = call.completion
+            if completion is not None and completion.model is not None:
+                span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
+            if call.error_type is None:
+                span.set_attribute(n.GEN_AI_USAGE_INPUT_TOKENS, call.usage.prompt_tokens)
+                span.set_attribute(n.GEN_AI_USAGE_OUTPUT_TOKENS, call.usage.completion_tokens)
             else:
-                _fail(span, event.error_type)
+                _fail(span, call.error_type)
         span.end()
 
-    def _tool_started(self, event: ToolCallStarted) -> None:
-        if event.run_id not in self._spans:
+    def tool_call_started(self, run: Run, ctx: ToolContext) -> None:
+        if run.id not in self._spans:
             return
-        self._start(
-            event.id,
-            event.run_id,
-            n.execute_tool_span(event.tool),
-            SpanKind.INTERNAL,
-            {
-                n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
-                n.GEN_AI_TOOL_NAME: event.tool,
-                n.GEN_AI_TOOL_CALL_ID: event.call_id,
-                n.XZ_DEPTH: event.depth,
-            },
-        )
+        try:
+            self._start(
+                ctx.id,
+                n.execute_tool_span(ctx.call.name),
+                SpanKind.INTERNAL,
+                {
+                    n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
+                    n.GEN_AI_TOOL_NAME: ctx.call.name,
+                    n.GEN_AI_TOOL_CALL_ID: ctx.call.id,
+                    n.XZ_DEPTH: run.depth,
+                },
+            )
+        except Exception:
+            self._switch_off(False, "tool_call_started")
 
-    def _tool_ended(self, event: ToolCallEnded) -> None:
-        span = self._spans.pop(event.id, None)
-        if span is None:
+    def tool_call_ended(self, run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
+        current = self._spans.pop(ctx.id, None)
+        if current is None:
             return
-        if span.is_recording() and (event.cancelled or event.is_error):
-            _fail(span, n.CANCELLED if event.cancelled else n.TOOL_ERROR)
-        span.end()
+        span, token = current
+        try:
+            otel_context.detach(token)
+            if span.is_recording() and (result is None or result.is_error):
+                _fail(span, n.CANCELLED if result is None else n.TOOL_ERROR)
+            span.end()
+        except Exception:
+            self._switch_off(False, "tool_call_ended")
 
 
 _GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
@@ -325,22 +312,3 @@ def _gen_ai_attributes(provider: str, model: str, error_type: str | None) -> _Ge
 def _fail(span: Span, error_type: str) -> None:
     span.set_attribute(n.OTEL_ERROR_TYPE, error_type)
     span.set_status(Status(StatusCode.ERROR, error_type))
-
-
-_Handler = Callable[[TelemetrySubscriber, Any], None]
-
-_METRIC_HANDLERS: Final[dict[type, _Handler]] = {
-    SubagentStarted: TelemetrySubscriber._subagent_started,
-    SubagentEnded: TelemetrySubscriber._subagent_ended,
-    BatchEnded: TelemetrySubscriber._batch_ended,
-    ModelCallEnded: TelemetrySubscriber._model_call_metrics,
-}
-
-_SPAN_HANDLERS: Final[dict[type, _Handler]] = {
-    RunStarted: TelemetrySubscriber._run_started,
-    RunEnded: TelemetrySubscriber._run_ended,
-    ModelCallStarted: TelemetrySubscriber._model_call_started,
-    ModelCallEnded: TelemetrySubscriber._chat_ended,
-    ToolCallStarted: TelemetrySubscriber._tool_started,
-    ToolCallEnded: TelemetrySubscriber._tool_ended,
-}

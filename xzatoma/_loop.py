@@ -1,0 +1,198 @@
+"""The agent loop as a driver of one :class:`~xzatoma.Run`: call the model, run the tools it
+asks for, repeat until it answers.
+
+Every way a run can end is recorded on the run (complete, incomplete, failed) except a
+cancellation from outside, which propagates after the run has been marked. The start and
+end hooks run in ``finally`` so subscribers see exactly one end for every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from ._cancellation import cancel_requests, is_stray_cancellation
+from ._result import ErrorType, RunStatus
+from ._run import ModelCall, Run, new_id
+from ._tools import ToolContext, ToolResult, run_tool
+from ._types import Completion, Message, ToolCall
+from ._usage import UsageRefused, checked_usage
+from .errors import ProviderError, QuotaExceeded
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+__all__ = ("RunLoop",)
+
+logger = logging.getLogger("xzatoma.agent")
+
+_Outcome = tuple[RunStatus, ErrorType | None, str | None]
+
+
+class _ModelFailed(Exception):
+    """The provider raised; the run ends ``failed`` with this message."""
+
+
+class RunLoop:
+    """Drives one run of one agent; ``followups`` are user turns sent after each answer
+    (the summary prompt), within the same ``max_turns``."""
+
+    __slots__ = ("agent", "followups", "run")
+
+    def __init__(self, agent: Agent, run: Run, followups: Sequence[str] = ()) -> None:
+        self.agent = agent
+        self.run = run
+        self.followups = list(followups)
+
+    async def drive(self, prompt: str) -> None:
+        """Run to the end; the run's deadline (absolute, anyio's clock) ends it ``failed``."""
+        run = self.run
+        run.hooks.run_started(run)
+        try:
+            try:
+                if run.deadline == math.inf:
+                    run.finish(*await self._turns(prompt))
+                else:
+                    with anyio.CancelScope(deadline=run.deadline) as scope:
+                        outcome = await self._turns(prompt)
+                    if scope.cancelled_caught:
+                        run.deadline_passed()
+                    else:
+                        run.finish(*outcome)
+            except Exception as exc:  # a bug in a provider adapter or tool plumbing: report it
+                logger.exception("agent %r failed unexpectedly", self.agent.name)
+                run.finish("failed", "execution_failed", f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            run.interrupted(exc)
+            raise
+        finally:
+            run.hooks.run_ended(run)
+
+    async def _turns(self, prompt: str) -> _Outcome:
+        run, agent = self.run, self.agent
+        messages = run.messages
+        if agent.system_prompt is not None:
+            messages.append(Message.system(agent.system_prompt))
+        messages.append(Message.user(prompt))
+        while True:
+            if run.turns >= agent.max_turns:
+                return "incomplete", None, f"ran out of turns (max_turns={agent.max_turns})"
+            # A cancelled run must make no further model call, even if nothing has yielded yet.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if run.quota is not None and run.depth > 0:
+                try:
+                    run.quota.check_running()
+                except QuotaExceeded as exc:
+                    return "failed", "quota_exceeded", str(exc)
+            try:
+                completion = await self._call_model()
+            except _ModelFailed as exc:
+                return "failed", "execution_failed", str(exc)
+            run.turns += 1
+            run.usage += completion.usage
+            if run.quota is not None:
+                run.quota.charge(completion.usage.total_tokens)
+            messages.append(completion.message)
+            calls = completion.tool_calls
+            if completion.content or not calls:  # a final answer is the output, even if empty
+                run.output = completion.content or ""
+            if not calls:
+                if not self.followups:
+                    return "complete", None, None
+                if run.turns >= agent.max_turns:
+                    return "incomplete", None, "no turn left for the summary"
+                messages.append(Message.user(self.followups.pop(0)))
+                continue
+            if run.turns >= agent.max_turns:
+                return "incomplete", None, f"ran out of turns (max_turns={agent.max_turns})"
+            results = await self._run_tools(calls)
+            for call, result in zip(calls, results, strict=True):
+                messages.append(Message.tool(call, result.content))
+
+    async def _call_model(self) -> Completion:
+        run = self.run
+        provider = run.provider
+        call = ModelCall(run)
+        run.hooks.model_call_started(run, call)
+        before = cancel_requests()  # per call: a tool may have left one uncancelled
+        try:
+            reply = await provider.complete(run.messages, self.agent.specs)
+            # Checked before it is charged, summed or recorded: usage is the endpoint's word.
+            quota = run.quota
+            limited = quota is not None and quota.limits.max_total_tokens is not None
+            call.completion = checked_usage(reply, run.messages, estimate_missing=limited)
+        except UsageRefused as exc:
+            call.error_type = "execution_failed"
+            raise _ModelFailed(
+                f"provider {provider.name!r} returned invalid usage: {exc}"
+            ) from None
+        except ProviderError as exc:
+            call.error_type = "execution_failed"
+            raise _ModelFailed(f"provider {provider.name!r} failed: {exc}") from exc
+        except Exception as exc:
+            call.error_type = "execution_failed"
+            logger.exception("provider %r raised an unexpected exception", provider.name)
+            raise _ModelFailed(
+                f"provider {provider.name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        except asyncio.CancelledError as exc:
+            if not await is_stray_cancellation(exc, before):
+                raise
+            call.error_type = "execution_failed"
+            raise _ModelFailed(
+                f"provider {provider.name!r} raised CancelledError although nothing cancelled "
+                "this run"
+            ) from None
+        finally:
+            call.ended = run.now()
+            if call.completion is None and call.error_type is None:  # cancelled from outside
+                call.error_type = "timeout" if call.ended >= run.deadline else "cancelled"
+            run.hooks.model_call_ended(run, call)
+        return call.completion
+
+    async def _run_tools(self, calls: tuple[ToolCall, ...]) -> list[ToolResult]:
+        """Run one reply's tool calls concurrently; results in the model's order.
+
+        A subagent a call spawns attaches its result to the run when it ends, so children
+        that ended are kept even when this turn is cancelled or times out.
+        """
+        if len(calls) == 1:
+            # The run's own task: a tool before may have left a cancel request behind.
+            return [await self._invoke(calls[0], cancel_requests())]
+        results: list[ToolResult] = [ToolResult("")] * len(calls)
+
+        async def invoke_into(index: int, call: ToolCall) -> None:
+            # Each call runs in a task of its own, whose cancellation count starts at 0.
+            results[index] = await self._invoke(call, 0)
+
+        async with anyio.create_task_group() as tg:
+            for index, call in enumerate(calls):
+                tg.start_soon(invoke_into, index, call)
+                if index % 100 == 99:
+                    # Let calls that finish at once do so while the rest are spawned, so a
+                    # reply of 10,000 calls does not hold 10,000 pending tasks at once.
+                    await anyio.lowlevel.checkpoint()
+        return results
+
+    async def _invoke(self, call: ToolCall, cancels: int) -> ToolResult:
+        run, agent = self.run, self.agent
+        ctx = ToolContext(run=run, agent=agent, call=call, id=new_id(), started=run.now())
+        run.hooks.tool_call_started(run, ctx)
+        result: ToolResult | None = None
+        try:
+            found = agent.callable_tool(call.name)
+            if found is None:
+                result = ToolResult.error(
+                    f"Unknown tool '{call.name}'. Available tools: {agent.tool_names()}."
+                )
+            else:
+                result = await run_tool(found, ctx, cancels)
+            return result
+        finally:
+            run.hooks.tool_call_ended(run, ctx, result)

@@ -1,0 +1,294 @@
+"""``Run``: one agent run or one spawn, from its start to its result.
+
+The object the path of a run hands along. ``Agent.run`` makes a root ``Run``; a spawn makes a
+child with :meth:`Run.child`; the agent loop fills in its messages, usage and turns; whoever
+ends it says how (:meth:`Run.finish`); a child attaches its result to its parent when it
+ends, so a finished child is never lost, whatever happens to the parent afterwards. Hooks
+receive the live object. :class:`ModelCall` and :class:`Batch` are the live records of one
+model call and one parallel batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._result import ErrorType, RunResult, RunStatus
+from ._types import Completion, Message, Usage
+from .errors import QuotaExceeded
+
+if TYPE_CHECKING:
+    from ._hooks import Hooks
+    from ._limits import QuotaTracker
+    from ._subagent_models import BatchResult
+    from ._tools import Tool
+    from .providers._base import Provider
+
+__all__ = ("Batch", "ModelCall", "Run", "loop_clock", "new_id")
+
+new_id = itertools.count(1).__next__
+"""Process-unique ids for runs, tool calls, model calls and batches."""
+
+
+def loop_clock() -> Callable[[], float]:
+    """anyio's clock (:func:`anyio.current_time`), found once for a tree.
+
+    On asyncio it is the event loop's ``time``, read directly: the same value anyio gives and
+    its cancel scopes' deadlines use, without looking up the backend at every reading. On
+    trio (and its ``MockClock`` in tests) it is anyio's own function.
+    """
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        return anyio.current_time
+
+
+class Run:
+    """One agent run (the root, or a subagent) or one spawn that was refused before it ran.
+
+    The tree's shared parts (``hooks``, ``quota``, the clock ``now``) are handed from parent
+    to child. Everything else is this run's own. ``status`` is ``None`` while it runs.
+    """
+
+    __slots__ = (
+        "_children",
+        "_result",
+        "call_id",
+        "deadline",
+        "deadline_error",
+        "depth",
+        "ended",
+        "error",
+        "error_type",
+        "hooks",
+        "id",
+        "index",
+        "label",
+        "messages",
+        "name",
+        "now",
+        "output",
+        "parent",
+        "provider",
+        "quota",
+        "started",
+        "status",
+        "tools",
+        "truncated",
+        "turns",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        hooks: Hooks,
+        quota: QuotaTracker | None,
+        provider: Provider,
+        tools: Sequence[Tool[Any]] = (),
+        name: str = "agent",
+        deadline: float = math.inf,
+        parent: Run | None = None,
+        call_id: int | None = None,
+        index: int = 0,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        self.id = new_id()
+        """Process-unique id; a child names its parent's tool call in ``call_id``."""
+        self.parent = parent
+        """The run that spawned this one (``None`` at the root)."""
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        """0 at the root, d+1 for a child of a run at depth d."""
+        self.label = label
+        """The task label (the agent's name at the root)."""
+        self.name = name
+        """The agent's name, shown in spans (``agent``, ``subagent``)."""
+        self.call_id = call_id
+        """Id of the tool call that spawned this run (``None`` at the root or from Python)."""
+        self.index = index
+        """Position among the children of one tool call (a batch's task index)."""
+        self.hooks = hooks
+        self.quota = quota
+        if now is None:
+            now = parent.now if parent is not None else loop_clock()
+        self.now: Callable[[], float] = now
+        """The tree's clock: anyio's, as :func:`loop_clock` found it."""
+        self.provider = provider
+        """The model this run calls."""
+        self.tools: tuple[Tool[Any], ...] = tuple(tools)
+        """The tools this run offers its model (its children choose from these)."""
+        self.deadline = deadline
+        """Absolute deadline on anyio's clock (``math.inf`` when none)."""
+        self.deadline_error: ErrorType = "timeout"
+        """What passing the deadline means: ``timeout``, or ``quota_exceeded`` (quota time)."""
+        self.messages: list[Message] = []
+        self.usage = Usage()
+        """This run's own model calls."""
+        self.turns = 0
+        """Model calls made."""
+        self.output = ""
+        self.status: RunStatus | None = None
+        self.error_type: ErrorType | None = None
+        self.error: str | None = None
+        self.truncated = False
+        self.started = self.now()
+        self.ended: float | None = None
+        self._children: list[tuple[tuple[int, int], RunResult]] = []
+        self._result: RunResult | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(id={self.id}, label={self.label!r}, depth={self.depth}, "
+            f"status={self.status!r}, turns={self.turns})"
+        )
+
+    def child(self, label: str, index: int = 0, *, call_id: int | None = None) -> Run:
+        """A run one level deeper, spawned by tool call ``call_id`` (its ``index``-th child).
+
+        It shares this run's hooks, quota and clock, inherits its deadline, and starts with
+        its provider and tools (the spawner narrows them before the child runs).
+        """
+        return Run(
+            label=label,
+            hooks=self.hooks,
+            quota=self.quota,
+            provider=self.provider,
+            tools=self.tools,
+            name="subagent",
+            deadline=self.deadline,
+            parent=self,
+            call_id=call_id,
+            index=index,
+            now=self.now,
+        )
+
+    # -- how it ended ----------------------------------------------------------------------
+    def finish(self, status: RunStatus, error_type: ErrorType | None, error: str | None) -> None:
+        """Record how the run ended (the first word stands; later calls change nothing)."""
+        if self.status is None:
+            self.status, self.error_type, self.error = status, error_type, error
+            self.ended = self.now()
+
+    def interrupted(self, exc: BaseException | None) -> None:
+        """End a run that was stopped from outside, or broke, before it could say how.
+
+        Past its deadline, the run was cut by a deadline it inherited (an outer scope fires
+        at the same instant as its own): that deadline's error. Otherwise a cancellation is
+        ``cancelled`` and anything else ``execution_failed``.
+        """
+        if self.deadline != math.inf and self.now() >= self.deadline:
+            self.deadline_passed()
+        elif exc is None or isinstance(exc, anyio.get_cancelled_exc_class()):
+            self.finish("cancelled", "cancelled", "cancelled before it finished")
+        else:
+            self.finish("failed", "execution_failed", f"{type(exc).__name__}: {exc}")
+
+    def deadline_passed(self) -> None:
+        """End the run for its deadline, in the quota's own words when its time ran out."""
+        if self.deadline_error == "quota_exceeded" and self.quota is not None:
+            try:
+                self.quota.check_running()
+            except QuotaExceeded as exc:
+                self.finish("failed", "quota_exceeded", str(exc))
+                return
+        self.finish("failed", self.deadline_error, f"timeout reached after {self.duration:.3f}s")
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end (to now, while it runs)."""
+        return (self.ended if self.ended is not None else self.now()) - self.started
+
+    def remaining_time(self) -> float:
+        """Seconds until the deadline (``math.inf`` when none, never negative)."""
+        if self.deadline == math.inf:
+            return math.inf
+        return max(0.0, self.deadline - self.now())
+
+    # -- the result tree -------------------------------------------------------------------
+    def attach(self) -> None:
+        """Give this run's result to its parent (a child does it when it ends)."""
+        if self.parent is not None:
+            key = (self.call_id or 0, self.index)
+            self.parent._children.append((key, self.result()))
+
+    def result(self) -> RunResult:
+        """This run as a frozen :class:`RunResult`, children in the order they were asked for.
+
+        While the run goes on (a caller that cancelled it reads what it had), the snapshot
+        says ``cancelled``; once it has ended the result is made once and kept.
+        """
+        if self._result is not None:
+            return self._result
+        status = self.status if self.status is not None else "cancelled"
+        self._children.sort(key=_order)
+        result = RunResult(
+            output=self.output,
+            status=status,
+            turns=self.turns,
+            usage=self.usage,
+            children=tuple(child for _, child in self._children),
+            messages=tuple(self.messages),
+            error_type=self.error_type if self.status is not None else "cancelled",
+            error=self.error,
+            label=self.label,
+            depth=self.depth,
+            truncated=self.truncated,
+            duration=self.duration,
+        )
+        if self.status is not None:
+            self._result = result
+        return result
+
+
+def _order(entry: tuple[tuple[int, int], RunResult]) -> tuple[int, int]:
+    return entry[0]
+
+
+class ModelCall:
+    """One model call of a run, as hooks see it: live while it runs, complete at its end."""
+
+    __slots__ = ("completion", "ended", "error_type", "id", "model", "provider", "started")
+
+    def __init__(self, run: Run) -> None:
+        self.id = new_id()
+        self.provider = run.provider.name
+        self.model = run.provider.model
+        """The model asked for."""
+        self.started = run.now()
+        self.ended: float | None = None
+        self.completion: Completion | None = None
+        """The reply, once it came (usage checked)."""
+        self.error_type: ErrorType | None = None
+        """``execution_failed`` (the provider failed), ``cancelled`` or ``timeout``."""
+
+    @property
+    def duration(self) -> float:
+        """Seconds the call took (0 until it ended)."""
+        return 0.0 if self.ended is None else self.ended - self.started
+
+    @property
+    def usage(self) -> Usage:
+        """The reply's usage (none for a call that failed)."""
+        return self.completion.usage if self.completion is not None else Usage()
+
+
+class Batch:
+    """One parallel batch, as hooks see it; ``result`` is set when it ends."""
+
+    __slots__ = ("call_id", "depth", "id", "result", "size", "started")
+
+    def __init__(self, parent: Run, call_id: int | None, size: int) -> None:
+        self.id = new_id()
+        self.call_id = call_id
+        """The ``parallel_subagent`` tool call that asked for it (``None`` from Python)."""
+        self.depth = parent.depth + 1
+        """Its tasks' depth."""
+        self.size = size
+        self.started = parent.now()
+        self.result: BatchResult | None = None

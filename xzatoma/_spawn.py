@@ -1,0 +1,355 @@
+"""``Spawner``: one subagent execution from its start to its end, and parallel batches of them.
+
+One path for every spawn (:meth:`Spawner.spawn`): the start hook, then quota, depth,
+arguments, the child's tools, the atomic quota reservation and the run. Every refusal is one
+exception (:class:`Refused`) caught in one place (:class:`_Execution`), which also ends a
+child that was cancelled or broke, cuts its output to ``output_max_size``, attaches it to
+its parent and calls the end hook, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._agent import Agent
+from ._limits import QuotaTracker, check_depth, truncate_utf8
+from ._result import ErrorType, RunStatus
+from ._run import Batch, Run
+from ._subagent_models import (
+    LABEL_MAX_LENGTH,
+    BatchResult,
+    ParallelSubagentArgs,
+    SubagentConfig,
+    SubagentTask,
+)
+from ._text import replace_lone_surrogates
+from ._tools import Tool, parse_arguments
+from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
+from .providers._base import Provider
+
+__all__ = ("Refused", "Spawner")
+
+
+class Refused(Exception):
+    """A spawn that must not run (or a batch task that never started): why, in one place."""
+
+    def __init__(self, error_type: ErrorType, message: str, status: RunStatus = "failed") -> None:
+        super().__init__(message)
+        self.error_type: ErrorType = error_type
+        self.status: RunStatus = status
+
+
+class Spawner:
+    """Runs the subagent executions of the trees it serves (one spawner per ``Runtime``,
+    shared by both subagent tools).
+
+    Args:
+        config: How subagents are spawned.
+        quota: The tracker every spawn reserves from (``None``: unlimited).
+        provider: The provider the root runs with, when known: the children's provider
+            (``config.provider`` / ``config.model``) is then resolved now, so a mistake in
+            it is a :class:`ConfigError` before any run.
+    """
+
+    def __init__(
+        self,
+        config: SubagentConfig | None = None,
+        quota: QuotaTracker | None = None,
+        *,
+        provider: Provider | None = None,
+    ) -> None:
+        self.config = config if config is not None else SubagentConfig()
+        self.quota = quota
+        self._resolved: tuple[Provider, Provider] | None = None
+        if provider is not None:
+            self.child_provider(provider)
+
+    def child_provider(self, parent: Provider) -> Provider:
+        """The provider a child of a run on ``parent`` uses (worked out once per parent)."""
+        resolved = self._resolved
+        if resolved is not None and (parent is resolved[0] or parent is resolved[1]):
+            return resolved[1]
+        provider = self.config.provider or parent
+        model = self.config.model
+        if model is not None and model != provider.model:
+            with_model = getattr(provider, "with_model", None)
+            if with_model is None:
+                raise ConfigError(
+                    f"cannot switch provider {provider.name!r} to model {model!r}: it has no "
+                    "with_model(); set SubagentConfig.provider instead"
+                )
+            provider = with_model(model)
+        self._resolved = (parent, provider)
+        return provider
+
+    # -- one execution -----------------------------------------------------------------------
+    async def spawn(
+        self,
+        parent: Run,
+        arguments: str | SubagentTask,
+        *,
+        call_id: int | None = None,
+        index: int = 0,
+    ) -> Run:
+        """Run one child of ``parent`` for ``arguments`` (the model's JSON, or a parsed task).
+
+        Returns the ended child (``child.result()`` is what the parent's caller sees); never
+        raises but for a cancellation from outside, after the child has been ended as
+        ``cancelled`` (or ``timeout``) and attached to its parent.
+        """
+        task: SubagentTask | Refused
+        if isinstance(arguments, SubagentTask):
+            task = arguments
+        else:  # parsed first for the label the start hook is told; refused in its turn
+            try:
+                task = _parse(SubagentTask, arguments)
+            except Refused as invalid:
+                task = invalid
+        label = task.label if isinstance(task, SubagentTask) else _label_of(str(arguments))
+        child = parent.child(label, index, call_id=call_id)
+        with _Execution(self, child):
+            await self._run(child, task)
+        return child
+
+    async def _run(self, child: Run, task: SubagentTask | Refused) -> None:
+        """The checks in the contract's order (quota, depth, arguments, tools, reservation),
+        then the run; a refusal raises :class:`Refused`."""
+        parent = child.parent
+        assert parent is not None
+        self.check(parent)
+        if isinstance(task, Refused):
+            raise task
+        agent = self._child_agent(parent, task)
+        if self.quota is not None:
+            try:
+                self.quota.reserve()
+            except QuotaExceeded as exc:
+                raise Refused("quota_exceeded", str(exc)) from None
+        child.provider, child.tools = agent.provider, agent.tools
+        self._set_deadline(child)
+        summary = task.summary_prompt or self.config.summary_prompt
+        await agent.drive(child, task.task_prompt, (summary,) if summary else ())
+
+    def check(self, parent: Run) -> None:
+        """Quota, then depth: the refusals that come before the arguments are read."""
+        try:
+            if self.quota is not None:
+                self.quota.check()
+            check_depth(parent.depth, self.config.max_depth)
+        except QuotaExceeded as exc:
+            raise Refused("quota_exceeded", str(exc)) from None
+        except DepthLimitExceeded as exc:
+            raise Refused("max_depth_reached", str(exc)) from None
+
+    def _child_agent(self, parent: Run, task: SubagentTask) -> Agent:
+        """The child's agent: its tools chosen from the parent's, its provider, its turns."""
+        try:
+            offered, hidden = self._child_tools(parent, task)
+        except ValueError as exc:
+            raise Refused("invalid_input", str(exc)) from None
+        try:
+            return Agent(
+                self.child_provider(parent.provider),
+                tools=offered,
+                max_turns=task.max_turns or self.config.default_max_turns,
+                name="subagent",
+                hooks=parent.hooks,
+                quota=parent.quota,
+                _hidden_tools=hidden,
+            )
+        except Exception as exc:
+            raise Refused("initialization_failed", f"could not start the subagent: {exc}") from None
+
+    def _child_tools(
+        self, parent: Run, task: SubagentTask
+    ) -> tuple[list[Tool[Any]], list[Tool[Any]]]:
+        """The child's offered tools and its hidden subagent tools (for depth refusals)."""
+        subagent_tools = [t for t in parent.tools if t.is_subagent_tool]
+        if task.allowed_tools is None:
+            chosen = [t for t in parent.tools if not t.is_subagent_tool]
+        else:
+            by_name = {t.name: t for t in parent.tools}
+            chosen = []
+            for name in dict.fromkeys(task.allowed_tools):
+                found = by_name.get(name)
+                if found is None:
+                    have = ", ".join(t.name for t in parent.tools if not t.is_subagent_tool)
+                    raise ValueError(
+                        f"allowed_tools names '{name}', which this agent does not have "
+                        f"(it has: {have or 'no tools'})"
+                    )
+                if found.is_subagent_tool:
+                    raise ValueError(
+                        f"allowed_tools may not name '{name}': subagent tools are given to a "
+                        "subagent automatically while its depth allows"
+                    )
+                chosen.append(found)
+        if parent.depth + 1 < self.config.max_depth:
+            return chosen + subagent_tools, []
+        return chosen, subagent_tools
+
+    def _set_deadline(self, child: Run) -> None:
+        """The earliest of the parent's deadline, this child's timeout and the quota's time."""
+        timeout = self.config.timeout
+        left = self.quota.remaining_time() if self.quota is not None else None
+        if timeout is None and left is None:
+            return  # nothing of its own: the parent's deadline, no clock read
+        now = child.now()
+        if timeout is not None:
+            child.deadline = min(child.deadline, now + timeout)
+        if left is not None and now + left < child.deadline:
+            child.deadline, child.deadline_error = now + left, "quota_exceeded"
+
+    def refuse(self, child: Run, refusal: Refused) -> Run:
+        """Record ``child`` as refused before it ran (one start, one end) and return it."""
+        with _Execution(self, child):
+            raise refusal
+        return child
+
+    # -- a batch -----------------------------------------------------------------------------
+    async def spawn_batch(
+        self, parent: Run, arguments: str, *, call_id: int | None = None
+    ) -> BatchResult | Run:
+        """The ``parallel_subagent`` tool's call: the batch, or the one refused execution
+        that stands for it when quota, depth or the arguments refuse it."""
+        try:
+            self.check(parent)
+            args = _parse(ParallelSubagentArgs, arguments)
+        except Refused as refusal:
+            return self.refuse(parent.child("parallel_subagent", call_id=call_id), refusal)
+        return await self.run_batch(
+            parent,
+            args.tasks,
+            call_id=call_id,
+            max_concurrent=args.max_concurrent,
+            fail_fast=args.fail_fast,
+        )
+
+    async def run_batch(
+        self,
+        parent: Run,
+        tasks: Sequence[SubagentTask],
+        *,
+        call_id: int | None = None,
+        max_concurrent: int | None = None,
+        fail_fast: bool = False,
+    ) -> BatchResult:
+        """Run ``tasks`` as children of ``parent``, at most ``max_concurrent`` at once.
+
+        A pool of workers takes the next task in input order: at most that many in flight,
+        with no task or limiter per item (a batch of 10,000 holds 5 tasks). A task that
+        never started (``fail_fast``, the deadline, the batch cancelled) is recorded as
+        ``cancelled``, like a refused spawn.
+        """
+        count = len(tasks)
+        children: list[Run | None] = [None] * count
+        batch = Batch(parent, call_id, count)
+        parent.hooks.batch_started(parent, batch)
+        pending = iter(range(count))  # shared by the workers: each index is taken once
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def worker() -> None:
+                    for index in pending:
+                        if parent.remaining_time() == 0:
+                            return  # past the batch's deadline: the rest never start
+                        # fail_fast may have cancelled the batch since this worker's last task.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                        child = children[index] = parent.child(
+                            tasks[index].label, index, call_id=call_id
+                        )
+                        with _Execution(self, child):
+                            await self._run(child, tasks[index])
+                        if fail_fast and not child.result().succeeded:
+                            tg.cancel_scope.cancel()
+
+                for _ in range(min(count, max_concurrent or self.config.max_concurrent)):
+                    tg.start_soon(worker)
+        finally:
+            ended = [
+                child if child is not None else self._never_started(parent, task, i, call_id)
+                for i, (task, child) in enumerate(zip(tasks, children, strict=True))
+            ]
+            batch.result = BatchResult.of(
+                [child.result() for child in ended], parent.now() - batch.started
+            )
+            parent.hooks.batch_ended(parent, batch)
+        return batch.result
+
+    def _never_started(
+        self, parent: Run, task: SubagentTask, index: int, call_id: int | None
+    ) -> Run:
+        child = parent.child(task.label, index, call_id=call_id)
+        return self.refuse(
+            child, Refused("cancelled", "cancelled before it started", status="cancelled")
+        )
+
+
+class _Execution:
+    """One execution's start and end hooks, and every way it can end, in one place."""
+
+    __slots__ = ("child", "spawner")
+
+    def __init__(self, spawner: Spawner, child: Run) -> None:
+        self.spawner = spawner
+        self.child = child
+
+    def __enter__(self) -> Run:
+        self.child.hooks.subagent_started(self.child)
+        return self.child
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        child = self.child
+        if isinstance(exc, Refused):
+            child.finish(exc.status, exc.error_type, str(exc))
+        elif child.status is None:
+            child.interrupted(exc)
+        output, truncated = truncate_utf8(child.output, self.spawner.config.output_max_size)
+        child.output, child.truncated = output, truncated
+        child.attach()
+        child.hooks.subagent_ended(child)
+        return isinstance(exc, Refused)
+
+
+def _parse(model: type[Any], arguments: str) -> Any:
+    """The arguments as ``model``; invalid ones are an ``invalid_input`` refusal."""
+    try:
+        return parse_arguments(model, _TOOL_NAMES[model], arguments)
+    except ValueError as exc:
+        raise Refused("invalid_input", str(exc)) from None
+
+
+_TOOL_NAMES: dict[type[Any], str] = {
+    SubagentTask: "subagent",
+    ParallelSubagentArgs: "parallel_subagent",
+}
+
+
+def _label_of(arguments: str) -> str:
+    """The label of a call before its arguments are checked (for its result and hooks,
+    never a metric attribute).
+
+    The arguments may yet be refused, so the label is whatever the model sent: cut to the
+    length a valid label may have, and made encodable (a lone surrogate from a JSON escape),
+    so a 100,000-character or unprintable label cannot reach the result tree or a terminal
+    whole.
+    """
+    try:
+        data = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return "subagent"
+    label = data.get("label") if isinstance(data, dict) else None
+    if not isinstance(label, str) or not label.strip():
+        return "subagent"
+    return replace_lone_surrogates(label[:LABEL_MAX_LENGTH])
