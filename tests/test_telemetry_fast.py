@@ -329,6 +329,28 @@ def test_exemplars_of_sampled_spans_are_kept_with_their_attributes() -> None:
     assert ("status", "complete") in {a for _, attrs in exemplars for a in attrs}
 
 
+def test_an_explicit_context_is_what_the_exemplar_filter_judges_as_in_record() -> None:
+    from xzatoma.telemetry._metrics import NO_EXEMPLARS
+
+    tracer = TracerProvider().get_tracer("t")
+    results = []
+    for use_fast in (False, True):
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        histogram = provider.get_meter("t").create_histogram(
+            "h", explicit_bucket_boundaries_advisory=BUCKETS
+        )
+        recorder = fast_histogram(histogram) if use_fast else histogram
+        with tracer.start_as_current_span("sampled"):
+            for value, attributes in _records():
+                recorder.record(value, attributes, NO_EXEMPLARS)  # no span: no exemplar
+        results.append(_points(reader))
+    public, fast = results
+    assert fast == public
+    assert public, "nothing was recorded: the comparison would prove nothing"
+    assert not [e for *_, point_exemplars in public for e in point_exemplars]
+
+
 def test_a_meter_disabled_between_records_drops_the_records_that_follow() -> None:
     from opentelemetry.sdk.metrics._internal import _disable_meter_configurator
 

@@ -39,7 +39,7 @@ from time import time_ns
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics
-from opentelemetry.context import get_current
+from opentelemetry.context import Context, get_current
 
 __all__ = (
     "OLDEST_TESTED_SDK",
@@ -87,9 +87,11 @@ _set = object.__setattr__
 
 
 class HistogramRecorder(Protocol):
-    """What the subscriber needs of a histogram: ``record(amount, attributes)``."""
+    """What the subscriber needs of a histogram: ``Histogram.record``'s signature."""
 
-    def record(self, amount: float, attributes: _Attributes) -> None: ...
+    def record(
+        self, amount: float, attributes: _Attributes, context: Context | None = None
+    ) -> None: ...
 
 
 def fast_histogram(histogram: metrics.Histogram) -> HistogramRecorder:
@@ -206,7 +208,11 @@ class _BoundHistogram:
         """Whether records take the fast path (False once it fell back to ``record``)."""
         return not self._public
 
-    def record(self, amount: float, attributes: _Attributes) -> None:
+    def record(
+        self, amount: float, attributes: _Attributes, context: Context | None = None
+    ) -> None:
+        """``Histogram.record``: ``context`` (the current one when ``None``) is what the
+        exemplar filter judges and an exemplar keeps."""
         entry = self._bindings.get(id(attributes))
         if (
             entry is None
@@ -215,12 +221,12 @@ class _BoundHistogram:
             or entry[1] is not self._consumer._reader_storages
             or not 0 <= amount < _INF
         ):
-            self._record_slowly(amount, attributes)
+            self._record_slowly(amount, attributes, context)
             return
         config = self._config
         if config is not None and not config.is_enabled:
             return
-        context = get_current()
+        context = context or get_current()  # as record: an empty context means the current
         now = time_ns()
         histogram = self._histogram
         seen, sample = self._decided
@@ -252,14 +258,16 @@ class _BoundHistogram:
         for aggregation in entry[2]:
             aggregation.aggregate(measurement, False)
 
-    def _record_slowly(self, amount: float, attributes: _Attributes) -> None:
+    def _record_slowly(
+        self, amount: float, attributes: _Attributes, context: Context | None
+    ) -> None:
         """Bind ``attributes`` and record through ``record`` (the SDK's checks and warnings)."""
         config = self._config
         enabled = config is None or config.is_enabled
         # Binding makes the aggregation; a disabled meter's record must make nothing.
         if not self._public and enabled and 0 <= amount < _INF:
             self._bind(attributes)
-        self._histogram.record(amount, attributes)
+        self._histogram.record(amount, attributes, context)
 
     def _bind(self, attributes: _Attributes) -> None:
         """Find the aggregations of ``attributes`` as ``record`` would, or give up for good."""

@@ -15,12 +15,13 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 import anyio
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 
-from .._result import ErrorType
+from .._result import AnswerStatus, ErrorType
 from . import _names as n
 from ._config import state
 from ._fast import HistogramRecorder, fast_histogram
@@ -33,6 +34,7 @@ __all__ = (
     "OPERATION_DURATION_BUCKETS",
     "TOKEN_BUCKETS",
     "TURN_BUCKETS",
+    "NO_EXEMPLARS",
     "Instruments",
     "SubagentMetrics",
     "Tally",
@@ -52,8 +54,17 @@ BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.
 OPERATION_DURATION_BUCKETS: Final = tuple(round(0.01 * 2**k, 2) for k in range(14))
 """Seconds, as ``gen_ai.client.operation.duration``: 0.01, 0.02, 0.04 ... 81.92 (doubling)."""
 
+NO_EXEMPLARS: Final = trace.set_span_in_context(trace.INVALID_SPAN, Context())
+"""The context xzatoma's own histograms are recorded in: one whose span is no span, so no
+exemplar is sampled (not an empty ``Context()``, which ``record`` takes for the current).
+
+While a run works its spans are current, and the SDK's default (trace-based) exemplar filter
+would keep an exemplar of nearly every value, at a cost per subagent larger than the rest of
+its metrics together, for exemplars the Prometheus text format at ``/metrics`` cannot carry.
+Exposition that can show them (OpenMetrics) is where to revisit this."""
+
 _ERROR_TYPES: Final = frozenset(get_args(ErrorType))
-_COMPLETION_STATUSES: Final = frozenset({"complete", "incomplete"})
+_COMPLETION_STATUSES: Final = frozenset(get_args(AnswerStatus))
 
 
 class Instruments:
@@ -254,7 +265,7 @@ class SubagentMetrics:
         self,
         turns: int,
         tokens: int,
-        status: Literal["complete", "incomplete"] = "complete",
+        status: AnswerStatus = "complete",
         *,
         duration: float | None = None,
     ) -> bool:
@@ -332,11 +343,11 @@ class SubagentMetrics:
             inst.active.add_locked(-1, self._key)
         if duration is None:
             duration = time.monotonic() - self._started
-        inst.duration.record(duration, by_status)
+        inst.duration.record(duration, by_status, NO_EXEMPLARS)
         if turns > 0:
-            inst.turns.record(turns, attrs)
+            inst.turns.record(turns, attrs, NO_EXEMPLARS)
         if tokens > 0:
-            inst.tokens.record(tokens, attrs)
+            inst.tokens.record(tokens, attrs, NO_EXEMPLARS)
 
     def __enter__(self) -> SubagentMetrics:
         return self

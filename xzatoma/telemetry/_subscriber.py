@@ -28,7 +28,13 @@ from .._run import Batch, ModelCall, Run
 from .._tools import ToolContext, ToolResult
 from . import _names as n
 from ._config import state
-from ._metrics import SubagentMetrics, current_instruments, depth_attributes, pair_attributes
+from ._metrics import (
+    NO_EXEMPLARS,
+    SubagentMetrics,
+    current_instruments,
+    depth_attributes,
+    pair_attributes,
+)
 
 __all__ = ("TelemetrySubscriber",)
 
@@ -122,7 +128,7 @@ class TelemetrySubscriber(Instrument):
         try:
             inst = current_instruments()
             inst.batches.add(1, pair_attributes(batch.depth, n.STATUS, batch.result.status))
-            inst.batch_size.record(batch.size, depth_attributes(batch.depth))
+            inst.batch_size.record(batch.size, depth_attributes(batch.depth), NO_EXEMPLARS)
         except Exception:
             self._switch_off(True, "batch_ended")
 
@@ -145,14 +151,14 @@ class TelemetrySubscriber(Instrument):
         call_attrs, input_attrs, output_attrs = _gen_ai_attributes(
             call.provider, call.model, call.error_type
         )
-        inst.operation_duration.record(call.duration, call_attrs)
+        inst.operation_duration.record(call.duration, call_attrs, NO_EXEMPLARS)
         usage = call.usage
         # A call that failed, or whose provider reported no usage, has no token counts to give.
         if call.error_type is None and (
             usage.requests or usage.prompt_tokens or usage.completion_tokens or usage.total_tokens
         ):
-            inst.token_usage.record(usage.prompt_tokens, input_attrs)
-            inst.token_usage.record(usage.completion_tokens, output_attrs)
+            inst.token_usage.record(usage.prompt_tokens, input_attrs, NO_EXEMPLARS)
+            inst.token_usage.record(usage.completion_tokens, output_attrs, NO_EXEMPLARS)
 
     # -- spans -----------------------------------------------------------------------------
     def _start(self, key: int, name: str, kind: SpanKind, attributes: dict[str, str | int]) -> None:
