@@ -16,7 +16,6 @@ from ._subagent_models import BatchResult
 from ._terminal import json_text, one_line, printable
 
 __all__ = (
-    "batch_dict",
     "describe_status",
     "format_tree",
     "print_batch",
@@ -48,19 +47,6 @@ def print_run(
     if result.status != "complete":
         why = describe_status(result.status, result.error_type)
         print(f"xzatoma: run {why}: {one_line(str(result.error))}", file=err)
-
-
-def batch_dict(batch: BatchResult) -> dict[str, object]:
-    """``--json`` for a batch: the counts, and each task's ``RunResult.to_dict()``."""
-    return {
-        "status": batch.status,
-        "successful": batch.successful,
-        "failed": batch.failed,
-        "cancelled": batch.cancelled,
-        "duration_s": round(batch.duration, 6),
-        "total_tokens": batch.total_usage.total_tokens,
-        "results": [r.to_dict() for r in batch.results],
-    }
 
 
 def print_batch(batch: BatchResult, out: TextIO) -> None:

@@ -80,41 +80,6 @@ class RunResult:
 
     def to_dict(self, *, messages: bool = False) -> dict[str, object]:
         """A JSON-ready view of the tree (used by ``--json``); messages only when asked."""
-        data: dict[str, object] = {
-            "label": self.label,
-            "depth": self.depth,
-            "status": self.status,
-            "output": self.output,
-            "turns": self.turns,
-            "error_type": self.error_type,
-            "error": self.error,
-            "truncated": self.truncated,
-            "duration_s": round(self.duration, 6),
-            "usage": _usage_dict(self.usage),
-            "total_usage": _usage_dict(self.total_usage),
-            "children": [c.to_dict(messages=messages) for c in self.children],
-        }
-        if messages:
-            data["messages"] = [_message_dict(m) for m in self.messages]
-        return data
+        from ._views import run_dict
 
-
-def _usage_dict(usage: Usage) -> dict[str, int | bool]:
-    return {
-        "requests": usage.requests,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "estimated": usage.estimated,
-    }
-
-
-def _message_dict(message: Message) -> dict[str, object]:
-    data: dict[str, object] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        data["tool_calls"] = [
-            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        data["tool_call_id"] = message.tool_call_id
-    return data
+        return run_dict(self, messages=messages)

@@ -21,8 +21,6 @@ __all__ = (
     "ParallelSubagentArgs",
     "SubagentConfig",
     "SubagentTask",
-    "batch_summary",
-    "task_entry",
 )
 
 DEFAULT_SUMMARY_PROMPT = "Summarize your findings concisely"
@@ -158,34 +156,3 @@ class BatchResult:
         for result in self.results:
             total = total + result.total_usage
         return total
-
-
-def task_entry(result: RunResult) -> dict[str, object]:
-    """One task of the batch document the model receives (see ``_tool_messages``); it says
-    ``"truncated": true`` only when its output was cut."""
-    entry: dict[str, object] = {
-        "label": result.label,
-        "success": result.succeeded,
-        "status": result.status,
-        "output": result.output,
-        "error": result.error if result.status != "complete" else None,
-        "error_type": result.error_type,
-        "duration_ms": round(result.duration * 1000, 3),
-        "tokens_used": result.total_usage.total_tokens,
-        "turns": result.turns,
-    }
-    if result.truncated:
-        entry["truncated"] = True
-    return entry
-
-
-def batch_summary(batch: BatchResult) -> dict[str, object]:
-    """The batch document's fields after ``tasks``: the counts, status and totals."""
-    return {
-        "successful": batch.successful,
-        "failed": batch.failed,
-        "cancelled": batch.cancelled,
-        "status": batch.status,
-        "total_duration_ms": round(batch.duration * 1000, 3),
-        "total_tokens": batch.total_usage.total_tokens,
-    }

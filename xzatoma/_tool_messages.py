@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from ._limits import truncate_utf8
 from ._result import RunResult
-from ._subagent_models import BatchResult, batch_summary, task_entry
+from ._subagent_models import BatchResult
 from ._tools import ToolResult
+from ._views import batch_summary, task_entry
 
 __all__ = ("describe_batch", "describe_child")
 

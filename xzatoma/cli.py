@@ -25,11 +25,12 @@ from ._cli_parser import flag_names as _flag_names
 from ._hooks import Instrument
 from ._interrupt import Interrupted, handling_signals, linger, until_signal
 from ._progress import BatchProgress, Finished
-from ._render import batch_dict, print_batch, print_interrupted, print_json, print_run
+from ._render import print_batch, print_interrupted, print_json, print_run
 from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import BatchResult
 from ._terminal import one_line, printable, tolerant_streams
+from ._views import batch_dict
 from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, load_tasks
 from .errors import ConfigError
 from .providers import OpenAIProvider
