@@ -347,3 +347,18 @@ async def test_metrics_recorded_while_spans_are_current_carry_no_exemplars(
         assert points, name
         for _, point in points:
             assert not point.exemplars, name
+
+
+async def test_a_batch_from_python_refuses_two_tools_of_one_name_before_anything_runs() -> None:
+    from xzatoma import ConfigError
+
+    @tool
+    async def subagent() -> str:
+        """A user tool that takes the subagent tool's name."""
+        return ""
+
+    provider = ScriptedProvider(["never"])
+    runtime = Runtime(provider, subagents=NO_SUMMARY, telemetry=False)
+    with pytest.raises(ConfigError, match="two tools are named 'subagent'"):
+        await runtime.run_batch([{"label": "a", "task_prompt": "x"}], tools=[subagent])
+    assert provider.requests == []

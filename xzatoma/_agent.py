@@ -21,7 +21,17 @@ from ._types import ToolSpec
 from .errors import ConfigError
 from .providers._base import Provider
 
-__all__ = ("Agent",)
+__all__ = ("Agent", "tools_by_name")
+
+
+def tools_by_name(tools: Sequence[Tool[Any]]) -> dict[str, Tool[Any]]:
+    """``tools`` by name; two with one name are a :class:`ConfigError`."""
+    by_name: dict[str, Tool[Any]] = {}
+    for t in tools:
+        if t.name in by_name:
+            raise ConfigError(f"two tools are named {t.name!r}; tool names must be unique")
+        by_name[t.name] = t
+    return by_name
 
 
 class Agent:
@@ -58,11 +68,7 @@ class Agent:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.provider = provider
         self.tools: tuple[Tool[Any], ...] = tuple(tools)
-        self._by_name: dict[str, Tool[Any]] = {}
-        for t in self.tools:
-            if t.name in self._by_name:
-                raise ConfigError(f"two tools are named {t.name!r}; tool names must be unique")
-            self._by_name[t.name] = t
+        self._by_name = tools_by_name(self.tools)
         self._specs = tuple(t.spec for t in self.tools)
         # Callable but not offered: the subagent tools of an agent at max_depth, so that a
         # model calling them anyway gets the depth refusal rather than "unknown tool".

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._agent import Agent
+from ._agent import Agent, tools_by_name
 from ._hooks import Hook, Hooks, Instrument
 from ._limits import QuotaLimits, QuotaTracker
 from ._result import RunResult
@@ -119,6 +119,8 @@ class Runtime:
             raise ConfigError(
                 f"max_concurrent must be an integer of at least 1, got {max_concurrent!r}"
             )
+        offered = [*tools, self.subagent_tool, self.parallel_tool]
+        tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
         now = loop_clock()
         root = Run(
             label="batch",
@@ -126,7 +128,7 @@ class Runtime:
             hooks=self.hooks,
             quota=self.tracker,
             provider=self.provider,
-            tools=[*tools, self.subagent_tool, self.parallel_tool],
+            tools=offered,
             deadline=math.inf if timeout is None else now() + timeout,
             now=now,
         )

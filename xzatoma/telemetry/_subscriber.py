@@ -238,13 +238,18 @@ class TelemetrySubscriber(Instrument):
         otel_context.detach(token)
         if span.is_recording():
             completion = call.completion
-            if completion is not None and completion.model is not None:
-                span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
-            if call.error_type is None:
-                span.set_attribute(n.GEN_AI_USAGE_INPUT_TOKENS, call.usage.prompt_tokens)
-                span.set_attribute(n.GEN_AI_USAGE_OUTPUT_TOKENS, call.usage.completion_tokens)
+            if completion is None:
+                _fail(span, call.error_type or n.CANCELLED)
             else:
-                _fail(span, call.error_type)
+                usage = completion.usage
+                span.set_attributes(
+                    {
+                        n.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
+                        n.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
+                    }
+                )
+                if completion.model is not None:
+                    span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
         span.end()
 
     def tool_call_started(self, run: Run, ctx: ToolContext) -> None:
