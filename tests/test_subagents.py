@@ -16,6 +16,7 @@ from xzatoma import (
     Completion,
     ConfigError,
     Message,
+    Provider,
     ProviderError,
     QuotaLimits,
     Runtime,
@@ -28,6 +29,7 @@ from xzatoma import (
 )
 from xzatoma._spawn import Spawner
 from xzatoma.events import (
+    Event,
     ModelCallEnded,
     ModelCallStarted,
     RunEnded,
@@ -52,7 +54,7 @@ async def fetch(url: str) -> str:
     return f"page {url}"
 
 
-def runtime(provider: Any, capture: EventCapture | None = None, **options: Any) -> Runtime:
+def runtime(provider: Provider, capture: EventCapture | None = None, **options: Any) -> Runtime:
     subagents = options.pop("subagents", SubagentConfig(summary_prompt=None))
     return Runtime(
         provider,
@@ -63,10 +65,10 @@ def runtime(provider: Any, capture: EventCapture | None = None, **options: Any) 
     )
 
 
-def by_depth(capture: EventCapture, kind: type) -> dict[int, int]:
+def by_depth(capture: EventCapture, kind: type[Event]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for event in capture.of(kind):
-        counts[event.depth] = counts.get(event.depth, 0) + 1  # type: ignore[union-attr]
+        counts[event.depth] = counts.get(event.depth, 0) + 1
     return counts
 
 
@@ -326,8 +328,9 @@ def test_child_deadline_is_the_earliest_bound() -> None:
         ]
         for timeout, quota_time, expected in cases:
             tracker = QuotaTracker(QuotaLimits(max_total_time=quota_time)) if quota_time else None
-            child = parent.child("c")
-            Spawner(SubagentConfig(timeout=timeout), tracker)._set_deadline(child)
+            spawner = Spawner(SubagentConfig(timeout=timeout), tracker)
+            child = spawner._child(parent, "c", 0, None)
+            spawner._set_deadline(child)
             assert (child.deadline, child.deadline_error) == expected
 
     anyio.run(check, backend="trio", backend_options={"clock": MockClock()})
@@ -569,8 +572,8 @@ async def test_cancelling_the_root_with_twenty_descendants_in_a_model_call() -> 
     assert scope.cancelled_caught
     assert asyncio.all_tasks() - before == set()  # nothing of the tree is still running
     for start, end in ((RunStarted, RunEnded), (SubagentStarted, SubagentEnded)):
-        started = [e.id for e in capture.of(start)]  # type: ignore[union-attr]
-        ended = [e.id for e in capture.of(end)]  # type: ignore[union-attr]
+        started = [e.id for e in capture.of(start)]
+        ended = [e.id for e in capture.of(end)]
         assert sorted(started) == sorted(ended)
         assert len(set(ended)) == len(ended)
     ends = capture.of(SubagentEnded)

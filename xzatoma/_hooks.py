@@ -45,7 +45,9 @@ class Instrument:
     """Base class for a subscriber: override the methods you need; the rest cost nothing.
 
     Every method is called synchronously, in the task doing the work, so it must be quick
-    and must not block. ``run`` is live: read it, do not change it.
+    and must not block. ``run`` is live: read it, do not change it. Ends are called in the
+    reverse order of subscription (like nested ``with`` blocks). A subscriber added while a
+    run is in flight can be told of ends whose starts it never saw.
     """
 
     __slots__ = ()
@@ -96,6 +98,7 @@ class Hooks:
         "_batch_started",
         "_model_call_ended",
         "_model_call_started",
+        "_owners",
         "_run_ended",
         "_run_started",
         "_subagent_ended",
@@ -104,6 +107,7 @@ class Hooks:
         "_tool_call_ended",
         "_tool_call_started",
     )
+    _owners: dict[int, object]
     _run_started: tuple[Callable[[Run], None], ...]
     _run_ended: tuple[Callable[[Run], None], ...]
     _model_call_started: tuple[Callable[[Run, ModelCall], None], ...]
@@ -131,6 +135,8 @@ class Hooks:
         Raises:
             TypeError: ``hook`` is neither.
         """
+        if isinstance(hook, type):
+            raise TypeError(f"a hook is an instance, not a class: {hook!r}; add {hook.__name__}()")
         if _methods_of(hook):
             subscriber: object = hook
         elif callable(hook):
@@ -146,17 +152,27 @@ class Hooks:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        """One tuple of bound methods per hook method, worked out now and not per call."""
+        """One tuple of bound methods per hook method, worked out now and not per call.
+
+        Ends are called in the reverse order of starts, like nested ``with`` blocks: a
+        subscriber that makes something current at a start (a span, baggage) and restores
+        it at the end then restores in the order the contexts were entered.
+        """
         tables: dict[str, list[Callable[..., None]]] = {name: [] for name in HOOK_METHODS}
+        owners: dict[int, object] = {}
         for subscriber in self._subscribers:
             for name, method in _methods_of(subscriber).items():
                 tables[name].append(method)
+                owners[id(method)] = subscriber
         for name, methods in tables.items():
-            setattr(self, f"_{name}", tuple(methods))
+            setattr(
+                self, f"_{name}", tuple(reversed(methods) if name.endswith("_ended") else methods)
+            )
+        self._owners = owners
 
     def _failed(self, method: Callable[..., None], name: str) -> None:
         """Log the failure (inside the ``except`` that caught it) and drop its subscriber."""
-        subscriber = getattr(method, "__self__", method)
+        subscriber = self._owners.get(id(method), method)
         logger.exception("xzatoma hook %r raised in %s and has been disabled", subscriber, name)
         self._subscribers = [s for s in self._subscribers if s is not subscriber]
         self._rebuild()

@@ -126,7 +126,10 @@ class RunLoop:
             # Checked before it is charged, summed or recorded: usage is the endpoint's word.
             quota = run.quota
             limited = quota is not None and quota.limits.max_total_tokens is not None
-            call.completion = checked_usage(reply, run.messages, estimate_missing=limited)
+            checked = checked_usage(reply, run.messages, estimate_missing=limited)
+            if checked.content is not None and not isinstance(checked.content, str):
+                raise TypeError(f"a reply whose content is {type(checked.content).__name__}")
+            call.completion = checked
         except UsageRefused as exc:
             call.error_type = "execution_failed"
             raise _ModelFailed(
@@ -141,48 +144,54 @@ class RunLoop:
             raise _ModelFailed(
                 f"provider {provider.name!r} raised {type(exc).__name__}: {exc}"
             ) from exc
-        except asyncio.CancelledError as exc:
+        except (asyncio.CancelledError, BaseExceptionGroup) as exc:
             if not await is_stray_cancellation(exc, before):
                 raise
             call.error_type = "execution_failed"
             raise _ModelFailed(
-                f"provider {provider.name!r} raised CancelledError although nothing cancelled "
-                "this run"
+                f"provider {provider.name!r} raised {type(exc).__name__} although nothing "
+                "cancelled this run"
             ) from None
         finally:
             call.ended = run.now()
             if call.completion is None and call.error_type is None:  # cancelled from outside
-                call.error_type = "timeout" if call.ended >= run.deadline else "cancelled"
+                call.error_type = run.deadline_error if call.ended >= run.deadline else "cancelled"
             run.hooks.model_call_ended(run, call)
         return call.completion
 
     async def _run_tools(self, calls: tuple[ToolCall, ...]) -> list[ToolResult]:
         """Run one reply's tool calls concurrently; results in the model's order.
 
-        A subagent a call spawns attaches its result to the run when it ends, so children
-        that ended are kept even when this turn is cancelled or times out.
+        Each call's context (and so its id, which orders the children it spawns) is made
+        here, in the model's order, before any call starts. A subagent a call spawns
+        attaches its result to the run when it ends, so children that ended are kept even
+        when this turn is cancelled or times out.
         """
+        contexts = [self._context(call) for call in calls]
         if len(calls) == 1:
             # The run's own task: a tool before may have left a cancel request behind.
-            return [await self._invoke(calls[0], cancel_requests())]
+            return [await self._invoke(contexts[0], cancel_requests())]
         results: list[ToolResult] = [ToolResult("")] * len(calls)
 
-        async def invoke_into(index: int, call: ToolCall) -> None:
+        async def invoke_into(index: int) -> None:
             # Each call runs in a task of its own, whose cancellation count starts at 0.
-            results[index] = await self._invoke(call, 0)
+            results[index] = await self._invoke(contexts[index], 0)
 
         async with anyio.create_task_group() as tg:
-            for index, call in enumerate(calls):
-                tg.start_soon(invoke_into, index, call)
+            for index in range(len(calls)):
+                tg.start_soon(invoke_into, index)
                 if index % 100 == 99:
                     # Let calls that finish at once do so while the rest are spawned, so a
                     # reply of 10,000 calls does not hold 10,000 pending tasks at once.
                     await anyio.lowlevel.checkpoint()
         return results
 
-    async def _invoke(self, call: ToolCall, cancels: int) -> ToolResult:
-        run, agent = self.run, self.agent
-        ctx = ToolContext(run=run, agent=agent, call=call, id=new_id(), started=run.now())
+    def _context(self, call: ToolCall) -> ToolContext:
+        run = self.run
+        return ToolContext(run=run, agent=self.agent, call=call, id=new_id(), started=run.now())
+
+    async def _invoke(self, ctx: ToolContext, cancels: int) -> ToolResult:
+        run, agent, call = self.run, self.agent, ctx.call
         run.hooks.tool_call_started(run, ctx)
         result: ToolResult | None = None
         try:

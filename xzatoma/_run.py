@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._limits import truncate_utf8
 from ._result import ErrorType, RunResult, RunStatus
 from ._types import Completion, Message, Usage
 from .errors import QuotaExceeded
@@ -73,6 +74,7 @@ class Run:
         "name",
         "now",
         "output",
+        "output_limit",
         "parent",
         "provider",
         "quota",
@@ -133,6 +135,9 @@ class Run:
         self.turns = 0
         """Model calls made."""
         self.output = ""
+        self.output_limit: int | None = None
+        """Bytes of UTF-8 the output is cut to when the run ends (a subagent's
+        ``output_max_size``; ``None``: uncut)."""
         self.status: RunStatus | None = None
         self.error_type: ErrorType | None = None
         self.error: str | None = None
@@ -151,10 +156,11 @@ class Run:
     def child(self, label: str, index: int = 0, *, call_id: int | None = None) -> Run:
         """A run one level deeper, spawned by tool call ``call_id`` (its ``index``-th child).
 
-        It shares this run's hooks, quota and clock, inherits its deadline, and starts with
-        its provider and tools (the spawner narrows them before the child runs).
+        It shares this run's hooks, quota and clock, inherits its deadline (and what passing
+        it means), and starts with its provider and tools (the spawner narrows them before
+        the child runs).
         """
-        return Run(
+        child = Run(
             label=label,
             hooks=self.hooks,
             quota=self.quota,
@@ -167,13 +173,21 @@ class Run:
             index=index,
             now=self.now,
         )
+        child.deadline_error = self.deadline_error
+        return child
 
     # -- how it ended ----------------------------------------------------------------------
     def finish(self, status: RunStatus, error_type: ErrorType | None, error: str | None) -> None:
-        """Record how the run ended (the first word stands; later calls change nothing)."""
+        """Record how the run ended (the first word stands; later calls change nothing).
+
+        The output is cut to ``output_limit`` here, so whoever reads the run from now on (a
+        subscriber's ``run_ended``, the parent) sees what the parent receives.
+        """
         if self.status is None:
             self.status, self.error_type, self.error = status, error_type, error
             self.ended = self.now()
+            if self.output_limit is not None:
+                self.output, self.truncated = truncate_utf8(self.output, self.output_limit)
 
     def interrupted(self, exc: BaseException | None) -> None:
         """End a run that was stopped from outside, or broke, before it could say how.
@@ -211,6 +225,12 @@ class Run:
         return max(0.0, self.deadline - self.now())
 
     # -- the result tree -------------------------------------------------------------------
+    @property
+    def children(self) -> tuple[RunResult, ...]:
+        """The results of the children that ended, in the order they were asked for."""
+        self._children.sort(key=_order)
+        return tuple(child for _, child in self._children)
+
     def attach(self) -> None:
         """Give this run's result to its parent (a child does it when it ends)."""
         if self.parent is not None:
@@ -226,13 +246,12 @@ class Run:
         if self._result is not None:
             return self._result
         status = self.status if self.status is not None else "cancelled"
-        self._children.sort(key=_order)
         result = RunResult(
             output=self.output,
             status=status,
             turns=self.turns,
             usage=self.usage,
-            children=tuple(child for _, child in self._children),
+            children=self.children,
             messages=tuple(self.messages),
             error_type=self.error_type if self.status is not None else "cancelled",
             error=self.error,

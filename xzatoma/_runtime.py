@@ -119,6 +119,10 @@ class Runtime:
             raise ConfigError(
                 f"max_concurrent must be an integer of at least 1, got {max_concurrent!r}"
             )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         offered = [*tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
         now = loop_clock()

@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from ._agent import Agent
-from ._limits import QuotaTracker, check_depth, truncate_utf8
+from ._limits import QuotaTracker, check_depth
 from ._result import ErrorType, RunStatus
 from ._run import Batch, Run
 from ._subagent_models import (
@@ -51,7 +51,8 @@ class Spawner:
 
     Args:
         config: How subagents are spawned.
-        quota: The tracker every spawn reserves from (``None``: unlimited).
+        quota: The tracker spawns reserve from when the tree has none of its own (the
+            ``quota`` of the root ``Agent`` or ``Runtime`` is the tree's; ``None``: unlimited).
         provider: The provider the root runs with, when known: the children's provider
             (``config.provider`` / ``config.model``) is then resolved now, so a mistake in
             it is a :class:`ConfigError` before any run.
@@ -112,9 +113,17 @@ class Spawner:
             except Refused as invalid:
                 task = invalid
         label = task.label if isinstance(task, SubagentTask) else _label_of(str(arguments))
-        child = parent.child(label, index, call_id=call_id)
-        with _Execution(self, child):
+        child = self._child(parent, label, index, call_id)
+        with _Execution(child):
             await self._run(child, task)
+        return child
+
+    def _child(self, parent: Run, label: str, index: int, call_id: int | None) -> Run:
+        """A child of ``parent``, on the tree's quota, its output cut to ``output_max_size``."""
+        child = parent.child(label, index, call_id=call_id)
+        child.output_limit = self.config.output_max_size
+        if child.quota is None:
+            child.quota = self.quota
         return child
 
     async def _run(self, child: Run, task: SubagentTask | Refused) -> None:
@@ -122,13 +131,13 @@ class Spawner:
         then the run; a refusal raises :class:`Refused`."""
         parent = child.parent
         assert parent is not None
-        self.check(parent)
+        self.check(child)
         if isinstance(task, Refused):
             raise task
-        agent = self._child_agent(parent, task)
-        if self.quota is not None:
+        agent = self._child_agent(child, task)
+        if child.quota is not None:
             try:
-                self.quota.reserve()
+                child.quota.reserve()
             except QuotaExceeded as exc:
                 raise Refused("quota_exceeded", str(exc)) from None
         child.provider, child.tools = agent.provider, agent.tools
@@ -136,19 +145,21 @@ class Spawner:
         summary = task.summary_prompt or self.config.summary_prompt
         await agent.drive(child, task.task_prompt, (summary,) if summary else ())
 
-    def check(self, parent: Run) -> None:
+    def check(self, child: Run) -> None:
         """Quota, then depth: the refusals that come before the arguments are read."""
         try:
-            if self.quota is not None:
-                self.quota.check()
-            check_depth(parent.depth, self.config.max_depth)
+            if child.quota is not None:
+                child.quota.check()
+            check_depth(child.depth - 1, self.config.max_depth)
         except QuotaExceeded as exc:
             raise Refused("quota_exceeded", str(exc)) from None
         except DepthLimitExceeded as exc:
             raise Refused("max_depth_reached", str(exc)) from None
 
-    def _child_agent(self, parent: Run, task: SubagentTask) -> Agent:
+    def _child_agent(self, child: Run, task: SubagentTask) -> Agent:
         """The child's agent: its tools chosen from the parent's, its provider, its turns."""
+        parent = child.parent
+        assert parent is not None
         try:
             offered, hidden = self._child_tools(parent, task)
         except ValueError as exc:
@@ -159,8 +170,8 @@ class Spawner:
                 tools=offered,
                 max_turns=task.max_turns or self.config.default_max_turns,
                 name="subagent",
-                hooks=parent.hooks,
-                quota=parent.quota,
+                hooks=child.hooks,
+                quota=child.quota,
                 _hidden_tools=hidden,
             )
         except Exception as exc:
@@ -197,7 +208,7 @@ class Spawner:
     def _set_deadline(self, child: Run) -> None:
         """The earliest of the parent's deadline, this child's timeout and the quota's time."""
         timeout = self.config.timeout
-        left = self.quota.remaining_time() if self.quota is not None else None
+        left = child.quota.remaining_time() if child.quota is not None else None
         if timeout is None and left is None:
             return  # nothing of its own: the parent's deadline, no clock read
         now = child.now()
@@ -206,9 +217,10 @@ class Spawner:
         if left is not None and now + left < child.deadline:
             child.deadline, child.deadline_error = now + left, "quota_exceeded"
 
-    def refuse(self, child: Run, refusal: Refused) -> Run:
+    @staticmethod
+    def refuse(child: Run, refusal: Refused) -> Run:
         """Record ``child`` as refused before it ran (one start, one end) and return it."""
-        with _Execution(self, child):
+        with _Execution(child):
             raise refusal
         return child
 
@@ -218,11 +230,12 @@ class Spawner:
     ) -> BatchResult | Run:
         """The ``parallel_subagent`` tool's call: the batch, or the one refused execution
         that stands for it when quota, depth or the arguments refuse it."""
+        stand_in = self._child(parent, "parallel_subagent", 0, call_id)
         try:
-            self.check(parent)
+            self.check(stand_in)
             args = _parse(ParallelSubagentArgs, arguments)
         except Refused as refusal:
-            return self.refuse(parent.child("parallel_subagent", call_id=call_id), refusal)
+            return self.refuse(stand_in, refusal)
         return await self.run_batch(
             parent,
             args.tasks,
@@ -261,10 +274,9 @@ class Spawner:
                             return  # past the batch's deadline: the rest never start
                         # fail_fast may have cancelled the batch since this worker's last task.
                         await anyio.lowlevel.checkpoint_if_cancelled()
-                        child = children[index] = parent.child(
-                            tasks[index].label, index, call_id=call_id
-                        )
-                        with _Execution(self, child):
+                        task = tasks[index]
+                        child = children[index] = self._child(parent, task.label, index, call_id)
+                        with _Execution(child):
                             await self._run(child, tasks[index])
                         if fail_fast and not child.result().succeeded:
                             tg.cancel_scope.cancel()
@@ -285,7 +297,7 @@ class Spawner:
     def _never_started(
         self, parent: Run, task: SubagentTask, index: int, call_id: int | None
     ) -> Run:
-        child = parent.child(task.label, index, call_id=call_id)
+        child = self._child(parent, task.label, index, call_id)
         return self.refuse(
             child, Refused("cancelled", "cancelled before it started", status="cancelled")
         )
@@ -294,10 +306,9 @@ class Spawner:
 class _Execution:
     """One execution's start and end hooks, and every way it can end, in one place."""
 
-    __slots__ = ("child", "spawner")
+    __slots__ = ("child",)
 
-    def __init__(self, spawner: Spawner, child: Run) -> None:
-        self.spawner = spawner
+    def __init__(self, child: Run) -> None:
         self.child = child
 
     def __enter__(self) -> Run:
@@ -311,14 +322,14 @@ class _Execution:
         tb: TracebackType | None,
     ) -> bool:
         child = self.child
-        if isinstance(exc, Refused):
-            child.finish(exc.status, exc.error_type, str(exc))
-        elif child.status is None:
-            child.interrupted(exc)
-        output, truncated = truncate_utf8(child.output, self.spawner.config.output_max_size)
-        child.output, child.truncated = output, truncated
-        child.attach()
-        child.hooks.subagent_ended(child)
+        try:
+            if isinstance(exc, Refused):
+                child.finish(exc.status, exc.error_type, str(exc))
+            elif child.status is None:
+                child.interrupted(exc)
+            child.attach()
+        finally:
+            child.hooks.subagent_ended(child)
         return isinstance(exc, Refused)
 
 

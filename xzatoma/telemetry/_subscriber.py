@@ -83,8 +83,9 @@ class TelemetrySubscriber(Instrument):
                     recorder.record_error("execution_failed")
             self._executions.clear()
         else:
+            # New spans stop; those in flight are still detached and ended at their ends, so
+            # the context a run made current is given back and no span is left open.
             self._spans_on = False
-            self._spans.clear()
         half = "metrics" if is_metrics else "spans"
         logger.exception(
             "xzatoma telemetry: recording %s failed on %s; %s is off for this subscriber, "
@@ -93,6 +94,11 @@ class TelemetrySubscriber(Instrument):
             where,
             "metrics" if is_metrics else "tracing",
         )
+
+    def _span_end_failed(self, where: str) -> None:
+        """A span's end raised: switch spans off (once), and let the other ends go on."""
+        if self._spans_on:
+            self._switch_off(False, where)
 
     # -- metrics ---------------------------------------------------------------------------
     def subagent_started(self, run: Run) -> None:
@@ -143,7 +149,7 @@ class TelemetrySubscriber(Instrument):
             try:
                 self._end_chat(current, call)
             except Exception:
-                self._switch_off(False, "model_call_ended")
+                self._span_end_failed("model_call_ended")
 
     @staticmethod
     def _model_call_metrics(call: ModelCall) -> None:
@@ -212,10 +218,10 @@ class TelemetrySubscriber(Instrument):
                     _fail(span, run.error_type or run.status)
             span.end()
         except Exception:
-            self._switch_off(False, "run_ended")
+            self._span_end_failed("run_ended")
 
     def model_call_started(self, run: Run, call: ModelCall) -> None:
-        if run.id not in self._spans:
+        if not self._spans_on or run.id not in self._spans:
             return
         try:
             self._start(
@@ -253,7 +259,7 @@ class TelemetrySubscriber(Instrument):
         span.end()
 
     def tool_call_started(self, run: Run, ctx: ToolContext) -> None:
-        if run.id not in self._spans:
+        if not self._spans_on or run.id not in self._spans:
             return
         try:
             self._start(
@@ -281,7 +287,7 @@ class TelemetrySubscriber(Instrument):
                 _fail(span, n.CANCELLED if result is None else n.TOOL_ERROR)
             span.end()
         except Exception:
-            self._switch_off(False, "tool_call_ended")
+            self._span_end_failed("tool_call_ended")
 
 
 _GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
