@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check xzatoma tests examples bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict xzatoma
+	$(BIN)/mypy --strict xzatoma tests
 
 pytest: $(STAMP)
 	./.ci/ensure-prometheus

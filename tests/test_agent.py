@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
 import anyio
 import pydantic
@@ -11,6 +12,7 @@ import pytest
 
 from xzatoma import (
     Agent,
+    Completion,
     ConfigError,
     Message,
     ProviderError,
@@ -206,7 +208,7 @@ async def test_cancellation_propagates_and_ends_every_event() -> None:
 
 
 async def test_timeout_ends_failed_with_timeout_and_partial_output() -> None:
-    async def answer_then_hang(messages: list[Message], tools: object) -> object:
+    async def answer_then_hang(messages: Sequence[Message], tools: object) -> Completion:
         if len(messages) == 1:
             return tool_calls(call("add", a=1, b=1), text="started", usage=U)
         await anyio.sleep_forever()
@@ -305,7 +307,7 @@ async def test_a_wanted_events_that_fails_drops_its_hook_and_the_run_goes_on(
         def wanted_events(self) -> frozenset[type]:
             if isinstance(answer, Exception):
                 raise answer
-            return answer  # type: ignore[return-value]
+            return answer  # type: ignore[return-value]  # the wrong answers under test
 
     broken, fine = Broken(), _Wants(RunEnded)
     caplog.set_level(logging.ERROR, logger="xzatoma.hooks")

@@ -325,10 +325,11 @@ def test_command_line_misuse(
 ) -> None:
     monkeypatch.delenv("XZ_SURELY_UNSET_VAR", raising=False)
     argv, expected = CLI_CASES[case]
+    code: int | str | None
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own usage errors
-        code = exit_.code  # type: ignore[assignment]
+        code = exit_.code
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     assert_one_error_line(err)

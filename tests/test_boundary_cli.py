@@ -72,7 +72,10 @@ def popen(*argv: str, env: dict[str, str] | None = None, **kw: Any) -> subproces
     )  # fmt: skip
 
 
-def run_cli(*argv: str | bytes, env: dict[str, str] | None = None, **kw: Any) -> Any:
+def run_cli(
+    *argv: str | bytes, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[Any]:
+    """The finished command; its output is ``bytes``, or ``str`` when ``kw`` asks for text."""
     return subprocess.run(
         [*CLI, *argv], capture_output=True, env=env or child_env(), timeout=60, check=False, **kw
     )
@@ -613,7 +616,7 @@ def test_output_never_fails_to_encode_whatever_the_error_handler(
     assert done.stderr.startswith(b"agent  complete")
 
 
-def shell(redirect: str, *argv: str) -> Any:
+def shell(redirect: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """The command run by ``sh`` with one standard stream closed (``<&-``, ``>&-``, ``2>&-``)."""
     return subprocess.run(
         ["sh", "-c", f'exec "$@" {redirect}', "sh", *CLI, *argv],

@@ -13,8 +13,8 @@ import importlib.util
 import json
 import math
 import tracemalloc
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
 
 import anyio
 import pytest
@@ -31,6 +31,7 @@ from xzatoma import (
     RunResult,
     Runtime,
     SubagentConfig,
+    Tool,
     ToolCall,
     ToolSpec,
     Usage,
@@ -177,7 +178,7 @@ BAD_USAGES = [
     (Usage(1, -5, 0, 0), "prompt_tokens=-5"),
     (Usage(1, 10, 5, -1000), "total_tokens=-1000"),
     (Usage(1, 1.5, 0, 2), "prompt_tokens=1.5"),  # type: ignore[arg-type]
-    (Usage(1, 0, True, 1), "completion_tokens=True"),  # type: ignore[arg-type]
+    (Usage(1, 0, True, 1), "completion_tokens=True"),
     (Usage(1, 0, 0, math.nan), "total_tokens=nan"),  # type: ignore[arg-type]
     (Usage(1, "10", 0, 10), "prompt_tokens=a str"),  # type: ignore[arg-type]
     (Usage(1, 0, 0, -(10**5000)), "total_tokens=about -2**16609"),
@@ -214,7 +215,7 @@ async def test_invalid_usage_from_any_provider_fails_the_call_and_charges_nothin
     assert result.total_usage == Usage(2, 1, 1, 2)  # the root made two calls
     # The model read a failure, and no event carried the bad numbers to a subscriber.
     assert tool_message(result).startswith("Error: subagent 'child' failed (execution_failed)")
-    ends = [e for e in capture.of(ModelCallEnded) if e.depth == 1]  # type: ignore[union-attr]
+    ends = [e for e in capture.of(ModelCallEnded) if e.depth == 1]
     assert [(e.error_type, e.usage) for e in ends] == [("execution_failed", Usage())]  # type: ignore[union-attr]
 
 
@@ -344,7 +345,9 @@ async def test_a_refusal_quoting_a_long_name_fits_the_limit(limit: int) -> None:
     assert content.startswith("Error: allowed_tools names 'ツール")
 
 
-def batch_provider(tasks: list[dict[str, Any]], child_reply: Any) -> ScriptedProvider:
+def batch_provider(
+    tasks: list[dict[str, Any]], child_reply: Callable[[str], str | Exception]
+) -> ScriptedProvider:
     def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         if first_user(messages) == "root":
             if messages[-1].role == "user":
@@ -367,7 +370,7 @@ def fifty_tasks() -> list[dict[str, Any]]:
 async def test_a_batch_of_fifty_big_outputs_is_valid_json_within_the_limit(limit: int) -> None:
     tasks = fifty_tasks()
 
-    def answer(prompt: str) -> Any:
+    def answer(prompt: str) -> str | Exception:
         index = int(prompt[1:])
         if index % 7 == 3:
             return ProviderError('failed "badly" \\ ' + "\x01\u202e" * 2000)
@@ -608,7 +611,11 @@ async def test_a_stray_cancelled_error_from_a_provider_fails_that_child_only() -
     assert_every_start_has_exactly_one_end(capture.events)
 
 
-async def cancelled_for_real(make_tool: Any, how: str) -> tuple[bool, list[Any]]:
+ToolMaker: TypeAlias = Callable[[anyio.Event], Tool[Any]]
+"""Makes a tool that sets the event once it runs (``waits``, ``converts``)."""
+
+
+async def cancelled_for_real(make_tool: ToolMaker, how: str) -> tuple[bool, list[Any]]:
     """Run an agent whose tool is cancelled ``how``; True when the cancellation propagated."""
     inside = anyio.Event()
     capture = EventCapture()
@@ -633,7 +640,7 @@ async def cancelled_for_real(make_tool: Any, how: str) -> tuple[bool, list[Any]]
     return propagated, capture.of(ToolCallEnded)
 
 
-def waits(inside: anyio.Event) -> Any:
+def waits(inside: anyio.Event) -> Tool[Any]:
     @tool
     async def stuck() -> str:
         """Waits to be cancelled."""
@@ -644,7 +651,7 @@ def waits(inside: anyio.Event) -> Any:
     return stuck
 
 
-def converts(inside: anyio.Event) -> Any:
+def converts(inside: anyio.Event) -> Tool[Any]:
     @tool
     async def stuck() -> str:
         """A library that turns the cancellation it got into a new CancelledError."""
@@ -662,7 +669,7 @@ def converts(inside: anyio.Event) -> Any:
 @pytest.mark.parametrize("how", ["scope.cancel()", "task.cancel()"])
 @pytest.mark.parametrize("make_tool", [waits, converts])
 async def test_a_real_cancellation_through_a_tool_still_propagates(
-    make_tool: Any, how: str
+    make_tool: ToolMaker, how: str
 ) -> None:
     propagated, ends = await cancelled_for_real(make_tool, how)
     assert propagated
@@ -671,7 +678,7 @@ async def test_a_real_cancellation_through_a_tool_still_propagates(
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("make_tool", [waits, converts])
-async def test_a_deadline_through_a_tool_is_still_a_timeout(make_tool: Any) -> None:
+async def test_a_deadline_through_a_tool_is_still_a_timeout(make_tool: ToolMaker) -> None:
     agent = Agent(calls_then_answers("stuck"), tools=[make_tool(anyio.Event())], timeout=0.1)
     result = await agent.run("go")
     assert (result.status, result.error_type) == ("failed", "timeout")
@@ -724,8 +731,8 @@ async def test_fail_fast_pending_tasks_are_counted_in_the_metrics() -> None:
     assert captured.value(n.ERRORS, depth=1, error_type="cancelled") == 5
     assert captured.value(n.ERRORS, depth=1, error_type="execution_failed") == 1
     assert_executions_balance(captured)
-    starts = [e for e in capture.of(SubagentStarted) if e.depth == 1]  # type: ignore[union-attr]
-    ends = [e for e in capture.of(SubagentEnded) if e.depth == 1]  # type: ignore[union-attr]
+    starts = [e for e in capture.of(SubagentStarted) if e.depth == 1]
+    ends = [e for e in capture.of(SubagentEnded) if e.depth == 1]
     assert len(starts) == len(ends) == 6
     never_started = [(e.status, e.error_type, e.turns) for e in ends[1:]]  # type: ignore[union-attr]
     assert never_started == [("cancelled", "cancelled", 0)] * 5
@@ -807,4 +814,4 @@ async def test_a_cancel_swallowed_by_an_earlier_tool_does_not_make_a_later_stray
         while task.cancelling():
             task.uncancel()
     assert result.status == "complete"
-    assert "raised CancelledError (inner task cancelled)" in result.messages[-2].content  # type: ignore[operator]
+    assert "raised CancelledError (inner task cancelled)" in (result.messages[-2].content or "")

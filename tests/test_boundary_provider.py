@@ -21,7 +21,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import quote, quote_plus
 
 import anyio
@@ -169,6 +169,10 @@ def chat_body(content: str | None = "ok", **extra: Any) -> dict[str, Any]:
     return {**body, **extra}
 
 
+ProviderFor: TypeAlias = Callable[..., OpenAIProvider]
+"""What the ``provider_for`` fixture gives: ``provider_for(url, **options)``."""
+
+
 async def no_sleep(seconds: float) -> None:
     return None
 
@@ -180,7 +184,7 @@ def server() -> Iterator[ScriptedHTTPServer]:
 
 
 @pytest.fixture
-async def provider_for() -> AsyncIterator[Callable[..., OpenAIProvider]]:
+async def provider_for() -> AsyncIterator[ProviderFor]:
     """Providers whose retry pauses are skipped, closed at the end of the test."""
     made: list[OpenAIProvider] = []
 
@@ -243,7 +247,7 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
 @pytest.mark.parametrize("spelling", list(SPELLINGS))
 @pytest.mark.anyio
 async def test_a_key_echoed_back_in_any_spelling_is_redacted(
-    spelling: str, status: int, provider_for: Any, caplog: pytest.LogCaptureFixture
+    spelling: str, status: int, provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
 
@@ -268,7 +272,7 @@ async def test_a_key_echoed_back_in_any_spelling_is_redacted(
 async def test_an_httpx_error_that_quotes_the_header_is_redacted(
     slipped: str,
     server: ScriptedHTTPServer,
-    provider_for: Any,
+    provider_for: ProviderFor,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -288,7 +292,7 @@ async def test_an_httpx_error_that_quotes_the_header_is_redacted(
 
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
-async def test_only_outside_text_is_redacted(provider_for: Any) -> None:
+async def test_only_outside_text_is_redacted(provider_for: ProviderFor) -> None:
     """A key that is also a word of our own message (``ollama`` as key and host) leaves it whole."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -312,7 +316,7 @@ async def test_an_unusable_client_gives_a_provider_error(server: ScriptedHTTPSer
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_a_reply_nested_too_deeply_is_a_provider_error(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     server.add(Reply(body=b"[" * 200_000, headers={"Content-Type": "application/json"}))
     with pytest.raises(ProviderError, match=r"malformed reply .*: not JSON"):
@@ -351,7 +355,7 @@ def with_usage(content: str, usage: Any, **message: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("case", list(BAD_USAGE))
 @pytest.mark.anyio
 async def test_untrusted_usage_is_estimated(
-    case: str, server: ScriptedHTTPServer, provider_for: Any
+    case: str, server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     server.add(Reply(body=with_usage(ANSWER, BAD_USAGE[case])))
     completion = await provider_for(server.url).complete([Message.user(PROMPT)], [])
@@ -363,7 +367,7 @@ async def test_untrusted_usage_is_estimated(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_usage_estimate_counts_tool_calls_and_keeps_valid_counts(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "é" * 6}}
     server.add(
@@ -403,7 +407,7 @@ def usage_reply(usage: Any, *, content: str | None = None, spawn: str | None = N
 @pytest.mark.parametrize("case", ["negative", "float", "boolean", "missing", "zeros"])
 @pytest.mark.anyio
 async def test_bad_usage_cannot_get_subagents_past_a_token_limit(
-    case: str, server: ScriptedHTTPServer, provider_for: Any
+    case: str, server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     usage = BAD_USAGE[case]
     server.add(
@@ -448,7 +452,7 @@ def dripping(where: str) -> Script:
 @pytest.mark.parametrize("where", ["headers", "body"])
 @pytest.mark.anyio
 async def test_a_drip_cannot_hold_an_attempt_past_its_timeout(
-    where: str, provider_for: Any
+    where: str, provider_for: ProviderFor
 ) -> None:
     with raw_server(dripping(where)) as srv:
         provider = provider_for(srv.url, timeout=1, max_retries=1)
@@ -494,7 +498,7 @@ def memory_peak() -> Iterator[list[int]]:
 
 @pytest.mark.timeout(60)
 @pytest.mark.anyio
-async def test_an_endless_chunked_body_hits_the_cap(provider_for: Any) -> None:
+async def test_an_endless_chunked_body_hits_the_cap(provider_for: ProviderFor) -> None:
     with raw_server(endless_chunked("200 OK")) as srv:
         provider = provider_for(srv.url, max_retries=2)
         with memory_peak() as peak, pytest.raises(ProviderError) as info:
@@ -510,7 +514,9 @@ async def test_an_endless_chunked_body_hits_the_cap(provider_for: Any) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.anyio
-async def test_an_endless_error_body_is_read_only_for_its_excerpt(provider_for: Any) -> None:
+async def test_an_endless_error_body_is_read_only_for_its_excerpt(
+    provider_for: ProviderFor,
+) -> None:
     with raw_server(endless_chunked("400 Bad Request")) as srv:
         provider = provider_for(srv.url)
         with memory_peak() as peak, pytest.raises(ProviderError) as info:
@@ -544,7 +550,7 @@ def gzip_bomb() -> bytes:
 @pytest.mark.parametrize("cap", [None, 1024])
 @pytest.mark.anyio
 async def test_a_gzip_bomb_hits_the_cap_with_bounded_memory(
-    cap: int | None, gzip_bomb: bytes, provider_for: Any
+    cap: int | None, gzip_bomb: bytes, provider_for: ProviderFor
 ) -> None:
     def script(request: RawRequest, send: Sender) -> None:
         send(head(Content_Encoding="gzip", Content_Length=str(len(gzip_bomb))) + gzip_bomb)
@@ -563,7 +569,7 @@ async def test_a_gzip_bomb_hits_the_cap_with_bounded_memory(
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
 @pytest.mark.anyio
 async def test_compressed_replies_still_decode(
-    encoding: str, server: ScriptedHTTPServer, provider_for: Any
+    encoding: str, server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "raw deflate": -15}
     packer = zlib.compressobj(6, zlib.DEFLATED, wbits[encoding])
@@ -611,7 +617,7 @@ def test_max_response_bytes_is_checked() -> None:
 @pytest.mark.parametrize("form", ["json escape", "raw bytes"])
 @pytest.mark.anyio
 async def test_every_string_of_a_reply_is_made_encodable(
-    form: str, server: ScriptedHTTPServer, provider_for: Any
+    form: str, server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     bad = "\ud800"
     call = {"id": f"id{bad}", "function": {"name": f"f{bad}", "arguments": f'{{"q": "{bad}"}}'}}
@@ -641,7 +647,7 @@ async def test_every_string_of_a_reply_is_made_encodable(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_a_conversation_with_lone_surrogates_goes_on(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     @tool
     async def lookup(query: str) -> str:
@@ -669,7 +675,9 @@ async def test_a_conversation_with_lone_surrogates_goes_on(
 
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
-async def test_an_error_excerpt_is_encodable(server: ScriptedHTTPServer, provider_for: Any) -> None:
+async def test_an_error_excerpt_is_encodable(
+    server: ScriptedHTTPServer, provider_for: ProviderFor
+) -> None:
     server.add(Reply(400, b"bad \xed\xa0\x80 thing \xff"))
     with pytest.raises(ProviderError) as info:
         await provider_for(server.url).complete([Message.user("hi")], [])
@@ -736,7 +744,7 @@ def test_usable_base_urls_are_kept(url: str) -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_credentials_in_the_url_are_never_shown(
-    provider_for: Any, caplog: pytest.LogCaptureFixture
+    provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with socket.socket() as sock:
@@ -753,7 +761,7 @@ async def test_credentials_in_the_url_are_never_shown(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_a_query_string_stays_after_the_path(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     server.add(Reply(body=chat_body()))
     await provider_for(server.url + "/v1/?api-version=2024-02-01").complete(
@@ -818,7 +826,7 @@ def padded_to_cut(key_chars: int, *, before: bytes = b"") -> bytes:
 @pytest.mark.parametrize("where", ["error body", "malformed 200 body"])
 @pytest.mark.anyio
 async def test_a_key_cut_where_a_body_is_cut_leaves_no_fragment(
-    where: str, key_chars: int, provider_for: Any, caplog: pytest.LogCaptureFixture
+    where: str, key_chars: int, provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     if where == "error body":
         body, status = padded_to_cut(key_chars), "400 Bad Request"
@@ -844,7 +852,7 @@ async def test_a_key_cut_where_a_body_is_cut_leaves_no_fragment(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_a_zero_count_is_estimated_only_where_there_was_text(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "é" * 6}}
     zero_out = {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}
@@ -888,7 +896,9 @@ def packed(data: bytes, encoding: str) -> bytes:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 @pytest.mark.anyio
-async def test_junk_after_the_compressed_data_is_refused(encoding: str, provider_for: Any) -> None:
+async def test_junk_after_the_compressed_data_is_refused(
+    encoding: str, provider_for: ProviderFor
+) -> None:
     member = packed(json.dumps(chat_body("fine")).encode(), encoding)
     with raw_server(compressed_then(member, b"J" * 65536, encoding)) as srv:
         provider = provider_for(srv.url, max_response_bytes=1024)
@@ -904,7 +914,7 @@ async def test_junk_after_the_compressed_data_is_refused(encoding: str, provider
 @pytest.mark.timeout(60)
 @pytest.mark.anyio
 async def test_a_body_of_empty_gzip_members_is_bounded_by_its_compressed_size(
-    provider_for: Any,
+    provider_for: ProviderFor,
 ) -> None:
     empty = packed(b"", "gzip")
     with raw_server(compressed_then(empty, empty * 3000)) as srv:
@@ -918,7 +928,9 @@ async def test_a_body_of_empty_gzip_members_is_bounded_by_its_compressed_size(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("frame_size", [7, 65536])
 @pytest.mark.anyio
-async def test_every_member_of_a_gzip_body_is_decoded(frame_size: int, provider_for: Any) -> None:
+async def test_every_member_of_a_gzip_body_is_decoded(
+    frame_size: int, provider_for: ProviderFor
+) -> None:
     reply = json.dumps(chat_body("A" * 5000)).encode()
     members = b"".join(packed(part, "gzip") for part in (reply[:20], b"", reply[20:]))
     frames = [members[i : i + frame_size] for i in range(0, len(members), frame_size)]
@@ -952,7 +964,7 @@ def echo_in(where: str) -> Script:
 @pytest.mark.parametrize("where", ["status reason", "header"])
 @pytest.mark.anyio
 async def test_the_key_never_reaches_httpx_or_httpcore_log_records(
-    where: str, provider_for: Any, caplog: pytest.LogCaptureFixture
+    where: str, provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with raw_server(echo_in(where)) as srv:
@@ -999,7 +1011,7 @@ WHOLE_VALUE: dict[str, Callable[[str], str]] = {
 @pytest.mark.parametrize("spelling", list(WHOLE_VALUE))
 @pytest.mark.anyio
 async def test_a_key_echoed_whole_value_encoded_is_redacted(
-    spelling: str, provider_for: Any, caplog: pytest.LogCaptureFixture
+    spelling: str, provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     echoed: list[str] = []
 
@@ -1021,7 +1033,7 @@ async def test_a_key_echoed_whole_value_encoded_is_redacted(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_basic_credentials_from_the_url_echoed_back_are_redacted(
-    provider_for: Any,
+    provider_for: ProviderFor,
 ) -> None:
     password = f"pw/{CORE}:x"
 
@@ -1045,7 +1057,7 @@ async def test_basic_credentials_from_the_url_echoed_back_are_redacted(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_a_content_encoding_that_echoes_the_key_is_redacted(
-    provider_for: Any, caplog: pytest.LogCaptureFixture
+    provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     def script(request: RawRequest, send: Sender) -> None:
         key = request.headers["authorization"].removeprefix("Bearer ")
@@ -1079,7 +1091,7 @@ async def numbered(v: int) -> str:
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_the_tool_calls_of_one_reply_get_distinct_ids(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     calls = [numbered_call(1, "x"), numbered_call(2, "x"), numbered_call(3, None)]
     calls.append(numbered_call(4, "call_2"))  # the name the missing id would have been given
@@ -1103,7 +1115,7 @@ async def test_the_tool_calls_of_one_reply_get_distinct_ids(
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
 async def test_an_escaped_lone_surrogate_in_arguments_becomes_a_replacement_character(
-    server: ScriptedHTTPServer, provider_for: Any
+    server: ScriptedHTTPServer, provider_for: ProviderFor
 ) -> None:
     seen: list[str] = []
 

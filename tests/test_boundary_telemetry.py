@@ -565,7 +565,8 @@ def test_a_full_server_evicts_the_stalled_answer_rather_than_refuse_a_scraper() 
     with server, contextlib.ExitStack() as stack:
         for i in range(4):  # each one mid-answer, stalled: its window is full
             stack.enter_context(_slow_reader(server))
-            _eventually(lambda i=i: server.statistics().requests == i + 1)
+            # The condition is polled here, before the loop moves on, so it may read i.
+            _eventually(lambda: server.statistics().requests == i + 1)  # noqa: B023
         response = httpx.get(server.url, timeout=10)
         assert response.status_code == 200
         assert len(response.content) > size

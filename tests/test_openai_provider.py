@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 import httpx
@@ -55,6 +55,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+MakeProvider: TypeAlias = Callable[..., OpenAIProvider]
+"""What the ``make_provider`` fixture gives: ``make_provider(**options)``."""
+
+
 @pytest.fixture
 def server() -> Iterator[ScriptedHTTPServer]:
     with ScriptedHTTPServer() as srv:
@@ -69,7 +73,7 @@ def sleeps() -> list[float]:
 @pytest.fixture
 async def make_provider(
     server: ScriptedHTTPServer, sleeps: list[float]
-) -> AsyncIterator[Callable[..., OpenAIProvider]]:
+) -> AsyncIterator[MakeProvider]:
     """Build providers aimed at the test server whose retry delays are recorded, not slept."""
     made: list[OpenAIProvider] = []
 
@@ -90,7 +94,9 @@ async def make_provider(
         await provider.aclose()
 
 
-def assert_no_key(exc: BaseException, provider: OpenAIProvider, caplog: Any) -> None:
+def assert_no_key(
+    exc: BaseException, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
     assert KEY not in str(exc)
     assert KEY not in repr(exc)
     assert KEY not in repr(provider)
@@ -104,7 +110,7 @@ def assert_no_key(exc: BaseException, provider: OpenAIProvider, caplog: Any) -> 
 
 
 @pytest.mark.anyio
-async def test_plain_text_reply(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_plain_text_reply(server: ScriptedHTTPServer, make_provider: MakeProvider) -> None:
     server.add(
         Reply(
             body=chat_reply(
@@ -137,7 +143,7 @@ async def test_plain_text_reply(server: ScriptedHTTPServer, make_provider: Any) 
 
 @pytest.mark.anyio
 async def test_no_api_key_sends_no_authorization(
-    server: ScriptedHTTPServer, make_provider: Any
+    server: ScriptedHTTPServer, make_provider: MakeProvider
 ) -> None:
     server.add(Reply(body=chat_reply()))
     await make_provider(api_key=None).complete([Message.user("Hi")], [])
@@ -146,7 +152,7 @@ async def test_no_api_key_sends_no_authorization(
 
 @pytest.mark.anyio
 async def test_tools_sent_and_tool_calls_parsed(
-    server: ScriptedHTTPServer, make_provider: Any
+    server: ScriptedHTTPServer, make_provider: MakeProvider
 ) -> None:
     exact = '{"city":  "Paris",\n "unit": "C"}'  # odd spacing must survive byte for byte
     server.add(
@@ -202,7 +208,7 @@ async def test_tools_sent_and_tool_calls_parsed(
 
 @pytest.mark.anyio
 async def test_tool_call_without_id_gets_one(
-    server: ScriptedHTTPServer, make_provider: Any
+    server: ScriptedHTTPServer, make_provider: MakeProvider
 ) -> None:
     server.add(
         Reply(
@@ -220,14 +226,18 @@ async def test_tool_call_without_id_gets_one(
 
 
 @pytest.mark.anyio
-async def test_no_tools_key_without_tools(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_no_tools_key_without_tools(
+    server: ScriptedHTTPServer, make_provider: MakeProvider
+) -> None:
     server.add(Reply(body=chat_reply()))
     await make_provider().complete([Message.user("Hi")], [])
     assert "tools" not in server.requests[0].json()
 
 
 @pytest.mark.anyio
-async def test_tool_round_trip_serialised(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_tool_round_trip_serialised(
+    server: ScriptedHTTPServer, make_provider: MakeProvider
+) -> None:
     server.add(Reply(body=chat_reply("It is sunny.")))
     paris = ToolCall("call_1", "get_weather", '{"city":"Paris"}')
     clock = ToolCall("call_2", "get_time", "{}")
@@ -264,7 +274,9 @@ async def test_tool_round_trip_serialised(server: ScriptedHTTPServer, make_provi
 
 
 @pytest.mark.anyio
-async def test_missing_usage_is_estimated(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_missing_usage_is_estimated(
+    server: ScriptedHTTPServer, make_provider: MakeProvider
+) -> None:
     server.add(
         Reply(body=chat_reply()),
         Reply(body=chat_reply(usage={"prompt_tokens": 7, "completion_tokens": 2})),
@@ -283,7 +295,9 @@ async def test_missing_usage_is_estimated(server: ScriptedHTTPServer, make_provi
 
 
 @pytest.mark.anyio
-async def test_one_connection_is_reused(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_one_connection_is_reused(
+    server: ScriptedHTTPServer, make_provider: MakeProvider
+) -> None:
     server.add(Reply(body=chat_reply()), Reply(body=chat_reply()))
     provider = make_provider()
     await provider.complete([Message.user("a")], [])
@@ -297,7 +311,7 @@ async def test_one_connection_is_reused(server: ScriptedHTTPServer, make_provide
 
 @pytest.mark.anyio
 async def test_429_honours_retry_after(
-    server: ScriptedHTTPServer, make_provider: Any, sleeps: list[float]
+    server: ScriptedHTTPServer, make_provider: MakeProvider, sleeps: list[float]
 ) -> None:
     server.add(
         Reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "3"}),
@@ -321,7 +335,7 @@ async def test_429_honours_retry_after(
 )
 async def test_retry_after_forms(
     server: ScriptedHTTPServer,
-    make_provider: Any,
+    make_provider: MakeProvider,
     sleeps: list[float],
     retry_after: str,
     expected: float,
@@ -333,7 +347,10 @@ async def test_retry_after_forms(
 
 @pytest.mark.anyio
 async def test_500_until_retries_run_out(
-    server: ScriptedHTTPServer, make_provider: Any, sleeps: list[float], caplog: Any
+    server: ScriptedHTTPServer,
+    make_provider: MakeProvider,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.add(*(Reply(500, f"internal failure #{i}") for i in range(3)))
@@ -355,7 +372,7 @@ async def test_500_until_retries_run_out(
 
 @pytest.mark.anyio
 async def test_backoff_doubles_up_to_cap(
-    server: ScriptedHTTPServer, make_provider: Any, sleeps: list[float]
+    server: ScriptedHTTPServer, make_provider: MakeProvider, sleeps: list[float]
 ) -> None:
     server.add(*(Reply(502, "bad gateway") for _ in range(6)), Reply(body=chat_reply()))
     provider = make_provider(max_retries=6)
@@ -370,7 +387,7 @@ async def test_backoff_doubles_up_to_cap(
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
 async def test_client_errors_not_retried(
-    server: ScriptedHTTPServer, make_provider: Any, sleeps: list[float], status: int
+    server: ScriptedHTTPServer, make_provider: MakeProvider, sleeps: list[float], status: int
 ) -> None:
     server.add(Reply(status, {"error": {"message": "nope"}}), Reply(body=chat_reply()))
     with pytest.raises(ProviderError) as info:
@@ -384,7 +401,7 @@ async def test_client_errors_not_retried(
 
 @pytest.mark.anyio
 async def test_echoed_key_is_redacted(
-    server: ScriptedHTTPServer, make_provider: Any, caplog: Any
+    server: ScriptedHTTPServer, make_provider: MakeProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.add(Reply(401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}))
@@ -396,7 +413,9 @@ async def test_echoed_key_is_redacted(
 
 
 @pytest.mark.anyio
-async def test_long_error_body_is_cut(server: ScriptedHTTPServer, make_provider: Any) -> None:
+async def test_long_error_body_is_cut(
+    server: ScriptedHTTPServer, make_provider: MakeProvider
+) -> None:
     server.add(Reply(400, "x" * 5000))
     with pytest.raises(ProviderError) as info:
         await make_provider().complete([Message.user("Hi")], [])
@@ -433,9 +452,9 @@ async def test_long_error_body_is_cut(server: ScriptedHTTPServer, make_provider:
 )
 async def test_malformed_reply(
     server: ScriptedHTTPServer,
-    make_provider: Any,
+    make_provider: MakeProvider,
     sleeps: list[float],
-    caplog: Any,
+    caplog: pytest.LogCaptureFixture,
     body: Any,
     expected: str,
 ) -> None:
@@ -457,7 +476,10 @@ async def test_malformed_reply(
 
 @pytest.mark.anyio
 async def test_timeout(
-    server: ScriptedHTTPServer, make_provider: Any, sleeps: list[float], caplog: Any
+    server: ScriptedHTTPServer,
+    make_provider: MakeProvider,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.add(Reply(body=chat_reply(), hold=threading.Event()))  # released at teardown
@@ -473,7 +495,7 @@ async def test_timeout(
 
 @pytest.mark.anyio
 async def test_timeout_is_retried(
-    server: ScriptedHTTPServer, make_provider: Any, sleeps: list[float]
+    server: ScriptedHTTPServer, make_provider: MakeProvider, sleeps: list[float]
 ) -> None:
     server.add(Reply(body=chat_reply(), hold=threading.Event()), Reply(body=chat_reply("ok")))
     completion = await make_provider(timeout=0.2, max_retries=1).complete([Message.user("Hi")], [])
@@ -493,7 +515,10 @@ def dead_url() -> str:
 
 @pytest.mark.anyio
 async def test_connection_refused(
-    make_provider: Any, sleeps: list[float], caplog: Any, dead_url: str
+    make_provider: MakeProvider,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    dead_url: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     provider = make_provider(base_url=dead_url, max_retries=1)

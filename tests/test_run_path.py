@@ -10,7 +10,6 @@ import anyio
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from test_agent import call, reply, tool_calls
 
 from xzatoma import (
     Agent,
@@ -29,7 +28,14 @@ from xzatoma import (
     tool,
 )
 from xzatoma.telemetry import TelemetrySubscriber
-from xzatoma.testing import ScriptedProvider, TelemetryCapture, capture_telemetry
+from xzatoma.testing import (
+    ScriptedProvider,
+    TelemetryCapture,
+    call,
+    capture_telemetry,
+    reply,
+    tool_calls,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -204,7 +210,7 @@ def test_which_methods_an_instrument_implements_is_worked_out_when_it_is_added()
     hooks = Hooks([Recorder()])
     assert len(hooks._run_started) == 1
     assert len(hooks._subagent_ended) == 1
-    assert hooks._run_ended == hooks._tool_call_started == hooks._batch_started == ()
+    assert (hooks._run_ended, hooks._tool_call_started, hooks._batch_started) == ((), (), ())
 
     class OnlyBatches:  # not a subclass: any object with some of the methods
         def batch_ended(self, run: Run, batch: Batch) -> None: ...
@@ -212,7 +218,7 @@ def test_which_methods_an_instrument_implements_is_worked_out_when_it_is_added()
     hooks.add(OnlyBatches())
     assert len(hooks._batch_ended) == 1
     with pytest.raises(TypeError, match="Instrument methods"):
-        hooks.add(42)  # type: ignore[arg-type]
+        hooks.add(42)
 
 
 async def test_an_instrument_sees_the_live_run_and_the_childs_result() -> None:
@@ -328,7 +334,7 @@ async def test_tool_context_is_keyword_only_and_shows_the_run() -> None:
     assert (ctx.depth, ctx.label, ctx.run_id, ctx.event_id) == (0, "agent", ctx.run.id, ctx.id)
     assert ctx.agent is agent
     with pytest.raises(TypeError):
-        ToolContext(ctx.run, agent, ctx.call, 1, 0.0)  # type: ignore[misc]
+        ToolContext(ctx.run, agent, ctx.call, 1, 0.0)  # type: ignore[call-arg]
 
 
 async def test_metrics_recorded_while_spans_are_current_carry_no_exemplars(

@@ -14,12 +14,12 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xzatoma import Completion, Message, Runtime, SubagentConfig, ToolSpec, tool
+from xzatoma import Completion, Message, Runtime, SubagentConfig, Tool, ToolSpec, tool
 from xzatoma.events import Event, RunStarted, ToolCallStarted
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 
-def make_tool(name: str) -> Any:
+def make_tool(name: str) -> Tool[Any]:
     async def impl() -> str:
         return name
 

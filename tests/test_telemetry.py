@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 import pytest
@@ -25,12 +25,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from xzatoma import (
     Agent,
     Completion,
+    Hook,
     Message,
+    Provider,
     ProviderError,
     QuotaLimits,
     Runtime,
     SubagentConfig,
     SubagentTool,
+    Tool,
+    ToolCall,
     ToolSpec,
     Usage,
     tool,
@@ -65,7 +69,11 @@ def captured() -> Iterator[TelemetryCapture]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def scripted(plan: Mapping[str, Sequence[Any]], *, usage: Usage = USAGE) -> ScriptedProvider:
+Step: TypeAlias = Completion | str | Exception
+"""One scripted reply: an answer, or an exception the model call raises."""
+
+
+def scripted(plan: Mapping[str, Sequence[Step]], *, usage: Usage = USAGE) -> ScriptedProvider:
     """A model keyed on each conversation's first message: its n-th reply is ``plan[...][n]``.
 
     A step is a reply (``Completion`` or text) or an exception to raise. Past the end of its
@@ -84,20 +92,20 @@ def scripted(plan: Mapping[str, Sequence[Any]], *, usage: Usage = USAGE) -> Scri
     return ScriptedProvider(answer, usage=usage)
 
 
-def task(label: str, prompt: str, **more: Any) -> dict[str, Any]:
+def task(label: str, prompt: str, **more: object) -> dict[str, object]:
     return {"label": label, "task_prompt": prompt, **more}
 
 
-def spawn(label: str, prompt: str, **more: Any) -> Any:
+def spawn(label: str, prompt: str, **more: object) -> ToolCall:
     return call("subagent", task(label, prompt, **more))
 
 
 def make_runtime(
-    provider: Any,
+    provider: Provider,
     *,
     subagents: SubagentConfig = NO_SUMMARY,
     quota: QuotaLimits | None = None,
-    hooks: Sequence[Any] = (),
+    hooks: Sequence[Hook] = (),
 ) -> tuple[Runtime, TelemetrySubscriber]:
     subscriber = TelemetrySubscriber()
     runtime = Runtime(provider, subagents=subagents, quota=quota, telemetry=subscriber, hooks=hooks)
@@ -119,7 +127,7 @@ def assert_at_rest(captured: TelemetryCapture, subscriber: TelemetrySubscriber |
         assert subscriber.in_flight == 0
 
 
-def hanging_tool(expected: int) -> tuple[Any, anyio.Event]:
+def hanging_tool(expected: int) -> tuple[Tool[Any], anyio.Event]:
     """A ``hang`` tool that waits forever; the event is set once ``expected`` calls wait."""
     all_in = anyio.Event()
     entered: list[None] = []
@@ -150,7 +158,7 @@ class NoWithModelProvider:
 
 # -- the complete and incomplete paths -------------------------------------------------------
 async def test_complete_tree_exact_values_per_depth(captured: TelemetryCapture) -> None:
-    plan = {
+    plan: dict[str, list[Step]] = {
         "root": [
             tool_calls(
                 spawn("a", "a"),
@@ -185,7 +193,10 @@ async def test_complete_tree_exact_values_per_depth(captured: TelemetryCapture) 
 async def test_incomplete_when_no_turn_is_left_for_the_summary(
     captured: TelemetryCapture,
 ) -> None:
-    plan = {"root": [tool_calls(spawn("x", "short", max_turns=1)), "ok"], "short": ["answer"]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("x", "short", max_turns=1)), "ok"],
+        "short": ["answer"],
+    }
     runtime, subscriber = make_runtime(scripted(plan), subagents=SubagentConfig())
     result = await runtime.run("root")
     assert result.children[0].status == "incomplete"
@@ -198,7 +209,7 @@ async def test_incomplete_when_no_turn_is_left_for_the_summary(
 
 
 async def test_python_batch_counts_batch_and_its_tasks(captured: TelemetryCapture) -> None:
-    plan = {"ok": ["fine"], "bad": [ProviderError("down")]}
+    plan: dict[str, list[Step]] = {"ok": ["fine"], "bad": [ProviderError("down")]}
     runtime, subscriber = make_runtime(scripted(plan))
     batch = await runtime.run_batch([task("a", "ok"), task("b", "bad"), task("c", "ok")])
     assert batch.status == "partial"
@@ -212,7 +223,9 @@ async def test_python_batch_counts_batch_and_its_tasks(captured: TelemetryCaptur
 
 # -- every error type ------------------------------------------------------------------------
 async def test_quota_exceeded_refusal_and_running_stop(captured: TelemetryCapture) -> None:
-    plan = {"root": [tool_calls(spawn("a", "leaf")), tool_calls(spawn("b", "leaf")), "ok"]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "leaf")), tool_calls(spawn("b", "leaf")), "ok"]
+    }
     plan["leaf"] = ["leaf done"]
     runtime, subscriber = make_runtime(scripted(plan), quota=QuotaLimits(max_executions=1))
     await runtime.run("root")
@@ -229,7 +242,10 @@ async def test_quota_exceeded_while_running_keeps_its_tokens(captured: Telemetry
         """Do nothing."""
         return "nothing"
 
-    plan = {"root": [tool_calls(spawn("a", "busy")), "ok"], "busy": [tool_calls(call("noop"))]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "busy")), "ok"],
+        "busy": [tool_calls(call("noop"))],
+    }
     runtime, subscriber = make_runtime(scripted(plan), quota=QuotaLimits(max_total_tokens=20))
     result = await runtime.run("root", tools=[noop])
     assert result.children[0].error_type == "quota_exceeded"
@@ -244,7 +260,10 @@ async def test_quota_exceeded_while_running_keeps_its_tokens(captured: Telemetry
 async def test_max_depth_reached_is_recorded_at_the_refused_depth(
     captured: TelemetryCapture,
 ) -> None:
-    plan = {"root": [tool_calls(spawn("a", "a")), "ok"], "a": [tool_calls(spawn("d", "leaf"))]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "a")), "ok"],
+        "a": [tool_calls(spawn("d", "leaf"))],
+    }
     config = SubagentConfig(max_depth=1, summary_prompt=None)
     runtime, subscriber = make_runtime(scripted(plan), subagents=config)
     await runtime.run("root")
@@ -256,7 +275,7 @@ async def test_max_depth_reached_is_recorded_at_the_refused_depth(
 
 
 async def test_invalid_input_from_each_kind_of_bad_call(captured: TelemetryCapture) -> None:
-    plan = {
+    plan: dict[str, list[Step]] = {
         "root": [
             tool_calls(
                 spawn(" ", "leaf"),  # blank label
@@ -277,7 +296,7 @@ async def test_invalid_input_from_each_kind_of_bad_call(captured: TelemetryCaptu
 async def test_initialization_failed_when_the_model_cannot_be_switched(
     captured: TelemetryCapture,
 ) -> None:
-    plan = {"root": [tool_calls(spawn("a", "leaf")), "ok"], "leaf": ["x"]}
+    plan: dict[str, list[Step]] = {"root": [tool_calls(spawn("a", "leaf")), "ok"], "leaf": ["x"]}
     provider = NoWithModelProvider(scripted(plan))
     config = SubagentConfig(model="another-model", summary_prompt=None)
     subscriber = TelemetrySubscriber()
@@ -288,7 +307,10 @@ async def test_initialization_failed_when_the_model_cannot_be_switched(
 
 
 async def test_execution_failed_when_the_provider_raises(captured: TelemetryCapture) -> None:
-    plan = {"root": [tool_calls(spawn("a", "bad")), "ok"], "bad": [ProviderError("down")]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "bad")), "ok"],
+        "bad": [ProviderError("down")],
+    }
     runtime, subscriber = make_runtime(scripted(plan))
     await runtime.run("root")
     assert captured.value(n.ERRORS, depth=1, error_type="execution_failed") == 1
@@ -299,7 +321,10 @@ async def test_execution_failed_when_the_provider_raises(captured: TelemetryCapt
 
 async def test_timeout(captured: TelemetryCapture) -> None:
     hang, _ = hanging_tool(expected=1)
-    plan = {"root": [tool_calls(spawn("a", "slow")), "ok"], "slow": [tool_calls(call("hang"))]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "slow")), "ok"],
+        "slow": [tool_calls(call("hang"))],
+    }
     config = SubagentConfig(timeout=0.05, summary_prompt=None)
     runtime, subscriber = make_runtime(scripted(plan), subagents=config)
     result = await runtime.run("root", tools=[hang])
@@ -316,7 +341,7 @@ async def test_timeout(captured: TelemetryCapture) -> None:
 
 async def test_cancelling_the_root_records_cancelled_children(captured: TelemetryCapture) -> None:
     hang, all_in = hanging_tool(expected=2)
-    plan = {
+    plan: dict[str, list[Step]] = {
         "root": [tool_calls(call("parallel_subagent", tasks=[task("c1", "s"), task("c2", "s")]))],
         "s": [tool_calls(call("hang"))],
     }
@@ -345,7 +370,10 @@ async def test_a_tool_that_raises_leaves_the_run_complete(captured: TelemetryCap
         """Always fails."""
         raise RuntimeError("kaput")
 
-    plan = {"root": [tool_calls(spawn("a", "t")), "ok"], "t": [tool_calls(call("boom")), "fine"]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "t")), "ok"],
+        "t": [tool_calls(call("boom")), "fine"],
+    }
     runtime, subscriber = make_runtime(scripted(plan))
     await runtime.run("root", tools=[boom])
     assert captured.value(n.COMPLETIONS, depth=1, status="complete") == 1
@@ -422,7 +450,7 @@ def _parent(span: ReadableSpan, spans: Mapping[int, ReadableSpan]) -> ReadableSp
 async def test_spans_nest_across_subagent_and_parallel_subagent(
     captured: TelemetryCapture,
 ) -> None:
-    plan = {
+    plan: dict[str, list[Step]] = {
         "root": [tool_calls(spawn("a", "a")), "root done"],
         "a": [tool_calls(call("parallel_subagent", tasks=[task("p1", "x"), task("p2", "x")]))],
         "x": ["leaf"],
@@ -449,8 +477,10 @@ async def test_spans_nest_across_subagent_and_parallel_subagent(
         assert attributes is not None
         assert attributes[n.XZ_DEPTH] == depth
         assert attributes[n.GEN_AI_OPERATION_NAME] == "invoke_agent"
-        assert attributes[n.GEN_AI_USAGE_INPUT_TOKENS] > 0
-        assert attributes[n.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+        for key in (n.GEN_AI_USAGE_INPUT_TOKENS, n.GEN_AI_USAGE_OUTPUT_TOKENS):
+            tokens = attributes[key]
+            assert isinstance(tokens, int)
+            assert tokens > 0
         if label != "a":
             assert _parent(by_label[label], spans) is batch_span
     chats = captured.spans_named("chat scripted")
@@ -467,7 +497,10 @@ async def test_spans_nest_across_subagent_and_parallel_subagent(
 
 # -- GenAI metrics and bucket boundaries -----------------------------------------------------
 async def test_gen_ai_metrics_at_every_model_call(captured: TelemetryCapture) -> None:
-    plan = {"root": [tool_calls(spawn("a", "bad")), "ok"], "bad": [ProviderError("down")]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "bad")), "ok"],
+        "bad": [ProviderError("down")],
+    }
     runtime, _ = make_runtime(scripted(plan))
     await runtime.run("root")
 
@@ -494,7 +527,7 @@ async def test_gen_ai_metrics_at_every_model_call(captured: TelemetryCapture) ->
 
 
 async def test_histograms_use_the_advisory_bucket_boundaries(captured: TelemetryCapture) -> None:
-    plan = {
+    plan: dict[str, list[Step]] = {
         "root": [tool_calls(call("parallel_subagent", tasks=[task("a", "x")])), "ok"],
         "x": ["y"],
     }
@@ -583,7 +616,7 @@ async def test_recorder_as_context_manager_records_cancelled_on_cancellation(
 
 # -- configuration and never-fatal ----------------------------------------------------------
 async def test_a_subscriber_made_before_configure_follows_it() -> None:
-    plan = {"root": [tool_calls(spawn("a", "x")), "ok"], "x": ["y"]}
+    plan: dict[str, list[Step]] = {"root": [tool_calls(spawn("a", "x")), "ok"], "x": ["y"]}
     runtime, subscriber = make_runtime(scripted(plan))  # made while nothing is configured
     await runtime.run("root")  # to the no-op API: nothing recorded, nothing raised
     with capture_telemetry() as captured:
@@ -594,7 +627,7 @@ async def test_a_subscriber_made_before_configure_follows_it() -> None:
 
 async def test_with_nothing_configured_the_runtime_records_to_the_no_op_api() -> None:
     configure()
-    plan = {"root": [tool_calls(spawn("a", "x")), "ok"], "x": ["y"]}
+    plan: dict[str, list[Step]] = {"root": [tool_calls(spawn("a", "x")), "ok"], "x": ["y"]}
     result = await Runtime(scripted(plan)).run("root")
     assert result.status == "complete"
 
@@ -605,7 +638,10 @@ async def test_a_raising_hook_is_logged_once_and_telemetry_goes_on(
     def broken(event: object) -> None:
         raise RuntimeError("hook bug")
 
-    plan = {"root": [tool_calls(spawn("a", "x"), spawn("b", "x")), "ok"], "x": ["y"]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "x"), spawn("b", "x")), "ok"],
+        "x": ["y"],
+    }
     runtime, subscriber = make_runtime(scripted(plan), hooks=[broken])
     with caplog.at_level(logging.ERROR):
         result = await runtime.run("root")
@@ -626,7 +662,10 @@ async def test_a_broken_span_pipeline_turns_tracing_off_and_metrics_go_on(
     broken = TracerProvider(shutdown_on_exit=False)
     broken.add_span_processor(_RaisingProcessor())
     configure(captured.meter_provider, broken)
-    plan = {"root": [tool_calls(spawn("a", "x"), spawn("b", "x")), "ok"], "x": ["y"]}
+    plan: dict[str, list[Step]] = {
+        "root": [tool_calls(spawn("a", "x"), spawn("b", "x")), "ok"],
+        "x": ["y"],
+    }
     runtime, subscriber = make_runtime(scripted(plan))
     with caplog.at_level(logging.ERROR, logger="xzatoma.telemetry"):
         result = await runtime.run("root")
@@ -646,7 +685,7 @@ async def test_a_broken_meter_provider_turns_metrics_off_and_spans_go_on(
     captured: TelemetryCapture, caplog: pytest.LogCaptureFixture
 ) -> None:
     configure(_BrokenMeterProvider(), captured.tracer_provider)
-    plan = {"root": [tool_calls(spawn("a", "x")), "ok"], "x": ["y"]}
+    plan: dict[str, list[Step]] = {"root": [tool_calls(spawn("a", "x")), "ok"], "x": ["y"]}
     runtime, subscriber = make_runtime(scripted(plan))
     with caplog.at_level(logging.ERROR, logger="xzatoma.telemetry"):
         result = await runtime.run("root")
@@ -667,7 +706,7 @@ async def test_metrics_switching_off_mid_run_still_brings_active_back_to_zero(
         raise RuntimeError("meter down")
 
     monkeypatch.setattr(_subscriber, "pair_attributes", broken)  # used only at a batch's end
-    plan = {
+    plan: dict[str, list[Step]] = {
         "root": [tool_calls(spawn("p", "parent")), "ok"],
         "parent": [tool_calls(call("parallel_subagent", tasks=[task("t", "x")])), "done"],
         "x": ["y"],
