@@ -202,9 +202,9 @@ async def test_cancellation_propagates_and_ends_every_event() -> None:
     assert scope.cancelled_caught
     ends = capture.of(RunEnded)
     assert len(ends) == 1
-    assert ends[0].status == "cancelled"  # type: ignore[union-attr]
+    assert ends[0].status == "cancelled"
     model_end = capture.of(ModelCallEnded)
-    assert [e.error_type for e in model_end] == ["cancelled"]  # type: ignore[union-attr]
+    assert [e.error_type for e in model_end] == ["cancelled"]
 
 
 async def test_timeout_ends_failed_with_timeout_and_partial_output() -> None:

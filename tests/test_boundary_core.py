@@ -216,7 +216,7 @@ async def test_invalid_usage_from_any_provider_fails_the_call_and_charges_nothin
     # The model read a failure, and no event carried the bad numbers to a subscriber.
     assert tool_message(result).startswith("Error: subagent 'child' failed (execution_failed)")
     ends = [e for e in capture.of(ModelCallEnded) if e.depth == 1]
-    assert [(e.error_type, e.usage) for e in ends] == [("execution_failed", Usage())]  # type: ignore[union-attr]
+    assert [(e.error_type, e.usage) for e in ends] == [("execution_failed", Usage())]
 
 
 @pytest.mark.timeout(10)
@@ -517,7 +517,7 @@ async def test_a_stray_cancelled_error_from_a_tool_is_a_tool_failure(anyio_backe
         "although nothing cancelled this run; the tool failed, and the run goes on"
     )
     (end,) = capture.of(ToolCallEnded)
-    assert (end.is_error, end.cancelled) == (True, False)  # type: ignore[union-attr]
+    assert (end.is_error, end.cancelled) == (True, False)
     assert_every_start_has_exactly_one_end(capture.events)
 
 
@@ -734,7 +734,7 @@ async def test_fail_fast_pending_tasks_are_counted_in_the_metrics() -> None:
     starts = [e for e in capture.of(SubagentStarted) if e.depth == 1]
     ends = [e for e in capture.of(SubagentEnded) if e.depth == 1]
     assert len(starts) == len(ends) == 6
-    never_started = [(e.status, e.error_type, e.turns) for e in ends[1:]]  # type: ignore[union-attr]
+    never_started = [(e.status, e.error_type, e.turns) for e in ends[1:]]
     assert never_started == [("cancelled", "cancelled", 0)] * 5
     assert_every_start_has_exactly_one_end(capture.events)
 

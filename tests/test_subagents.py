@@ -524,7 +524,7 @@ async def test_provider_and_model_override_for_children() -> None:
     capture = EventCapture()
     config = SubagentConfig(model="small", summary_prompt=None)
     await runtime(small, capture, subagents=config).agent().run("go")
-    models = {e.depth: e.model for e in capture.of(RunStarted)}  # type: ignore[union-attr]
+    models = {e.depth: e.model for e in capture.of(RunStarted)}
     assert models == {0: "scripted", 1: "small"}
 
 
@@ -578,7 +578,7 @@ async def test_cancelling_the_root_with_twenty_descendants_in_a_model_call() -> 
         assert len(set(ended)) == len(ended)
     ends = capture.of(SubagentEnded)
     assert len(ends) == 25
-    assert {e.status for e in ends} == {"cancelled"}  # type: ignore[union-attr]
+    assert {e.status for e in ends} == {"cancelled"}
     assert by_depth(capture, SubagentEnded) == {1: 5, 2: 20}
     assert rt.tracker.statistics().executions == 25
 

@@ -13,7 +13,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import anyio
 
@@ -164,6 +164,9 @@ class ScriptedProvider:
         return completion
 
 
+_E = TypeVar("_E", bound=Event)
+
+
 class EventCapture:
     """A hook that keeps every event: ``Agent(..., hooks=[capture])``."""
 
@@ -173,7 +176,7 @@ class EventCapture:
     def __call__(self, event: Event) -> None:
         self.events.append(event)
 
-    def of(self, kind: type[Event]) -> list[Event]:
+    def of(self, kind: type[_E]) -> list[_E]:
         """The captured events of one class, in order."""
         return [e for e in self.events if isinstance(e, kind)]
 
