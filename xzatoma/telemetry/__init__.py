@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._config import configure as configure
-from ._metrics import SubagentMetrics as SubagentMetrics
+from ._recorder import SubagentMetrics as SubagentMetrics
 from ._server import MetricsServer as MetricsServer
 from ._server import MetricsServerStatistics as MetricsServerStatistics
 from ._server import start_metrics_server as start_metrics_server

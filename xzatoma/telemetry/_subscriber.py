@@ -28,13 +28,8 @@ from .._run import Batch, ModelCall, Run
 from .._tools import ToolContext, ToolResult
 from . import _names as n
 from ._config import state
-from ._metrics import (
-    NO_EXEMPLARS,
-    SubagentMetrics,
-    current_instruments,
-    depth_attributes,
-    pair_attributes,
-)
+from ._metrics import NO_EXEMPLARS, current_instruments, depth_attributes, pair_attributes
+from ._recorder import SubagentMetrics
 
 __all__ = ("TelemetrySubscriber",)
 
