@@ -1,11 +1,5 @@
-"""The instruments of DESIGN.md section 5, and ``SubagentMetrics``, the per-execution recorder.
-
-``SubagentMetrics`` is the Python form of the seed's panic-safe recorder: it counts an
-execution and raises ``active_count`` when made, records its outcome exactly once, and, used
-as a context manager, records ``cancelled`` or ``execution_failed`` for an exit that recorded
-nothing, so ``executions = completions + errors`` and ``active = 0`` hold at rest whatever
-happened.
-"""
+"""The instruments of DESIGN.md section 5, created once per meter, and the shared attribute
+sets they are recorded with (``SubagentMetrics``, in ``_recorder``, records one execution)."""
 
 from __future__ import annotations
 

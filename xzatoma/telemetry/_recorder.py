@@ -1,8 +1,9 @@
-"""``SubagentMetrics``: the panic-safe recorder of one subagent execution's metrics.
+"""``SubagentMetrics``: the Python form of the seed's panic-safe recorder of one execution.
 
-Created when an execution starts (executions and active go up), it records its outcome
-exactly once, and used as a context manager it brings active back down whatever way the
-block is left: the Python form of the seed's ``Drop``.
+It counts an execution and raises ``active_count`` when made, records its outcome exactly
+once, and, used as a context manager, records ``cancelled`` or ``execution_failed`` for an
+exit that recorded nothing, so ``executions = completions + errors`` and ``active = 0`` hold
+at rest whatever happened.
 """
 
 from __future__ import annotations
