@@ -114,9 +114,13 @@ class Spawner:
                 task = invalid
         label = task.label if isinstance(task, SubagentTask) else _label_of(str(arguments))
         child = self._child(parent, label, index, call_id)
+        await self._execute(child, task)
+        return child
+
+    async def _execute(self, child: Run, task: SubagentTask | Refused) -> None:
+        """Run ``child`` from its start hook to its end hook, whatever way it ends."""
         with _Execution(child):
             await self._run(child, task)
-        return child
 
     def _child(self, parent: Run, label: str, index: int, call_id: int | None) -> Run:
         """A child of ``parent``, on the tree's quota, its output cut to ``output_max_size``."""
@@ -276,8 +280,7 @@ class Spawner:
                         await anyio.lowlevel.checkpoint_if_cancelled()
                         task = tasks[index]
                         child = children[index] = self._child(parent, task.label, index, call_id)
-                        with _Execution(child):
-                            await self._run(child, tasks[index])
+                        await self._execute(child, task)
                         if fail_fast and not child.result().succeeded:
                             tg.cancel_scope.cancel()
 
