@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import anyio
 import pydantic
 import pytest
+from _clock import on_virtual_time
 
 from xzatoma import (
     Agent,
@@ -207,6 +208,7 @@ async def test_cancellation_propagates_and_ends_every_event() -> None:
     assert [e.error_type for e in model_end] == ["cancelled"]
 
 
+@on_virtual_time
 async def test_timeout_ends_failed_with_timeout_and_partial_output() -> None:
     async def answer_then_hang(messages: Sequence[Message], tools: object) -> Completion:
         if len(messages) == 1:
@@ -214,8 +216,8 @@ async def test_timeout_ends_failed_with_timeout_and_partial_output() -> None:
         await anyio.sleep_forever()
         raise AssertionError
 
-    result = await Agent(ScriptedProvider(answer_then_hang), tools=[add], timeout=0.05).run("x")
-    assert (result.status, result.error_type) == ("failed", "timeout")
+    result = await Agent(ScriptedProvider(answer_then_hang), tools=[add], timeout=5).run("x")
+    assert (result.status, result.error_type, result.duration) == ("failed", "timeout", 5.0)
     assert result.output == "started"
     assert result.usage == U
 

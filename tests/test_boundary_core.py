@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 
 import anyio
 import pytest
+from _clock import on_virtual_time, virtual_time
 from test_properties import assert_every_start_has_exactly_one_end
 
 from xzatoma import (
@@ -299,6 +300,7 @@ async def test_an_incomplete_childs_note_and_output_fit_the_limit(limit: int) ->
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("limit", LIMITS)
+@on_virtual_time
 async def test_a_failed_childs_error_and_partial_output_fit_the_limit(limit: int) -> None:
     gate = anyio.Event()
 
@@ -314,10 +316,13 @@ async def test_a_failed_childs_error_and_partial_output_fit_the_limit(limit: int
         [tool_calls(call("wait"), text="Ωmega " * 1000)],
         {"label": LABEL, "task_prompt": "w"},
     )
-    config = SubagentConfig(output_max_size=limit, timeout=0.2, summary_prompt=None)
+    config = SubagentConfig(output_max_size=limit, timeout=5, summary_prompt=None)
     result = (
         await Runtime(provider, subagents=config, telemetry=False).agent(tools=[wait]).run("root")
     )
+    assert gate.is_set()  # the child was in its tool when the deadline came
+    (child,) = result.children
+    assert (child.error_type, child.duration) == ("timeout", 5.0)
     content = tool_message(result)
     fits(content, limit)
     assert content.startswith("Error: subagent '界")
@@ -678,10 +683,13 @@ async def test_a_real_cancellation_through_a_tool_still_propagates(
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("make_tool", [waits, converts])
+@virtual_time("asyncio")  # ``converts`` raises asyncio's CancelledError
 async def test_a_deadline_through_a_tool_is_still_a_timeout(make_tool: ToolMaker) -> None:
-    agent = Agent(calls_then_answers("stuck"), tools=[make_tool(anyio.Event())], timeout=0.1)
+    inside = anyio.Event()
+    agent = Agent(calls_then_answers("stuck"), tools=[make_tool(inside)], timeout=5)
     result = await agent.run("go")
-    assert (result.status, result.error_type) == ("failed", "timeout")
+    assert inside.is_set()
+    assert (result.status, result.error_type, result.duration) == ("failed", "timeout", 5.0)
 
 
 @pytest.mark.timeout(10)
@@ -740,6 +748,7 @@ async def test_fail_fast_pending_tasks_are_counted_in_the_metrics() -> None:
 
 
 @pytest.mark.timeout(20)
+@on_virtual_time
 async def test_tasks_left_at_the_batch_deadline_are_counted_in_the_metrics() -> None:
     async def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         await anyio.sleep_forever()
@@ -754,8 +763,10 @@ async def test_tasks_left_at_the_batch_deadline_are_counted_in_the_metrics() -> 
             hooks=[capture],
         )
         tasks = [{"label": f"t{i}", "task_prompt": "x"} for i in range(6)]
-        batch = await runtime.run_batch(tasks, max_concurrent=1, timeout=0.1)
+        batch = await runtime.run_batch(tasks, max_concurrent=1, timeout=5)
     assert (batch.failed, batch.cancelled) == (1, 5)
+    assert [(r.error_type, r.duration) for r in batch.results[:1]] == [("timeout", 5.0)]
+    assert batch.duration == 5.0
     assert captured.value(n.EXECUTIONS, depth=1) == 6 == len(tasks)
     assert captured.value(n.ERRORS, depth=1, error_type="timeout") == 1
     assert captured.value(n.ERRORS, depth=1, error_type="cancelled") == 5

@@ -68,6 +68,11 @@ EXPECTED = {
         r"^tool subagent -> A-1002 is waiting for stock\.$",
         r"^status: complete$",
     ],
+    "instrument.py": [
+        r"^ended: geographer \(depth 1\) complete, 2 turns$",
+        r"^tokens by depth: \{0: 100, 1: 100\}$",
+        r"^      execute_tool lookup\n        lookup in the atlas$",
+    ],
     "metrics_scrape.py": [
         r"^serving http://127\.0\.0\.1:\d+/metrics$",
         r"^batch partial: 3 succeeded, 1 failed$",

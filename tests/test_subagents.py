@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _clock import on_virtual_time
 from _trees import USAGE, TreeModel, spec_json, task
 
 from xzatoma import (
@@ -260,6 +261,7 @@ async def test_a_standalone_subagent_tool_that_cannot_switch_models_refuses_at_s
     assert result.children[0].error_type == "initialization_failed"
 
 
+@on_virtual_time
 async def test_child_failures_reach_the_parent_model_as_errors() -> None:
     model = TreeModel()
     root = {
@@ -267,7 +269,7 @@ async def test_child_failures_reach_the_parent_model_as_errors() -> None:
         "spawn": [{"id": "broken", "fault": "error"}, {"id": "slow", "fault": "hang"}],
         "parallel": [{"id": "p-ok"}, {"id": "p-broken", "fault": "error"}],
     }
-    rt = runtime(model.provider(), subagents=SubagentConfig(timeout=0.05, summary_prompt=None))
+    rt = runtime(model.provider(), subagents=SubagentConfig(timeout=5, summary_prompt=None))
     result = await rt.agent().run(spec_json(root))
     assert result.status == "complete"
     tool_messages = [m.content or "" for m in result.messages if m.role == "tool"]
@@ -280,8 +282,10 @@ async def test_child_failures_reach_the_parent_model_as_errors() -> None:
     assert (batch["status"], batch["successful"], batch["failed"]) == ("partial", 1, 1)
     assert [t["error_type"] for t in batch["tasks"]] == [None, "execution_failed"]
     assert [c.label for c in result.children] == ["broken", "slow", "p-ok", "p-broken"]
+    assert [c.duration for c in result.children] == [0.0, 5.0, 0.0, 0.0]
 
 
+@on_virtual_time
 async def test_a_timed_out_child_returns_its_partial_output() -> None:
     async def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         if messages[0].content == "root":
@@ -293,21 +297,24 @@ async def test_a_timed_out_child_returns_its_partial_output() -> None:
         await anyio.sleep_forever()
         raise AssertionError
 
-    rt = runtime(ScriptedProvider(model), subagents=SubagentConfig(timeout=0.05))
+    rt = runtime(ScriptedProvider(model), subagents=SubagentConfig(timeout=5))
     result = await rt.agent(tools=[search]).run("root")
     child = result.children[0]
     assert (child.status, child.error_type, child.output) == ("failed", "timeout", "half way")
+    assert child.duration == 5.0
     assert child.usage == USAGE
     assert "Partial output:\nhalf way" in (result.messages[2].content or "")
 
 
+@on_virtual_time
 async def test_quota_time_limit_bounds_a_child_and_is_reported_as_quota() -> None:
     model = TreeModel()
     root = {"id": "root", "spawn": [{"id": "slow", "fault": "hang"}]}
-    rt = runtime(model.provider(), quota=QuotaLimits(max_total_time=0.05))
+    rt = runtime(model.provider(), quota=QuotaLimits(max_total_time=5))
     result = await rt.agent().run(spec_json(root))
     assert result.status == "complete"  # the root is not bound by the quota's clock
-    assert result.children[0].error_type == "quota_exceeded"
+    child = result.children[0]
+    assert (child.error_type, child.duration) == ("quota_exceeded", 5.0)
 
 
 def test_child_deadline_is_the_earliest_bound() -> None:
@@ -622,6 +629,7 @@ async def test_a_cancelled_childs_output_is_cut_too() -> None:
     assert len(json.loads(body)["tasks"][0]["output"].encode()) <= 1024
 
 
+@on_virtual_time
 async def test_run_batch_starts_nothing_after_its_deadline() -> None:
     async def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         await anyio.sleep_forever()
@@ -629,13 +637,14 @@ async def test_run_batch_starts_nothing_after_its_deadline() -> None:
 
     rt = runtime(ScriptedProvider(model))
     tasks = [{"label": f"t{i}", "task_prompt": "x"} for i in range(6)]
-    batch = await rt.run_batch(tasks, max_concurrent=1, timeout=0.05)
+    batch = await rt.run_batch(tasks, max_concurrent=1, timeout=5)
     first, *rest = batch.results
-    assert (first.status, first.error_type) == ("failed", "timeout")
+    assert (first.status, first.error_type, first.duration) == ("failed", "timeout", 5.0)
     assert {(r.status, r.error) for r in rest} == {("cancelled", "cancelled before it started")}
     assert rt.tracker.statistics().executions == 1
 
 
+@on_virtual_time
 async def test_quota_time_limit_message_and_check_order_in_a_batch() -> None:
     rt = Runtime(ScriptedProvider(["a"]), quota=QuotaLimits(max_executions=0), telemetry=False)
     batch = await rt.run_batch([{"label": "t", "task_prompt": "x", "allowed_tools": ["nope"]}])
@@ -643,17 +652,16 @@ async def test_quota_time_limit_message_and_check_order_in_a_batch() -> None:
     assert batch.results[0].error_type == "quota_exceeded"
     model = TreeModel()
     root = {"id": "root", "spawn": [{"id": "slow", "fault": "hang"}]}
-    rt = runtime(model.provider(), quota=QuotaLimits(max_total_time=0.05))
+    rt = runtime(model.provider(), quota=QuotaLimits(max_total_time=5))
     result = await rt.agent().run(spec_json(root))
-    assert (result.children[0].error or "").startswith(
-        "Resource quota exceeded: time limit reached ("
-    )
+    assert result.children[0].error == "Resource quota exceeded: time limit reached (5.0s/5.0s)"
 
 
+@on_virtual_time
 async def test_a_child_cut_by_its_parents_deadline_is_a_timeout() -> None:
     model = TreeModel()
     root = {"id": "root", "spawn": [{"id": "slow", "fault": "hang"}]}
-    result = await runtime(model.provider()).agent(timeout=0.05).run(spec_json(root))
-    assert (result.status, result.error_type) == ("failed", "timeout")
+    result = await runtime(model.provider()).agent(timeout=5).run(spec_json(root))
+    assert (result.status, result.error_type, result.duration) == ("failed", "timeout", 5.0)
     child = result.children[0]
-    assert (child.status, child.error_type) == ("failed", "timeout")
+    assert (child.status, child.error_type, child.duration) == ("failed", "timeout", 5.0)

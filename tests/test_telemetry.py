@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 
 import anyio
 import pytest
+from _clock import on_virtual_time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.metrics import Meter, NoOpMeterProvider
@@ -55,11 +56,6 @@ NO_SUMMARY = SubagentConfig(summary_prompt=None)
 
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -319,19 +315,22 @@ async def test_execution_failed_when_the_provider_raises(captured: TelemetryCapt
     assert_at_rest(captured, subscriber)
 
 
+@on_virtual_time
 async def test_timeout(captured: TelemetryCapture) -> None:
-    hang, _ = hanging_tool(expected=1)
+    hang, entered = hanging_tool(expected=1)
     plan: dict[str, list[Step]] = {
         "root": [tool_calls(spawn("a", "slow")), "ok"],
         "slow": [tool_calls(call("hang"))],
     }
-    config = SubagentConfig(timeout=0.05, summary_prompt=None)
+    config = SubagentConfig(timeout=5, summary_prompt=None)
     runtime, subscriber = make_runtime(scripted(plan), subagents=config)
     result = await runtime.run("root", tools=[hang])
-    assert result.children[0].error_type == "timeout"
+    assert entered.is_set()  # the deadline came while the child was in its tool
+    assert (result.children[0].error_type, result.children[0].duration) == ("timeout", 5.0)
 
     assert captured.value(n.ERRORS, depth=1, error_type="timeout") == 1
-    assert captured.histogram(n.DURATION, depth=1, status="failed").count == 1
+    duration = captured.histogram(n.DURATION, depth=1, status="failed")
+    assert (duration.count, duration.sum) == (1, 5.0)
     assert captured.histogram(n.TOKENS_CONSUMED, depth=1).sum == 15
     (hang_span,) = captured.spans_named("execute_tool hang")
     assert hang_span.attributes is not None
