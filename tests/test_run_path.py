@@ -368,3 +368,33 @@ async def test_a_batch_from_python_refuses_two_tools_of_one_name_before_anything
     with pytest.raises(ConfigError, match="two tools are named 'subagent'"):
         await runtime.run_batch([{"label": "a", "task_prompt": "x"}], tools=[subagent])
     assert provider.requests == []
+
+
+def test_run_result_makes_what_the_constructor_makes() -> None:
+    from xzatoma import RunResult, Usage
+    from xzatoma._result import run_result
+
+    leaf = RunResult("leaf", "complete", 1, Usage(1, 2, 3, 5), label="a", depth=1)
+    usage = Usage(2, 10, 4, 14, True)
+    made = run_result(
+        "out", "failed", 3, usage, (leaf, leaf), (), "timeout", "late", "root", 0, True, 1.5
+    )
+    built = RunResult(
+        "out", "failed", 3, usage, (leaf, leaf), (), "timeout", "late", "root", 0, True, 1.5
+    )
+    assert made == built
+    assert made.total_usage == built.total_usage == Usage(4, 14, 10, 24, True)
+    assert hash(made.label) == hash(built.label)
+    with pytest.raises(AttributeError):
+        made.output = "changed"  # type: ignore[misc]
+
+
+def test_adding_nothing_to_usage_gives_the_same_counts() -> None:
+    from xzatoma import Usage
+
+    some = Usage(1, 2, 3, 5)
+    assert some + Usage() == Usage() + some == some
+    assert Usage() + Usage() == Usage()
+    assert some + some == Usage(2, 4, 6, 10)
+    assert Usage(estimated=True) + Usage() == Usage(estimated=True)
+    assert Usage() + Usage(estimated=True) == Usage(estimated=True)

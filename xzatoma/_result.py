@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
 from ._types import Message, Usage
 
-__all__ = ("ANSWERED", "AnswerStatus", "ErrorType", "RunResult", "RunStatus")
+__all__ = ("ANSWERED", "AnswerStatus", "ErrorType", "RunResult", "RunStatus", "run_result")
 
 RunStatus = Literal["complete", "incomplete", "failed", "cancelled"]
 """How a run ended: answered, ran out of turns, failed, or was cancelled."""
@@ -83,3 +83,52 @@ class RunResult:
         from ._views import run_dict
 
         return run_dict(self, messages=messages)
+
+
+_new = object.__new__
+(
+    _set_output, _set_status, _set_turns, _set_usage, _set_children, _set_messages,
+    _set_error_type, _set_error, _set_label, _set_depth, _set_truncated, _set_duration,
+    _set_total_usage,
+) = (getattr(RunResult, f.name).__set__ for f in fields(RunResult))  # fmt: skip
+
+
+def run_result(
+    output: str,
+    status: RunStatus,
+    turns: int,
+    usage: Usage,
+    children: tuple[RunResult, ...],
+    messages: tuple[Message, ...],
+    error_type: ErrorType | None,
+    error: str | None,
+    label: str,
+    depth: int,
+    truncated: bool,
+    duration: float,
+) -> RunResult:
+    """``RunResult(...)`` with every field given, made as the constructor makes it.
+
+    A frozen dataclass's ``__init__`` stores each field with ``object.__setattr__``, the way
+    round its frozen ``__setattr__``; storing through the slots' own descriptors gives the
+    same object for less than half the cost, and every execution makes one (the run loop's
+    ``Run.result``). ``tests/test_run_path.py`` checks the two are equal.
+    """
+    result = _new(RunResult)
+    _set_output(result, output)
+    _set_status(result, status)
+    _set_turns(result, turns)
+    _set_usage(result, usage)
+    _set_children(result, children)
+    _set_messages(result, messages)
+    _set_error_type(result, error_type)
+    _set_error(result, error)
+    _set_label(result, label)
+    _set_depth(result, depth)
+    _set_truncated(result, truncated)
+    _set_duration(result, duration)
+    total = usage
+    for child in children:
+        total = total + child.total_usage
+    _set_total_usage(result, total)
+    return result

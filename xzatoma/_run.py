@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._limits import truncate_utf8
-from ._result import ErrorType, RunResult, RunStatus
-from ._types import Completion, Message, Usage
+from ._result import ErrorType, RunResult, RunStatus, run_result
+from ._types import NO_USAGE, Completion, Message, Usage
 from .errors import QuotaExceeded
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class Run:
         self.deadline_error: ErrorType = "timeout"
         """What passing the deadline means: ``timeout``, or ``quota_exceeded`` (quota time)."""
         self.messages: list[Message] = []
-        self.usage = Usage()
+        self.usage = NO_USAGE
         """This run's own model calls."""
         self.turns = 0
         """Model calls made."""
@@ -228,6 +228,8 @@ class Run:
     @property
     def children(self) -> tuple[RunResult, ...]:
         """The results of the children that ended, in the order they were asked for."""
+        if not self._children:
+            return ()
         self._children.sort(key=_order)
         return tuple(child for _, child in self._children)
 
@@ -246,19 +248,19 @@ class Run:
         if self._result is not None:
             return self._result
         status = self.status if self.status is not None else "cancelled"
-        result = RunResult(
-            output=self.output,
-            status=status,
-            turns=self.turns,
-            usage=self.usage,
-            children=self.children,
-            messages=tuple(self.messages),
-            error_type=self.error_type if self.status is not None else "cancelled",
-            error=self.error,
-            label=self.label,
-            depth=self.depth,
-            truncated=self.truncated,
-            duration=self.duration,
+        result = run_result(
+            self.output,
+            status,
+            self.turns,
+            self.usage,
+            self.children,
+            tuple(self.messages),
+            self.error_type if self.status is not None else "cancelled",
+            self.error,
+            self.label,
+            self.depth,
+            self.truncated,
+            self.duration,
         )
         if self.status is not None:
             self._result = result
@@ -294,7 +296,7 @@ class ModelCall:
     @property
     def usage(self) -> Usage:
         """The reply's usage (none for a call that failed)."""
-        return self.completion.usage if self.completion is not None else Usage()
+        return self.completion.usage if self.completion is not None else NO_USAGE
 
 
 class Batch:

@@ -36,6 +36,10 @@ from .providers._base import Provider
 __all__ = ("Refused", "Spawner")
 
 
+_MAX_AGENTS = 256
+"""Child agents kept per spawner (past it they are made again: no leak)."""
+
+
 class Refused(Exception):
     """A spawn that must not run (or a batch task that never started): why, in one place."""
 
@@ -68,6 +72,7 @@ class Spawner:
         self.config = config if config is not None else SubagentConfig()
         self.quota = quota
         self._resolved: tuple[Provider, Provider] | None = None
+        self._agents: dict[tuple[object, ...], tuple[tuple[object, ...], Agent]] = {}
         if provider is not None:
             self.child_provider(provider)
 
@@ -161,25 +166,44 @@ class Spawner:
             raise Refused("max_depth_reached", str(exc)) from None
 
     def _child_agent(self, child: Run, task: SubagentTask) -> Agent:
-        """The child's agent: its tools chosen from the parent's, its provider, its turns."""
+        """The child's agent: its tools chosen from the parent's, its provider, its turns.
+
+        An agent is settings only (a run's state lives in its ``Run``), so children asking
+        for the same thing of the same parent share one, made at the first such spawn.
+        """
         parent = child.parent
         assert parent is not None
+        allowed = None if task.allowed_tools is None else tuple(task.allowed_tools)
+        max_turns = task.max_turns or self.config.default_max_turns
+        tools, provider, hooks, quota = parent.tools, parent.provider, child.hooks, child.quota
+        key = (id(tools), id(provider), id(hooks), id(quota), allowed, max_turns, child.depth)
+        found = self._agents.get(key)
+        if found is not None:
+            # The objects themselves are kept and compared, so an id reused after one was
+            # collected can never find another's agent.
+            kept, agent = found
+            if kept[0] is tools and kept[1] is provider and kept[2] is hooks and kept[3] is quota:
+                return agent
         try:
             offered, hidden = self._child_tools(parent, task)
         except ValueError as exc:
             raise Refused("invalid_input", str(exc)) from None
         try:
-            return Agent(
-                self.child_provider(parent.provider),
+            agent = Agent(
+                self.child_provider(provider),
                 tools=offered,
-                max_turns=task.max_turns or self.config.default_max_turns,
+                max_turns=max_turns,
                 name="subagent",
-                hooks=child.hooks,
-                quota=child.quota,
+                hooks=hooks,
+                quota=quota,
                 _hidden_tools=hidden,
             )
         except Exception as exc:
             raise Refused("initialization_failed", f"could not start the subagent: {exc}") from None
+        if len(self._agents) >= _MAX_AGENTS:
+            self._agents.clear()
+        self._agents[key] = ((tools, provider, hooks, quota), agent)
+        return agent
 
     def _child_tools(
         self, parent: Run, task: SubagentTask

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-__all__ = ("Completion", "Message", "Role", "ToolCall", "ToolSpec", "Usage")
+__all__ = ("NO_USAGE", "Completion", "Message", "Role", "ToolCall", "ToolSpec", "Usage")
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -35,6 +35,16 @@ class Usage:
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
             return NotImplemented
+        # Adding nothing makes nothing new: a frozen Usage costs more to build than to check,
+        # and a run's first call, or a leaf's total, adds to or is added to nothing.
+        if not (other.requests or other.total_tokens or other.prompt_tokens) and (
+            not (other.completion_tokens or other.estimated)
+        ):
+            return self
+        if not (self.requests or self.total_tokens or self.prompt_tokens) and (
+            not (self.completion_tokens or self.estimated)
+        ):
+            return other
         return Usage(
             self.requests + other.requests,
             self.prompt_tokens + other.prompt_tokens,
@@ -42,6 +52,10 @@ class Usage:
             self.total_tokens + other.total_tokens,
             self.estimated or other.estimated,
         )
+
+
+NO_USAGE: Final = Usage()
+"""Usage of nothing (shared: a ``Usage`` is frozen)."""
 
 
 @dataclass(frozen=True, slots=True)
