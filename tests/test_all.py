@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+
+import pytest
 
 import xzatoma
 
@@ -67,6 +70,20 @@ def test_public_classes_say_they_come_from_xzatoma() -> None:
 
     for kind in events.ALL_EVENTS:
         assert kind.__module__ == "xzatoma.events", kind
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["xzatoma", "xzatoma.events", "xzatoma.telemetry", "xzatoma.testing", "xzatoma.config"],
+)
+def test_every_public_class_and_function_reports_a_public_module(module: str) -> None:
+    public = importlib.import_module(module)
+    for name in public.__all__:
+        value = getattr(public, name)
+        if isinstance(value, type) or inspect.isfunction(value):
+            where = value.__module__
+            assert not any(part.startswith("_") for part in where.split(".")), (name, where)
+            assert hasattr(importlib.import_module(where), name), (name, where)
 
 
 def test_error_tree() -> None:

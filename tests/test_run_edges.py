@@ -312,3 +312,10 @@ async def test_a_provider_raising_a_group_of_stray_cancellations_fails_only_its_
     assert (bad.status, bad.error_type) == ("failed", "execution_failed")
     assert "raised BaseExceptionGroup although nothing cancelled this run" in (bad.error or "")
     assert (sib.status, sib.output) == ("complete", "fine")
+
+
+async def test_a_subagent_tool_takes_quota_limits_as_the_agent_and_runtime_do() -> None:
+    tool_ = SubagentTool(NO_SUMMARY, QuotaLimits(max_executions=1))
+    result = await Agent(ScriptedProvider(three_spawns), tools=[tool_]).run("root")
+    assert [c.error_type for c in result.children] == [None, "quota_exceeded", "quota_exceeded"]
+    assert "execution limit reached (1/1)" in (result.children[1].error or "")

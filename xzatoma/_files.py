@@ -150,7 +150,7 @@ class _Unbuildable(Exception):
         self.line = line
 
 
-_LoaderBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 50x faster
+_LoaderBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when built
 
 
 class _Loader(_LoaderBase):  # type: ignore[misc]  # PyYAML ships no annotations

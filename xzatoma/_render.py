@@ -14,6 +14,7 @@ from typing import TextIO
 from ._result import ANSWERED, RunResult
 from ._subagent_models import BatchResult
 from ._terminal import json_text, one_line, printable
+from ._views import finished_entry
 
 __all__ = (
     "describe_status",
@@ -123,11 +124,7 @@ def print_interrupted(
             report["total"] = total
         else:
             report["output"] = partial_output
-        report["finished"] = [
-            {"label": e.label, "status": e.status, "error_type": e.error_type,
-             "turns": e.turns, "tokens": e.usage.total_tokens, "output": e.output}
-            for e in done
-        ]  # fmt: skip
+        report["finished"] = [finished_entry(e) for e in done]
         print_json(report, out)
         return
     if total is not None:

@@ -64,8 +64,8 @@ class Runtime:
         elif telemetry is not False:
             self.hooks.add(telemetry)
         self.spawner = Spawner(self.config, self.tracker, provider=provider)
-        self.subagent_tool = SubagentTool(spawner=self.spawner)
-        self.parallel_tool = ParallelSubagentTool(spawner=self.spawner)
+        self.subagent_tool = SubagentTool(_spawner=self.spawner)
+        self.parallel_tool = ParallelSubagentTool(_spawner=self.spawner)
 
     def agent(
         self,

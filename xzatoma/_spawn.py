@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from ._agent import Agent
-from ._limits import QuotaTracker, check_depth
+from ._limits import QuotaLimits, QuotaTracker, check_depth
 from ._result import ErrorType, RunStatus
 from ._run import Batch, Run
 from ._subagent_models import (
@@ -65,12 +65,12 @@ class Spawner:
     def __init__(
         self,
         config: SubagentConfig | None = None,
-        quota: QuotaTracker | None = None,
+        quota: QuotaTracker | QuotaLimits | None = None,
         *,
         provider: Provider | None = None,
     ) -> None:
         self.config = config if config is not None else SubagentConfig()
-        self.quota = quota
+        self.quota = QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
         self._resolved: tuple[Provider, Provider] | None = None
         self._agents: dict[tuple[object, ...], tuple[tuple[object, ...], Agent]] = {}
         if provider is not None:

@@ -7,7 +7,7 @@ model reads.
 
 from __future__ import annotations
 
-from ._limits import QuotaTracker
+from ._limits import QuotaLimits, QuotaTracker
 from ._run import Run
 from ._spawn import Spawner
 from ._subagent_models import ParallelSubagentArgs, SubagentConfig, SubagentTask
@@ -21,9 +21,11 @@ class _SpawningTool(Tool[ArgsT]):
     """What both subagent tools share: the spawner.
 
     Args:
-        config: How subagents are spawned (ignored when ``spawner`` is given).
-        quota: The tracker every spawn reserves from (ignored when ``spawner`` is given).
-        spawner: The spawner to share with the other subagent tool (``Runtime`` does).
+        config: How subagents are spawned.
+        quota: The quota spawns reserve from when the tree has none of its own: a
+            :class:`QuotaTracker` to share, or :class:`QuotaLimits` for one of its own.
+        _spawner: The spawner to share with the other subagent tool, in place of
+            ``config`` and ``quota`` (what ``Runtime`` does).
     """
 
     is_subagent_tool = True
@@ -31,11 +33,11 @@ class _SpawningTool(Tool[ArgsT]):
     def __init__(
         self,
         config: SubagentConfig | None = None,
-        quota: QuotaTracker | None = None,
+        quota: QuotaTracker | QuotaLimits | None = None,
         *,
-        spawner: Spawner | None = None,
+        _spawner: Spawner | None = None,
     ) -> None:
-        self.spawner = spawner if spawner is not None else Spawner(config, quota)
+        self.spawner = _spawner if _spawner is not None else Spawner(config, quota)
 
 
 class SubagentTool(_SpawningTool[SubagentTask]):

@@ -7,7 +7,7 @@ from ._result import RunResult
 from ._subagent_models import BatchResult
 from ._types import Message, Usage
 
-__all__ = ("batch_dict", "batch_summary", "run_dict", "task_entry")
+__all__ = ("batch_dict", "batch_summary", "finished_entry", "run_dict", "task_entry")
 
 
 def run_dict(result: RunResult, *, messages: bool = False) -> dict[str, object]:
@@ -41,6 +41,18 @@ def batch_dict(batch: BatchResult) -> dict[str, object]:
         "duration_s": round(batch.duration, 6),
         "total_tokens": batch.total_usage.total_tokens,
         "results": [run_dict(r) for r in batch.results],
+    }
+
+
+def finished_entry(result: RunResult) -> dict[str, object]:
+    """One finished subagent in the report of an interrupted command (``--json``)."""
+    return {
+        "label": result.label,
+        "status": result.status,
+        "error_type": result.error_type,
+        "turns": result.turns,
+        "tokens": result.usage.total_tokens,
+        "output": result.output,
     }
 
 

@@ -51,6 +51,7 @@ for _model in (
     SubagentSettings,
     TelemetrySettings,
     XzatomaConfig,
+    load_tasks,
 ):
     _model.__module__ = __name__
 del _model

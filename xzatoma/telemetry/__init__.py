@@ -35,6 +35,18 @@ __all__ = (
     "HistogramSnapshot",
 )
 
+# The public names say where to import them from, not which private module holds them.
+for _value in (
+    configure,
+    SubagentMetrics,
+    MetricsServer,
+    MetricsServerStatistics,
+    start_metrics_server,
+    TelemetrySubscriber,
+):
+    _value.__module__ = __name__
+del _value
+
 
 def __getattr__(name: str) -> object:
     # The in-memory capture pulls in the OTel SDK; import it only when a test asks for it.

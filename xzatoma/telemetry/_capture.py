@@ -146,3 +146,8 @@ def capture_telemetry() -> Iterator[TelemetryCapture]:
         yield captured
     finally:
         restore(previous)
+
+
+for _public in (HistogramSnapshot, TelemetryCapture, capture_telemetry):
+    _public.__module__ = "xzatoma.telemetry"  # imported from there (lazily)
+del _public

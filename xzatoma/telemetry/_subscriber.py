@@ -293,7 +293,7 @@ def _gen_ai_attributes(provider: str, model: str, error_type: str | None) -> _Ge
     """The attribute sets of one model call (call, input tokens, output tokens), made once.
 
     Only values chosen by code or by the user's own configuration go on a metric: the
-    provider's name, the model asked for, and the exception class of a failed call. The
+    provider's name, the model asked for, and the ``error_type`` of a failed call. The
     model name the endpoint answers with (``gen_ai.response.model``) is the endpoint's
     choice, so it goes on the ``chat`` span only: on a metric, a server answering with a new
     name each time would grow one series per name without limit. Shared dicts, never changed
