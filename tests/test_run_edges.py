@@ -22,12 +22,14 @@ from xzatoma import (
     Hooks,
     Instrument,
     Message,
+    ParallelSubagentTool,
     QuotaLimits,
     QuotaTracker,
     Run,
     Runtime,
     SubagentConfig,
     SubagentTool,
+    ToolContext,
     ToolSpec,
     Usage,
     tool,
@@ -215,13 +217,30 @@ async def test_the_quota_of_a_bare_agent_governs_its_subagent_tools_spawns() -> 
     assert agent.quota.statistics().executions == 1
 
 
-async def test_the_quota_of_a_subagent_tool_is_charged_the_tokens_of_its_children() -> None:
+async def test_the_quota_of_a_subagent_tool_is_the_trees_and_is_charged_every_call() -> None:
     tracker = QuotaTracker(QuotaLimits(max_total_tokens=150))
     tool_ = SubagentTool(SubagentConfig(summary_prompt=None, max_concurrent=1), tracker)
-    result = await Agent(ScriptedProvider(three_spawns), tools=[tool_]).run("root")
-    statistics = tracker.statistics()
-    assert statistics.total_tokens == result.total_usage.total_tokens - result.usage.total_tokens
-    assert statistics.total_tokens > 0
+    agent = Agent(ScriptedProvider(three_spawns), tools=[tool_])
+    assert agent.quota is tracker  # the tree's one quota: the root's own calls count too
+    result = await agent.run("root")
+    assert tracker.statistics().total_tokens == result.total_usage.total_tokens > 0
+
+
+def test_two_quotas_in_one_tree_are_a_config_error() -> None:
+    limits = QuotaLimits(max_executions=2)
+    provider = ScriptedProvider()
+    with pytest.raises(ConfigError, match="different quota trackers"):
+        Agent(
+            provider,
+            tools=[SubagentTool(NO_SUMMARY, limits), ParallelSubagentTool(NO_SUMMARY, limits)],
+        )
+    with pytest.raises(ConfigError, match="the agent's quota and its subagent tools' quota"):
+        Agent(provider, tools=[SubagentTool(NO_SUMMARY, limits)], quota=QuotaLimits())
+    shared = QuotaTracker(limits)
+    agent = Agent(
+        provider, tools=[SubagentTool(NO_SUMMARY, shared), ParallelSubagentTool(NO_SUMMARY, shared)]
+    )
+    assert agent.quota is shared
 
 
 def test_a_class_is_not_a_subscriber() -> None:
@@ -319,3 +338,70 @@ async def test_a_subagent_tool_takes_quota_limits_as_the_agent_and_runtime_do() 
     result = await Agent(ScriptedProvider(three_spawns), tools=[tool_]).run("root")
     assert [c.error_type for c in result.children] == [None, "quota_exceeded", "quota_exceeded"]
     assert "execution limit reached (1/1)" in (result.children[1].error or "")
+
+
+async def test_two_subscribers_raising_in_one_dispatch_are_both_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Raises(Instrument):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def run_ended(self, run: Run) -> None:
+            self.calls += 1
+            raise RuntimeError("bug")
+
+    class Counts(Instrument):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def run_ended(self, run: Run) -> None:
+            self.calls += 1
+
+    first, middle, last = Raises(), Counts(), Raises()
+    hooks = Hooks([first, middle, last])
+    agent = Agent(ScriptedProvider(["a", "b"]), hooks=hooks)
+    await agent.run("1")
+    await agent.run("2")
+    assert (first.calls, middle.calls, last.calls) == (1, 2, 1)
+    assert hooks._run_ended == (middle.run_ended,)
+    assert sum("has been disabled" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_children_of_one_run_share_their_agent_and_another_run_makes_its_own() -> None:
+    seen: list[Agent] = []
+
+    @tool
+    async def note(ctx: ToolContext) -> str:
+        """Remember which agent settings this child runs with."""
+        seen.append(ctx.agent)
+        return "ok"
+
+    def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+        first = next(m.content for m in messages if m.role == "user")
+        if any(m.role == "tool" for m in messages):
+            return reply("done")
+        if first == "root":
+            return tool_calls(*(call("subagent", label=f"c{i}", task_prompt="c") for i in range(2)))
+        return tool_calls(call("note"))
+
+    runtime = Runtime(ScriptedProvider(model), subagents=NO_SUMMARY, telemetry=False)
+    agent = runtime.agent(tools=[note])
+    await agent.run("root")
+    await agent.run("root")
+    assert len(seen) == 4
+    assert seen[0] is seen[1]  # siblings share settings
+    assert seen[2] is seen[3]
+    assert seen[0] is not seen[2]  # a later run of the same agent makes its own
+
+
+def test_adding_to_a_usage_subclass_never_takes_the_shortcut() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True)
+    class Tagged(Usage):
+        tag: str = "x"
+
+    tagged = Tagged(1, 1, 1, 2)
+    assert type(tagged + Usage()) is Usage  # summed, as for any other operand
+    assert type(Usage() + tagged) is Usage

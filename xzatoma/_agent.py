@@ -21,7 +21,35 @@ from ._types import ToolSpec
 from .errors import ConfigError
 from .providers._base import Provider
 
-__all__ = ("Agent", "tools_by_name")
+__all__ = ("Agent", "one_quota", "tools_by_name")
+
+
+def one_quota(quota: QuotaTracker | None, tools: Sequence[Tool[Any]]) -> QuotaTracker | None:
+    """The one quota of a tree: the agent's, or the one its subagent tools were given.
+
+    A tree has one tracker (its spawns reserve from it, all its model calls are charged to
+    it), so two different ones are a :class:`ConfigError` rather than two limits each
+    half-enforced.
+    """
+    trackers: dict[int, QuotaTracker] = {}
+    for t in tools:
+        theirs = getattr(getattr(t, "spawner", None), "quota", None)  # a subagent tool's
+        if isinstance(theirs, QuotaTracker):
+            trackers[id(theirs)] = theirs
+    if len(trackers) > 1:
+        raise ConfigError(
+            "the subagent tools were given different quota trackers (two QuotaLimits make "
+            "two trackers); give both the same QuotaTracker, or give the agent the quota"
+        )
+    if not trackers:
+        return quota
+    (shared,) = trackers.values()
+    if quota is not None and quota is not shared:
+        raise ConfigError(
+            "the agent's quota and its subagent tools' quota are different trackers; give "
+            "the quota to the agent only (its subagent tools then use it)"
+        )
+    return shared
 
 
 def tools_by_name(tools: Sequence[Tool[Any]]) -> dict[str, Tool[Any]]:
@@ -79,7 +107,8 @@ class Agent:
         self.name = name
         self.timeout = timeout
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
-        self.quota = QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
+        own = QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
+        self.quota = one_quota(own, (*self.tools, *_hidden_tools))
 
     def __repr__(self) -> str:
         return (

@@ -171,11 +171,19 @@ class Hooks:
         self._owners = owners
 
     def _failed(self, method: Callable[..., None], name: str) -> None:
-        """Log the failure (inside the ``except`` that caught it) and drop its subscriber."""
+        """Log the failure (inside the ``except`` that caught it) and drop its subscriber.
+
+        The tables are filtered, not rebuilt, so the method objects a dispatch still loops
+        over stay the ones ``_owners`` knows: a second subscriber raising in the same
+        dispatch is found and dropped too.
+        """
         subscriber = self._owners.get(id(method), method)
         logger.exception("xzatoma hook %r raised in %s and has been disabled", subscriber, name)
         self._subscribers = [s for s in self._subscribers if s is not subscriber]
-        self._rebuild()
+        owners = self._owners
+        for table in HOOK_METHODS:
+            methods = getattr(self, f"_{table}")
+            setattr(self, f"_{table}", tuple(m for m in methods if owners[id(m)] is not subscriber))
 
     def run_started(self, run: Run) -> None:
         for method in self._run_started:

@@ -24,6 +24,7 @@ from ._types import NO_USAGE, Completion, Message, Usage
 from .errors import QuotaExceeded
 
 if TYPE_CHECKING:
+    from ._agent import Agent
     from ._hooks import Hooks
     from ._limits import QuotaTracker
     from ._subagent_models import BatchResult
@@ -60,6 +61,7 @@ class Run:
         "_children",
         "_result",
         "call_id",
+        "child_agents",
         "deadline",
         "deadline_error",
         "depth",
@@ -144,6 +146,8 @@ class Run:
         self.truncated = False
         self.started = self.now()
         self.ended: float | None = None
+        self.child_agents: dict[tuple[object, ...], Agent] | None = None
+        """The agents (settings only) this run's children share, made by the spawner."""
         self._children: list[tuple[tuple[int, int], RunResult]] = []
         self._result: RunResult | None = None
 

@@ -36,8 +36,8 @@ from .providers._base import Provider
 __all__ = ("Refused", "Spawner")
 
 
-_MAX_AGENTS = 256
-"""Child agents kept per spawner (past it they are made again: no leak)."""
+_MAX_AGENTS = 64
+"""Child agents one run keeps for its children (past it, each child gets its own)."""
 
 
 class Refused(Exception):
@@ -72,7 +72,6 @@ class Spawner:
         self.config = config if config is not None else SubagentConfig()
         self.quota = QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
         self._resolved: tuple[Provider, Provider] | None = None
-        self._agents: dict[tuple[object, ...], tuple[tuple[object, ...], Agent]] = {}
         if provider is not None:
             self.child_provider(provider)
 
@@ -168,41 +167,40 @@ class Spawner:
     def _child_agent(self, child: Run, task: SubagentTask) -> Agent:
         """The child's agent: its tools chosen from the parent's, its provider, its turns.
 
-        An agent is settings only (a run's state lives in its ``Run``), so children asking
-        for the same thing of the same parent share one, made at the first such spawn.
+        An agent is settings only (a run's state lives in its ``Run``), so the children of
+        one parent run that ask for the same thing share one, kept on the parent run (its
+        tools, provider, hooks, quota and depth are the same for all of them) and gone with
+        it.
         """
         parent = child.parent
         assert parent is not None
         allowed = None if task.allowed_tools is None else tuple(task.allowed_tools)
         max_turns = task.max_turns or self.config.default_max_turns
-        tools, provider, hooks, quota = parent.tools, parent.provider, child.hooks, child.quota
-        key = (id(tools), id(provider), id(hooks), id(quota), allowed, max_turns, child.depth)
-        found = self._agents.get(key)
-        if found is not None:
-            # The objects themselves are kept and compared, so an id reused after one was
-            # collected can never find another's agent.
-            kept, agent = found
-            if kept[0] is tools and kept[1] is provider and kept[2] is hooks and kept[3] is quota:
-                return agent
+        key = (self, allowed, max_turns)
+        kept = parent.child_agents
+        if kept is None:
+            kept = parent.child_agents = {}
+        agent = kept.get(key)
+        if agent is not None:
+            return agent
         try:
             offered, hidden = self._child_tools(parent, task)
         except ValueError as exc:
             raise Refused("invalid_input", str(exc)) from None
         try:
             agent = Agent(
-                self.child_provider(provider),
+                self.child_provider(parent.provider),
                 tools=offered,
                 max_turns=max_turns,
                 name="subagent",
-                hooks=hooks,
-                quota=quota,
+                hooks=child.hooks,
+                quota=child.quota,
                 _hidden_tools=hidden,
             )
         except Exception as exc:
             raise Refused("initialization_failed", f"could not start the subagent: {exc}") from None
-        if len(self._agents) >= _MAX_AGENTS:
-            self._agents.clear()
-        self._agents[key] = ((tools, provider, hooks, quota), agent)
+        if len(kept) < _MAX_AGENTS:
+            kept[key] = agent
         return agent
 
     def _child_tools(
@@ -240,8 +238,8 @@ class Spawner:
         if timeout is None and left is None:
             return  # nothing of its own: the parent's deadline, no clock read
         now = child.now()
-        if timeout is not None:
-            child.deadline = min(child.deadline, now + timeout)
+        if timeout is not None and now + timeout < child.deadline:
+            child.deadline, child.deadline_error = now + timeout, "timeout"
         if left is not None and now + left < child.deadline:
             child.deadline, child.deadline_error = now + left, "quota_exceeded"
 

@@ -37,14 +37,15 @@ class Usage:
             return NotImplemented
         # Adding nothing makes nothing new: a frozen Usage costs more to build than to check,
         # and a run's first call, or a leaf's total, adds to or is added to nothing.
-        if not (other.requests or other.total_tokens or other.prompt_tokens) and (
-            not (other.completion_tokens or other.estimated)
-        ):
-            return self
-        if not (self.requests or self.total_tokens or self.prompt_tokens) and (
-            not (self.completion_tokens or self.estimated)
-        ):
-            return other
+        if type(self) is Usage and type(other) is Usage:
+            if not (other.requests or other.total_tokens or other.prompt_tokens) and (
+                not (other.completion_tokens or other.estimated)
+            ):
+                return self
+            if not (self.requests or self.total_tokens or self.prompt_tokens) and (
+                not (self.completion_tokens or self.estimated)
+            ):
+                return other
         return Usage(
             self.requests + other.requests,
             self.prompt_tokens + other.prompt_tokens,
