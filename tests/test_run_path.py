@@ -25,6 +25,7 @@ from xzatoma import (
     ToolContext,
     ToolResult,
     ToolSpec,
+    Usage,
     tool,
 )
 from xzatoma.telemetry import TelemetrySubscriber
@@ -341,7 +342,12 @@ async def test_metrics_recorded_while_spans_are_current_carry_no_exemplars(
     captured: TelemetryCapture,
 ) -> None:
     provider = ScriptedProvider(
-        [tool_calls(call("subagent", label="child", task_prompt="go")), reply("leaf"), reply("top")]
+        [
+            tool_calls(call("subagent", label="child", task_prompt="go")),
+            reply("leaf"),
+            reply("top"),
+        ],
+        usage=Usage(1, 8, 2, 10),
     )
     runtime = Runtime(provider, subagents=NO_SUMMARY, telemetry=TelemetrySubscriber())
     with captured.tracer_provider.get_tracer("caller").start_as_current_span("caller"):

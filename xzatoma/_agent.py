@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._hooks import Hook, Hooks, Instrument
-from ._limits import QuotaLimits, QuotaTracker
+from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_timeout
 from ._loop import RunLoop
 from ._result import RunResult
 from ._run import Run, loop_clock
@@ -92,8 +92,7 @@ class Agent:
     ) -> None:
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             raise ConfigError(f"max_turns must be an integer of at least 1, got {max_turns!r}")
-        if timeout is not None and not timeout > 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         self.provider = provider
         self.tools: tuple[Tool[Any], ...] = tuple(tools)
         self._by_name = tools_by_name(self.tools)
@@ -107,8 +106,7 @@ class Agent:
         self.name = name
         self.timeout = timeout
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
-        own = QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
-        self.quota = one_quota(own, (*self.tools, *_hidden_tools))
+        self.quota = one_quota(as_tracker(quota), (*self.tools, *_hidden_tools))
 
     def __repr__(self) -> str:
         return (

@@ -85,7 +85,8 @@ class ModelCallEnded:
     usage: Usage
     duration: float
     error_type: ErrorType | None
-    """``execution_failed`` (the provider failed), ``timeout`` or ``cancelled``."""
+    """``execution_failed`` (the provider failed), ``timeout``, ``quota_exceeded`` (the
+    tree's time ran out) or ``cancelled``."""
     response_model: str | None
 
 

@@ -137,7 +137,7 @@ class Hooks:
         """
         if isinstance(hook, type):
             raise TypeError(f"a hook is an instance, not a class: {hook!r}; add {hook.__name__}()")
-        if _methods_of(hook):
+        if isinstance(hook, Instrument) or _methods_of(hook):
             subscriber: object = hook
         elif callable(hook):
             subscriber = _EventHook(hook)

@@ -8,7 +8,7 @@ command line starts until it returns, so neither ever ends in Python's default h
   :class:`Interrupted`, which the command reports as one line;
 - while the work runs (:func:`until_signal`), the handler only writes the signal's number to
   a socket the event loop watches: the first cancels the work's task group like any other
-  cancellation (every subagent cancelled, the events of the finished ones kept, printed by
+  cancellation (every subagent cancelled, the results of the finished ones kept, printed by
   :func:`~xzatoma._render.print_interrupted`); a second one, however soon, changes nothing;
 - once the work has ended, a signal changes nothing either: the report is printed and the
   command exits with its own code; during ``--metrics-linger`` a signal ends the linger.

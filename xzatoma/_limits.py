@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,9 @@ __all__ = (
     "QuotaLimits",
     "QuotaStatistics",
     "QuotaTracker",
+    "as_tracker",
     "check_depth",
+    "check_timeout",
     "truncate_utf8",
 )
 
@@ -42,8 +45,7 @@ class QuotaLimits:
     max_total_tokens: int | None = None
     """Tokens the whole tree may consume; charged after every model call."""
     max_total_time: float | None = None
-    """Seconds from the tracker's creation (made outside an event loop: from the first time
-    a run reads it) after which no subagent may run."""
+    """Seconds from the tracker's creation after which no subagent may run."""
 
     def __post_init__(self) -> None:
         # A NaN, an infinity or a string here would switch the limit off or fail at the
@@ -87,16 +89,26 @@ class QuotaTracker:
     before each model call so it stops as soon as the tree is out of tokens or time.
     """
 
-    __slots__ = ("_clock", "_executions", "_last", "_lock", "_started", "_tokens", "limits")
+    __slots__ = (
+        "_clock",
+        "_executions",
+        "_last",
+        "_lock",
+        "_made",
+        "_started",
+        "_tokens",
+        "limits",
+    )
 
     def __init__(self, limits: QuotaLimits | None = None, *, clock: Clock | None = None) -> None:
         self.limits = limits if limits is not None else QuotaLimits()
         # The runtime's one clock, anyio's, unless a test without an event loop brings one.
         self._clock: Clock = clock if clock is not None else anyio.current_time
         self._started: float | None = None
-        with contextlib.suppress(Exception):  # made outside an event loop: starts at first use
+        with contextlib.suppress(Exception):  # made outside an event loop: see _elapsed
             self._started = self._clock()
         self._last = self._started
+        self._made = time.monotonic()
         self._executions = 0
         self._tokens = 0
         self._lock = threading.Lock()
@@ -152,7 +164,10 @@ class QuotaTracker:
     def _elapsed(self) -> float:
         now = self._last = self._clock()
         if self._started is None:
-            self._started = now
+            # Made outside an event loop (a Runtime built before anyio.run): the time since
+            # then is carried onto the loop's clock at its first reading, so the limit still
+            # counts from the tracker's creation.
+            self._started = now - (time.monotonic() - self._made)
         return now - self._started
 
     def remaining_time(self) -> float | None:
@@ -186,6 +201,19 @@ class QuotaTracker:
             if limits.max_total_time is None
             else max(0.0, limits.max_total_time - elapsed),
         )
+
+
+def as_tracker(quota: QuotaLimits | QuotaTracker | None) -> QuotaTracker | None:
+    """What every ``quota=`` takes: limits make a tracker of their own, a tracker is shared."""
+    return QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
+
+
+def check_timeout(timeout: float | None) -> None:
+    """Refuse a ``timeout`` that is not a positive number of seconds (``None``: none)."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
 
 def check_depth(depth: int, max_depth: int) -> None:

@@ -2,8 +2,8 @@
 asks for, repeat until it answers.
 
 Every way a run can end is recorded on the run (complete, incomplete, failed) except a
-cancellation from outside, which propagates after the run has been marked. The start and
-end hooks run in ``finally`` so subscribers see exactly one end for every start.
+cancellation from outside, which propagates after the run has been marked. The end hooks run
+in ``finally``, so subscribers see exactly one end for every start.
 """
 
 from __future__ import annotations

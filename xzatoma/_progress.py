@@ -1,11 +1,11 @@
 """Live progress of a batch, and what a run or batch had finished when it was interrupted.
 
-:class:`Finished` is an event hook that keeps the end events of the depth-1 subagents (a
-batch's tasks, or the root's direct children in ``xzatoma run``), so an interrupted command
-can still print what it had. :class:`BatchProgress` also counts the batch's tasks (done,
-failed, running) and the tokens spent so far, and draws them with rich on a terminal or as
-plain lines (``[3/8] done label (complete, 2 turns, 40 tokens)``) anywhere else. Labels are
-escaped for the terminal (:func:`~xzatoma._terminal.printable`).
+:class:`Finished` is an instrument that keeps the results of the depth-1 subagents (a
+batch's tasks, or the root's direct children in ``xzatoma run``) and the root run, so an
+interrupted command can still print what it had. :class:`BatchProgress` also counts the
+batch's tasks (done, failed, running) and the tokens spent so far, and draws them with rich
+on a terminal or as plain lines (``[3/8] done label (complete, 2 turns, 40 tokens)``)
+anywhere else. Labels are escaped for the terminal (:func:`~xzatoma._terminal.printable`).
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ def print_interrupted(
 
     ``finished`` are the results of the depth-1 subagents (a batch's tasks, or the root's
     children), in the order they ended; those the interruption itself cancelled are left
-    out. ``total`` is the
-    batch's size; ``partial_output`` what the root of a ``run`` had answered so far.
+    out. ``total`` is the batch's size; ``partial_output`` what the root of a ``run`` had
+    answered so far.
     """
     out = sys.stdout if out is None else out
     done = [e for e in finished if e.status != "cancelled"]

@@ -109,10 +109,10 @@ def run_result(
 ) -> RunResult:
     """``RunResult(...)`` with every field given, made as the constructor makes it.
 
-    A frozen dataclass's ``__init__`` stores each field with ``object.__setattr__``, the way
-    round its frozen ``__setattr__``; storing through the slots' own descriptors gives the
-    same object for less than half the cost, and every execution makes one (the run loop's
-    ``Run.result``). ``tests/test_run_path.py`` checks the two are equal.
+    A frozen dataclass's ``__init__`` stores each field with ``object.__setattr__``, to get
+    past its own frozen ``__setattr__``; storing through the slots' descriptors gives the same
+    object for less than half the cost, and every execution makes one (``Run.result``).
+    ``tests/test_run_path.py`` checks the two are equal.
     """
     result = _new(RunResult)
     _set_output(result, output)

@@ -55,6 +55,8 @@ class Run:
 
     The tree's shared parts (``hooks``, ``quota``, the clock ``now``) are handed from parent
     to child. Everything else is this run's own. ``status`` is ``None`` while it runs.
+    Subscribers and tools read a run; the runtime (the agent loop and the spawner) is what
+    calls :meth:`finish`, :meth:`interrupted`, :meth:`deadline_passed` and :meth:`attach`.
     """
 
     __slots__ = (
@@ -118,7 +120,9 @@ class Run:
         self.index = index
         """Position among the children of one tool call (a batch's task index)."""
         self.hooks = hooks
+        """The tree's subscribers."""
         self.quota = quota
+        """The tree's quota (``None``: unlimited)."""
         if now is None:
             now = parent.now if parent is not None else loop_clock()
         self.now: Callable[[], float] = now
@@ -132,20 +136,28 @@ class Run:
         self.deadline_error: ErrorType = "timeout"
         """What passing the deadline means: ``timeout``, or ``quota_exceeded`` (quota time)."""
         self.messages: list[Message] = []
+        """The conversation so far."""
         self.usage = NO_USAGE
         """This run's own model calls."""
         self.turns = 0
         """Model calls made."""
         self.output = ""
+        """The answer so far (the final one once ended, cut to ``output_limit``)."""
         self.output_limit: int | None = None
         """Bytes of UTF-8 the output is cut to when the run ends (a subagent's
         ``output_max_size``; ``None``: uncut)."""
         self.status: RunStatus | None = None
+        """How it ended (``None`` while it runs)."""
         self.error_type: ErrorType | None = None
+        """Why it did not complete, when it did not."""
         self.error: str | None = None
+        """A readable account of what went wrong."""
         self.truncated = False
+        """Whether the output was cut to ``output_limit``."""
         self.started = self.now()
+        """When it started, on the tree's clock."""
         self.ended: float | None = None
+        """When it ended (``None`` while it runs)."""
         self.child_agents: dict[tuple[object, ...], Agent] | None = None
         """The agents (settings only) this run's children share, made by the spawner."""
         self._children: list[tuple[tuple[int, int], RunResult]] = []
@@ -209,12 +221,12 @@ class Run:
 
     def deadline_passed(self) -> None:
         """End the run for its deadline, in the quota's own words when its time ran out."""
-        if self.deadline_error == "quota_exceeded" and self.quota is not None:
-            try:
-                self.quota.check_running()
-            except QuotaExceeded as exc:
-                self.finish("failed", "quota_exceeded", str(exc))
-                return
+        limit = self.quota.limits.max_total_time if self.quota is not None else None
+        if self.deadline_error == "quota_exceeded" and limit is not None:
+            # The deadline was the quota's time: its own words, whatever a clock read says.
+            why = QuotaExceeded(limit="time", used=limit, maximum=limit)
+            self.finish("failed", "quota_exceeded", str(why))
+            return
         self.finish("failed", self.deadline_error, f"timeout reached after {self.duration:.3f}s")
 
     @property
@@ -282,15 +294,20 @@ class ModelCall:
 
     def __init__(self, run: Run) -> None:
         self.id = new_id()
+        """Process-unique id."""
         self.provider = run.provider.name
+        """The provider's name."""
         self.model = run.provider.model
         """The model asked for."""
         self.started = run.now()
+        """When the call began, on the tree's clock."""
         self.ended: float | None = None
+        """When it ended (``None`` while it runs)."""
         self.completion: Completion | None = None
         """The reply, once it came (usage checked)."""
         self.error_type: ErrorType | None = None
-        """``execution_failed`` (the provider failed), ``cancelled`` or ``timeout``."""
+        """``execution_failed`` (the provider failed), or how it was interrupted:
+        ``cancelled``, ``timeout``, ``quota_exceeded`` (the tree's time ran out)."""
 
     @property
     def duration(self) -> float:

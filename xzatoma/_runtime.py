@@ -8,7 +8,7 @@ from typing import Any
 
 from ._agent import Agent, tools_by_name
 from ._hooks import Hook, Hooks, Instrument
-from ._limits import QuotaLimits, QuotaTracker
+from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_timeout
 from ._result import RunResult
 from ._run import Run, loop_clock
 from ._spawn import Spawner
@@ -22,7 +22,7 @@ __all__ = ("Runtime",)
 
 
 class Runtime:
-    """One agent tree's shared setup: provider, subagent config, quota and event hooks.
+    """One agent tree's shared setup: provider, subagent config, quota and subscribers.
 
     ``runtime.agent()`` makes a depth-0 agent with both subagent tools wired to one
     :class:`QuotaTracker`; ``runtime.run_batch()`` runs a parallel batch from Python with no
@@ -55,7 +55,8 @@ class Runtime:
     ) -> None:
         self.provider = provider
         self.config = subagents if subagents is not None else SubagentConfig()
-        self.tracker = quota if isinstance(quota, QuotaTracker) else QuotaTracker(quota)
+        tracker = as_tracker(quota)
+        self.tracker = tracker if tracker is not None else QuotaTracker()
         self.hooks = Hooks(hooks)
         if telemetry is None or telemetry is True:
             from .telemetry import TelemetrySubscriber
@@ -119,10 +120,7 @@ class Runtime:
             raise ConfigError(
                 f"max_concurrent must be an integer of at least 1, got {max_concurrent!r}"
             )
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-        ):
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout(timeout)
         offered = [*tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
         now = loop_clock()

@@ -3,8 +3,8 @@
 One path for every spawn (:meth:`Spawner.spawn`): the start hook, then quota, depth,
 arguments, the child's tools, the atomic quota reservation and the run. Every refusal is one
 exception (:class:`Refused`) caught in one place (:class:`_Execution`), which also ends a
-child that was cancelled or broke, cuts its output to ``output_max_size``, attaches it to
-its parent and calls the end hook, whatever happened.
+child that was cancelled or broke (its output cut to ``output_max_size`` as it finishes),
+attaches it to its parent and calls the end hook, whatever happened.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from ._agent import Agent
-from ._limits import QuotaLimits, QuotaTracker, check_depth
+from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_depth
 from ._result import ErrorType, RunStatus
 from ._run import Batch, Run
 from ._subagent_models import (
@@ -70,7 +70,7 @@ class Spawner:
         provider: Provider | None = None,
     ) -> None:
         self.config = config if config is not None else SubagentConfig()
-        self.quota = QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
+        self.quota = as_tracker(quota)
         self._resolved: tuple[Provider, Provider] | None = None
         if provider is not None:
             self.child_provider(provider)
@@ -110,13 +110,13 @@ class Spawner:
         """
         task: SubagentTask | Refused
         if isinstance(arguments, SubagentTask):
-            task = arguments
+            task, label = arguments, arguments.label
         else:  # parsed first for the label the start hook is told; refused in its turn
             try:
-                task = _parse(SubagentTask, arguments)
+                parsed: SubagentTask = _parse(SubagentTask, arguments)
+                task, label = parsed, parsed.label
             except Refused as invalid:
-                task = invalid
-        label = task.label if isinstance(task, SubagentTask) else _label_of(str(arguments))
+                task, label = invalid, _label_of(arguments)
         child = self._child(parent, label, index, call_id)
         await self._execute(child, task)
         return child
@@ -130,16 +130,20 @@ class Spawner:
         """A child of ``parent``, on the tree's quota, its output cut to ``output_max_size``."""
         child = parent.child(label, index, call_id=call_id)
         child.output_limit = self.config.output_max_size
-        if child.quota is None:
-            child.quota = self.quota
+        child.quota = self._quota_of(parent)
         return child
+
+    def _quota_of(self, parent: Run) -> QuotaTracker | None:
+        """The tree's quota; this spawner's own only for a tree with none (a ``Run`` made by
+        hand: an ``Agent`` adopts its subagent tools' quota, a ``Runtime`` shares one)."""
+        return parent.quota if parent.quota is not None else self.quota
 
     async def _run(self, child: Run, task: SubagentTask | Refused) -> None:
         """The checks in the contract's order (quota, depth, arguments, tools, reservation),
         then the run; a refusal raises :class:`Refused`."""
         parent = child.parent
         assert parent is not None
-        self.check(child)
+        self.check(child.quota, parent.depth)
         if isinstance(task, Refused):
             raise task
         agent = self._child_agent(child, task)
@@ -153,12 +157,12 @@ class Spawner:
         summary = task.summary_prompt or self.config.summary_prompt
         await agent.drive(child, task.task_prompt, (summary,) if summary else ())
 
-    def check(self, child: Run) -> None:
+    def check(self, quota: QuotaTracker | None, parent_depth: int) -> None:
         """Quota, then depth: the refusals that come before the arguments are read."""
         try:
-            if child.quota is not None:
-                child.quota.check()
-            check_depth(child.depth - 1, self.config.max_depth)
+            if quota is not None:
+                quota.check()
+            check_depth(parent_depth, self.config.max_depth)
         except QuotaExceeded as exc:
             raise Refused("quota_exceeded", str(exc)) from None
         except DepthLimitExceeded as exc:
@@ -256,12 +260,11 @@ class Spawner:
     ) -> BatchResult | Run:
         """The ``parallel_subagent`` tool's call: the batch, or the one refused execution
         that stands for it when quota, depth or the arguments refuse it."""
-        stand_in = self._child(parent, "parallel_subagent", 0, call_id)
         try:
-            self.check(stand_in)
+            self.check(self._quota_of(parent), parent.depth)
             args = _parse(ParallelSubagentArgs, arguments)
         except Refused as refusal:
-            return self.refuse(stand_in, refusal)
+            return self.refuse(self._child(parent, "parallel_subagent", 0, call_id), refusal)
         return await self.run_batch(
             parent,
             args.tasks,

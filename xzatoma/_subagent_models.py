@@ -1,5 +1,5 @@
-"""The plain shapes of subagents: their configuration, the task the model sends, a batch's
-result and the JSON the model receives for it. No async code here; ``_subagents`` runs them."""
+"""The plain shapes of subagents: their configuration, the task the model sends and a batch's
+result. No async code here: ``_spawn`` runs them, ``_views`` makes their JSON."""
 
 from __future__ import annotations
 

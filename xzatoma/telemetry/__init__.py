@@ -1,9 +1,10 @@
 """OpenTelemetry for xzatoma: subagent metrics, GenAI metrics and spans, Prometheus ``/metrics``.
 
-The core emits events; :class:`TelemetrySubscriber` (which ``Runtime`` subscribes by default)
-records them to the providers set with :func:`configure`, or to OpenTelemetry's global ones,
-which are the no-op API until an SDK is installed. :func:`start_metrics_server` serves them to
-Prometheus. This package is the only part of xzatoma that imports ``opentelemetry``.
+The core tells its subscribers what each run does; :class:`TelemetrySubscriber` (which
+``Runtime`` subscribes by default) records it to the providers set with :func:`configure`, or
+to OpenTelemetry's global ones, which are the no-op API until an SDK is installed.
+:func:`start_metrics_server` serves the metrics to Prometheus. This package is the only part
+of xzatoma that imports ``opentelemetry``.
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Final, get_args
+from typing import Final
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
-from .._result import AnswerStatus, ErrorType
 from . import _names as n
 from ._config import state
 from ._fast import HistogramRecorder, fast_histogram
@@ -25,7 +24,6 @@ __all__ = (
     "TURN_BUCKETS",
     "NO_EXEMPLARS",
     "Instruments",
-    "Tally",
     "current_instruments",
     "depth_attributes",
     "pair_attributes",
@@ -50,9 +48,6 @@ While a run works its spans are current, and the SDK's default (trace-based) exe
 would keep an exemplar of nearly every value, at a cost per subagent larger than the rest of
 its metrics together, for exemplars the Prometheus text format at ``/metrics`` cannot carry.
 Exposition that can show them (OpenMetrics) is where to revisit this."""
-
-_ERROR_TYPES: Final = frozenset(get_args(ErrorType))
-_COMPLETION_STATUSES: Final = frozenset(get_args(AnswerStatus))
 
 
 class Instruments:

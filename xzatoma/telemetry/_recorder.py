@@ -16,7 +16,7 @@ from typing import Final, get_args
 
 import anyio
 
-from .._result import AnswerStatus, ErrorType
+from .._result import ANSWERED, AnswerStatus, ErrorType
 from .._run import loop_clock
 from . import _names as n
 from ._metrics import (
@@ -32,7 +32,6 @@ from ._tally import Tally
 __all__ = ("SubagentMetrics",)
 
 _ERROR_TYPES: Final = frozenset(get_args(ErrorType))
-_COMPLETION_STATUSES: Final = frozenset(get_args(AnswerStatus))
 
 
 class SubagentMetrics:
@@ -110,7 +109,7 @@ class SubagentMetrics:
         Returns:
             True if this call recorded the outcome, False if one was already recorded.
         """
-        if status not in _COMPLETION_STATUSES:
+        if status not in ANSWERED:
             raise ValueError(f"status must be 'complete' or 'incomplete', got {status!r}")
         if self._recorded:
             return False

@@ -156,7 +156,7 @@ class TelemetrySubscriber(Instrument):
         usage = call.usage
         # A call that failed, or whose provider reported no usage, has no token counts to give.
         if call.error_type is None and (
-            usage.requests or usage.prompt_tokens or usage.completion_tokens or usage.total_tokens
+            usage.prompt_tokens or usage.completion_tokens or usage.total_tokens
         ):
             inst.token_usage.record(usage.prompt_tokens, input_attrs, NO_EXEMPLARS)
             inst.token_usage.record(usage.completion_tokens, output_attrs, NO_EXEMPLARS)
