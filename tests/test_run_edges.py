@@ -405,3 +405,22 @@ def test_adding_to_a_usage_subclass_never_takes_the_shortcut() -> None:
     tagged = Tagged(1, 1, 1, 2)
     assert type(tagged + Usage()) is Usage  # summed, as for any other operand
     assert type(Usage() + tagged) is Usage
+
+
+def test_a_tracker_made_outside_an_event_loop_counts_its_time_from_its_creation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from _clock import run_virtual
+
+    from xzatoma import _limits
+
+    real_seconds = iter([100.0, 103.0])  # made at 100 s; read first 3 s later, in the loop
+    monkeypatch.setattr(_limits, "time", SimpleNamespace(monotonic=lambda: next(real_seconds)))
+    tracker = QuotaTracker(QuotaLimits(max_total_time=10))  # no event loop yet
+
+    async def first_reading() -> float | None:
+        return tracker.remaining_time()
+
+    assert run_virtual(first_reading, "asyncio") == 7.0
