@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from contextvars import Token
-from typing import cast
+from typing import TypeVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -36,6 +37,7 @@ __all__ = ("TelemetrySubscriber",)
 logger = logging.getLogger("xzatoma.telemetry")
 
 _Current = tuple[Span, Token[otel_context.Context]]
+_T = TypeVar("_T")
 """A span and the token that made it current (to detach at its end)."""
 
 
@@ -139,12 +141,7 @@ class TelemetrySubscriber(Instrument):
                 self._model_call_metrics(call)
             except Exception:
                 self._switch_off(True, "model_call_ended")
-        current = self._spans.pop(call.id, None)
-        if current is not None:
-            try:
-                self._end_chat(current, call)
-            except Exception:
-                self._span_end_failed("model_call_ended")
+        self._end_span(call.id, "model_call_ended", _annotate_chat, call)
 
     @staticmethod
     def _model_call_metrics(call: ModelCall) -> None:
@@ -193,27 +190,7 @@ class TelemetrySubscriber(Instrument):
             self._switch_off(False, "run_started")
 
     def run_ended(self, run: Run) -> None:
-        current = self._spans.pop(run.id, None)
-        if current is None:
-            return
-        span, token = current
-        try:
-            otel_context.detach(token)
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        n.GEN_AI_USAGE_INPUT_TOKENS: run.usage.prompt_tokens,
-                        n.GEN_AI_USAGE_OUTPUT_TOKENS: run.usage.completion_tokens,
-                        n.XZ_TOTAL_TOKENS: run.usage.total_tokens,
-                        n.XZ_TURNS: run.turns,
-                        n.XZ_STATUS: run.status or "cancelled",
-                    }
-                )
-                if run.status == "failed" or run.status == "cancelled":
-                    _fail(span, run.error_type or run.status)
-            span.end()
-        except Exception:
-            self._span_end_failed("run_ended")
+        self._end_span(run.id, "run_ended", _annotate_run, run)
 
     def model_call_started(self, run: Run, call: ModelCall) -> None:
         if not self._spans_on or run.id not in self._spans:
@@ -232,26 +209,6 @@ class TelemetrySubscriber(Instrument):
             )
         except Exception:
             self._switch_off(False, "model_call_started")
-
-    @staticmethod
-    def _end_chat(current: _Current, call: ModelCall) -> None:
-        span, token = current
-        otel_context.detach(token)
-        if span.is_recording():
-            completion = call.completion
-            if completion is None:
-                _fail(span, call.error_type or n.CANCELLED)
-            else:
-                usage = completion.usage
-                span.set_attributes(
-                    {
-                        n.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
-                        n.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
-                    }
-                )
-                if completion.model is not None:
-                    span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
-        span.end()
 
     def tool_call_started(self, run: Run, ctx: ToolContext) -> None:
         if not self._spans_on or run.id not in self._spans:
@@ -272,17 +229,59 @@ class TelemetrySubscriber(Instrument):
             self._switch_off(False, "tool_call_started")
 
     def tool_call_ended(self, run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
-        current = self._spans.pop(ctx.id, None)
+        self._end_span(ctx.id, "tool_call_ended", _annotate_tool, result)
+
+    def _end_span(
+        self, key: int, where: str, annotate: Callable[[Span, _T], None], what: _T
+    ) -> None:
+        """End the span of ``key``, if it has one: give back the context it made current,
+        let ``annotate`` add the end's attributes (to a recording span), end it."""
+        current = self._spans.pop(key, None)
         if current is None:
             return
         span, token = current
         try:
             otel_context.detach(token)
-            if span.is_recording() and (result is None or result.is_error):
-                _fail(span, n.CANCELLED if result is None else n.TOOL_ERROR)
+            if span.is_recording():
+                annotate(span, what)
             span.end()
         except Exception:
-            self._span_end_failed("tool_call_ended")
+            self._span_end_failed(where)
+
+
+def _annotate_run(span: Span, run: Run) -> None:
+    span.set_attributes(
+        {
+            n.GEN_AI_USAGE_INPUT_TOKENS: run.usage.prompt_tokens,
+            n.GEN_AI_USAGE_OUTPUT_TOKENS: run.usage.completion_tokens,
+            n.XZ_TOTAL_TOKENS: run.usage.total_tokens,
+            n.XZ_TURNS: run.turns,
+            n.XZ_STATUS: run.status or "cancelled",
+        }
+    )
+    if run.status == "failed" or run.status == "cancelled":
+        _fail(span, run.error_type or run.status)
+
+
+def _annotate_chat(span: Span, call: ModelCall) -> None:
+    completion = call.completion
+    if completion is None:
+        _fail(span, call.error_type or n.CANCELLED)
+        return
+    usage = completion.usage
+    span.set_attributes(
+        {
+            n.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
+            n.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
+        }
+    )
+    if completion.model is not None:
+        span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
+
+
+def _annotate_tool(span: Span, result: ToolResult | None) -> None:
+    if result is None or result.is_error:
+        _fail(span, n.CANCELLED if result is None else n.TOOL_ERROR)
 
 
 _GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
