@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._hooks import Hook, Hooks, Instrument
-from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_timeout
+from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
 from ._loop import RunLoop
 from ._result import RunResult
 from ._run import Run, loop_clock
@@ -90,8 +90,7 @@ class Agent:
         quota: QuotaTracker | QuotaLimits | None = None,
         _hidden_tools: Sequence[Tool[Any]] = (),
     ) -> None:
-        if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
-            raise ConfigError(f"max_turns must be an integer of at least 1, got {max_turns!r}")
+        check_count("max_turns", max_turns)
         check_timeout(timeout)
         self.provider = provider
         self.tools: tuple[Tool[Any], ...] = tuple(tools)

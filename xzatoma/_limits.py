@@ -25,6 +25,7 @@ __all__ = (
     "QuotaStatistics",
     "QuotaTracker",
     "as_tracker",
+    "check_count",
     "check_depth",
     "check_timeout",
     "truncate_utf8",
@@ -206,6 +207,13 @@ class QuotaTracker:
 def as_tracker(quota: QuotaLimits | QuotaTracker | None) -> QuotaTracker | None:
     """What every ``quota=`` takes: limits make a tracker of their own, a tracker is shared."""
     return QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
+
+
+def check_count(name: str, value: int | None) -> None:
+    """Refuse a count (``max_turns``, ``max_concurrent``) that is not an integer of at least 1
+    (``None``: the default)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{name} must be an integer of at least 1, got {value!r}")
 
 
 def check_timeout(timeout: float | None) -> None:

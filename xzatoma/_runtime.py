@@ -8,7 +8,7 @@ from typing import Any
 
 from ._agent import Agent, tools_by_name
 from ._hooks import Hook, Hooks, Instrument
-from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_timeout
+from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
 from ._result import RunResult
 from ._run import Run, loop_clock
 from ._spawn import Spawner
@@ -112,14 +112,7 @@ class Runtime:
         parsed = [_task(t, i) for i, t in enumerate(tasks)]
         if not parsed:
             raise ConfigError("run_batch needs at least one task")
-        if max_concurrent is not None and (
-            isinstance(max_concurrent, bool)
-            or not isinstance(max_concurrent, int)
-            or max_concurrent < 1
-        ):
-            raise ConfigError(
-                f"max_concurrent must be an integer of at least 1, got {max_concurrent!r}"
-            )
+        check_count("max_concurrent", max_concurrent)
         check_timeout(timeout)
         offered = [*tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
