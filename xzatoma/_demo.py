@@ -34,7 +34,7 @@ from .testing import ScriptedProvider, call
 if TYPE_CHECKING:
     from .telemetry import MetricsServer
 
-__all__ = ("PROMPT", "run_demo", "scenario")
+__all__ = ("PROMPT", "read_changelog", "report", "run_demo", "scenario")
 
 MAX_DEPTH, MAX_EXECUTIONS, MAX_CONCURRENT = 2, 10, 4
 SYSTEM_PROMPT = (
@@ -226,6 +226,17 @@ def run_demo(server: MetricsServer, *, latency: float, out: TextIO) -> int:
     show(f"  metrics: {server.url}")
     show(f"  prompt: {PROMPT}")
     result, quota = until_signal(lambda: scenario(latency))  # a signal: Interrupted
+    report(result, quota, server, show)
+    show("\nPoint the same run at a real endpoint (the model then decides when to delegate):")
+    for line in _real_endpoints():
+        show(f"  {line}")
+    return 0 if result.status == "complete" else 1
+
+
+def report(
+    result: RunResult, quota: QuotaStatistics, server: MetricsServer, show: Callable[[str], None]
+) -> None:
+    """The result tree, the final answer and the metrics scraped from ``server``."""
     show("\nResult tree (label, status, depth, turns, own tokens):")
     for line in format_tree(result):
         show(f"  {line}")
@@ -235,15 +246,11 @@ def run_demo(server: MetricsServer, *, latency: float, out: TextIO) -> int:
         f"{quota.executions}/{MAX_EXECUTIONS} executions used"
     )
     show("\nFinal answer:")
-    for line in result.output.split("\n"):
+    for line in (result.output or f"(none: {result.error})").split("\n"):
         show(f"  {line}")
     show(f"\nMetrics scraped from {server.url} (subagent_* series; buckets left out):")
     for line in metric_lines(_scrape(server.url)):
         show(f"  {line}")
-    show("\nPoint the same run at a real endpoint (the model then decides when to delegate):")
-    for line in _real_endpoints():
-        show(f"  {line}")
-    return 0 if result.status == "complete" else 1
 
 
 def _scrape(url: str) -> str:

@@ -24,6 +24,7 @@ from ._tools import ToolContext, ToolResult, run_tool
 from ._types import Completion, Message, ToolCall
 from ._usage import UsageRefused, checked_usage
 from .errors import ProviderError, QuotaExceeded
+from .providers._settings import settings_of
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -33,6 +34,12 @@ __all__ = ("RunLoop",)
 logger = logging.getLogger("xzatoma.agent")
 
 _Outcome = tuple[RunStatus, ErrorType | None, str | None]
+
+EMPTY_ANSWER_PROMPT = (
+    "Your last reply was empty. Answer the task now, with what you have found so far."
+)
+"""The user turn sent once after an empty final answer, while turns remain; a second empty
+answer ends the run ``incomplete``."""
 
 
 class _ModelFailed(Exception):
@@ -80,6 +87,7 @@ class RunLoop:
         if agent.system_prompt is not None:
             messages.append(Message.system(agent.system_prompt))
         messages.append(Message.user(prompt))
+        asked_again = False  # after an empty answer, once
         while True:
             if run.turns >= agent.max_turns:
                 return "incomplete", None, f"ran out of turns (max_turns={agent.max_turns})"
@@ -99,9 +107,19 @@ class RunLoop:
             if run.quota is not None:
                 run.quota.charge(completion.usage.total_tokens)
             messages.append(completion.message)
-            calls = completion.tool_calls
-            if completion.content or not calls:  # a final answer is the output, even if empty
-                run.output = completion.content or ""
+            if completion.finish_reason in _CUT_SHORT:
+                return _cut_short(completion, run)
+            calls, content = completion.tool_calls, completion.content
+            if not calls and (not content or content.isspace()):
+                # Never a silent "complete" with nothing to show: ask once more, keeping any
+                # answer an earlier turn gave (the task's, before an empty summary).
+                if asked_again or run.turns >= agent.max_turns:
+                    return "incomplete", None, "the model's answer was empty"
+                asked_again = True
+                messages.append(Message.user(EMPTY_ANSWER_PROMPT))
+                continue
+            if content:
+                run.output = content
             if not calls:
                 if not self.followups:
                     return "complete", None, None
@@ -205,3 +223,25 @@ class RunLoop:
             return result
         finally:
             run.hooks.tool_call_ended(run, ctx, result)
+
+
+_CUT_SHORT = frozenset({"length", "content_filter"})
+"""Finish reasons of a reply that was stopped before it was whole."""
+
+
+def _cut_short(completion: Completion, run: Run) -> _Outcome:
+    """How the run ends when the reply was stopped before it was whole.
+
+    ``length``: cut at the token limit, so the text (kept as the output) is not a complete
+    answer and any tool call in it may be cut too; nothing in it is run. ``content_filter``:
+    the provider refused to finish the reply.
+    """
+    if completion.finish_reason == "content_filter":
+        why = "the provider's content filter stopped the model's reply (finish_reason "
+        return "failed", "execution_failed", why + "'content_filter')"
+    if completion.content:
+        run.output = completion.content
+    limit = settings_of(run.provider).max_tokens
+    at = f" (max_tokens={limit})" if limit is not None else ""
+    why = f"the model's reply was cut at its length limit{at}, finish_reason 'length'"
+    return "incomplete", None, why + "; the answer is not complete"

@@ -24,6 +24,8 @@ from ._run import Batch, Run
 from ._subagent_models import (
     LABEL_MAX_LENGTH,
     BatchResult,
+    ModelSentBatch,
+    ModelSentTask,
     ParallelSubagentArgs,
     SubagentConfig,
     SubagentTask,
@@ -32,6 +34,7 @@ from ._text import replace_lone_surrogates
 from ._tools import Tool, parse_arguments
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
 from .providers._base import Provider
+from .providers._settings import settings_of
 
 __all__ = ("Refused", "Spawner")
 
@@ -90,8 +93,27 @@ class Spawner:
                     "with_model(); set SubagentConfig.provider instead"
                 )
             provider = with_model(model)
+        provider = self._with_settings(parent, provider)
         self._resolved = (parent, provider)
         return provider
+
+    def _with_settings(self, parent: Provider, provider: Provider) -> Provider:
+        """``provider`` with the model settings a child inherits: the parent's, then the
+        child provider's own (when it is another one), then ``config.model_settings``."""
+        wanted = settings_of(parent)
+        if provider is not parent:
+            wanted = wanted.merged(settings_of(provider))
+        wanted = wanted.merged(self.config.model_settings)
+        if wanted == settings_of(provider):
+            return provider
+        with_settings = getattr(provider, "with_settings", None)
+        if with_settings is None:
+            raise ConfigError(
+                f"cannot give provider {provider.name!r} the model settings of its parent or "
+                "of SubagentConfig.model_settings: it has no with_settings()"
+            )
+        changed: Provider = with_settings(wanted)
+        return changed
 
     # -- one execution -----------------------------------------------------------------------
     async def spawn(
@@ -362,16 +384,18 @@ class _Execution:
 
 
 def _parse(model: type[Any], arguments: str) -> Any:
-    """The arguments as ``model``; invalid ones are an ``invalid_input`` refusal."""
+    """The arguments as ``model``; invalid ones are an ``invalid_input`` refusal (keys the
+    model made up are ignored: see :class:`ModelSentTask`)."""
+    name, lenient = _AS_SENT[model]
     try:
-        return parse_arguments(model, _TOOL_NAMES[model], arguments)
+        return parse_arguments(lenient, name, arguments)
     except ValueError as exc:
         raise Refused("invalid_input", str(exc)) from None
 
 
-_TOOL_NAMES: dict[type[Any], str] = {
-    SubagentTask: "subagent",
-    ParallelSubagentArgs: "parallel_subagent",
+_AS_SENT: dict[type[Any], tuple[str, type[Any]]] = {
+    SubagentTask: ("subagent", ModelSentTask),
+    ParallelSubagentArgs: ("parallel_subagent", ModelSentBatch),
 }
 
 

@@ -13,6 +13,7 @@ from ._result import RunResult
 from ._types import Usage
 from .errors import ConfigError
 from .providers._base import Provider
+from .providers._settings import ModelSettings
 
 __all__ = (
     "DEFAULT_SUMMARY_PROMPT",
@@ -49,6 +50,9 @@ class SubagentConfig:
     """Model for children instead of the parent's."""
     model: str | None = None
     """Model name for children (the provider must offer ``with_model``)."""
+    model_settings: ModelSettings | None = None
+    """Model settings for children: each field set here replaces the one children inherit
+    from their parent's provider (the provider must offer ``with_settings``)."""
 
     def __post_init__(self) -> None:
         p = "agent.subagent"
@@ -60,6 +64,10 @@ class SubagentConfig:
             raise ConfigError(f"{p}.max_concurrent must be greater than 0")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"{p}.timeout_seconds must be greater than 0")
+        if self.model_settings is not None and not isinstance(self.model_settings, ModelSettings):
+            raise ConfigError(
+                f"model_settings must be a ModelSettings, got {type(self.model_settings).__name__}"
+            )
 
 
 def _not_int(value: object) -> bool:
@@ -102,7 +110,10 @@ class SubagentTask(pydantic.BaseModel):
     )
     allowed_tools: list[str] | None = pydantic.Field(
         default=None,
-        description="Names of your tools the subagent may use (default: all of them).",
+        description=(
+            "Names of your own tools the subagent may use (default: all of them); never "
+            "subagent or parallel_subagent, which it gets by itself."
+        ),
     )
     max_turns: int | None = pydantic.Field(
         default=None, ge=1, le=50, description="Model calls the subagent may make (1-50)."
@@ -122,6 +133,27 @@ class ParallelSubagentArgs(pydantic.BaseModel):
     )
     fail_fast: bool = pydantic.Field(
         default=False, description="Cancel the remaining tasks at the first failure."
+    )
+
+
+class ModelSentTask(SubagentTask):
+    """A :class:`SubagentTask` as a model's ``subagent`` call sends it: keys it does not
+    know are ignored, not refused. Small models add some (``required``, ``fail_fast``,
+    copied from the schema) and repeat them however often they are told not to; they can
+    change nothing, since only the keys above are read. Tasks from Python and task files
+    stay strict."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+
+class ModelSentBatch(ParallelSubagentArgs):
+    """:class:`ParallelSubagentArgs` as a model's ``parallel_subagent`` call sends them,
+    unknown keys ignored, in the batch and in each task (see :class:`ModelSentTask`)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    tasks: list[ModelSentTask] = pydantic.Field(  # type: ignore[assignment]
+        min_length=1, description="The tasks, each run by its own subagent."
     )
 
 

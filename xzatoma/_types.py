@@ -116,7 +116,11 @@ class Completion:
     model: str | None = None
     """The model that answered, when the provider says."""
     finish_reason: str | None = None
-    """The provider's finish reason, when it gives one."""
+    """The provider's finish reason, when it gives one (``stop``, ``tool_calls``, ``length``,
+    ``content_filter``); ``length`` ends the run ``incomplete``, ``content_filter`` ``failed``."""
+    tool_calls_from_text: bool = False
+    """The model wrote ``tool_calls`` into its text and the provider recovered them
+    (``OpenAIProvider(text_tool_calls=True)``, the default)."""
 
     @property
     def message(self) -> Message:

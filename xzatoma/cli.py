@@ -32,7 +32,7 @@ from ._subagent_models import BatchResult
 from ._terminal import one_line, printable, tolerant_streams
 from ._views import batch_dict
 from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, load_tasks
-from .errors import ConfigError
+from .errors import ConfigError, LocalModelError
 from .providers import OpenAIProvider
 
 if TYPE_CHECKING:
@@ -118,9 +118,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         host = args.metrics_host or "127.0.0.1"
         with serve_metrics(host, args.metrics_port, announce=False) as server:
             try:
-                code = run_demo(server, latency=args.latency, out=sys.stdout)
+                if args.local:
+                    from ._demo_local import run_local_demo
+
+                    code = run_local_demo(server, out=sys.stdout)
+                else:
+                    code = run_demo(server, latency=args.latency, out=sys.stdout)
             except Interrupted as why:
                 return _interrupted(why, "the demo was cancelled")
+            except LocalModelError as exc:
+                print(f"xzatoma: error: {one_line(str(exc))}", file=sys.stderr)
+                return EXIT_FAILED
             _linger(server, args.metrics_linger)
         return code
     config = _configure(args)

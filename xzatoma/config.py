@@ -24,6 +24,7 @@ from ._config_models import XzatomaConfig as XzatomaConfig
 from ._files import MAX_CONFIG_BYTES, load_yaml, read_text
 from ._tasks_file import load_tasks as load_tasks
 from .errors import ConfigError
+from .providers._settings import SETTING_NAMES
 from .providers.openai import MAX_RETRIES as MAX_RETRIES
 
 __all__ = (
@@ -89,7 +90,12 @@ _OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "request_timeout": ("provider", "timeout_seconds"),
     "max_retries": ("provider", "max_retries"),
     "max_response_bytes": ("provider", "max_response_bytes"),
+    **{name: ("provider", name) for name in (*SETTING_NAMES, "text_tool_calls")},
 }
+
+_CHILDREN_TOO = frozenset({*PROVIDER_DEFAULTS, *SETTING_NAMES, "text_tool_calls"})
+"""The ``provider`` keys a flag sets in ``agent.subagent.provider`` too, when the file has
+one: what the flag means to say holds for the whole tree, and the file is below it."""
 
 
 OVERRIDE_KEYS: Mapping[str, str] = {name: ".".join(path) for name, path in _OVERRIDES.items()}
@@ -103,9 +109,11 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
     ``timeout``, ``max_depth``, ``subagent_max_turns``, ``max_concurrent``,
     ``max_executions``, ``max_total_tokens``, ``max_total_time``, ``metrics_host``,
     ``metrics_port`` (a port also turns ``telemetry.enabled`` on), ``request_timeout``,
-    ``max_retries``, ``max_response_bytes`` (these three set ``provider`` and, when the file
-    has one, ``agent.subagent.provider``: the command line beats the file everywhere). The
-    result is validated again, so an override gets the same messages as the file.
+    ``max_retries``, ``max_response_bytes``, ``temperature``, ``top_p``, ``seed``,
+    ``max_tokens``, ``tool_choice``, ``parallel_tool_calls``, ``text_tool_calls`` (these
+    last ten set ``provider`` and, when the file has one, ``agent.subagent.provider``: the
+    command line beats the file everywhere). The result is validated again, so an override
+    gets the same messages as the file.
     """
     data = config.model_dump()
     for name, value in overrides.items():
@@ -121,6 +129,6 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
         if name == "metrics_port":
             data["telemetry"]["enabled"] = True
         children = data["agent"]["subagent"]["provider"]
-        if parents == ["provider"] and leaf in PROVIDER_DEFAULTS and children is not None:
+        if parents == ["provider"] and leaf in _CHILDREN_TOO and children is not None:
             children[leaf] = value
     return XzatomaConfig.from_dict(data)

@@ -6,7 +6,8 @@
     ├── ConfigError              the caller's mistake (also a ValueError): bad config or arguments
     ├── ProviderError            the model endpoint failed or answered something unusable
     ├── QuotaExceeded            a shared quota limit was reached
-    └── DepthLimitExceeded       a spawn would nest subagents deeper than ``max_depth``
+    ├── DepthLimitExceeded       a spawn would nest subagents deeper than ``max_depth``
+    └── LocalModelError          the local model could not be fetched, verified or served
 
 Run-time failures inside an agent tree are reported on ``RunResult`` (``status`` and
 ``error_type``) rather than raised, so a parent can always answer with what it has; these
@@ -20,6 +21,7 @@ from typing import ClassVar
 __all__ = (
     "ConfigError",
     "DepthLimitExceeded",
+    "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
     "XzatomaError",
@@ -76,3 +78,8 @@ class DepthLimitExceeded(XzatomaError):
         super().__init__(
             f"Maximum subagent recursion depth ({max_depth}) exceeded. Current depth: {depth}."
         )
+
+
+class LocalModelError(XzatomaError):
+    """The local model (``xzatoma demo --local``, the real-model tests) could not be
+    downloaded, verified or served; the message says which step failed and what to do."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = (
     "clean_text",
     "encode_request",
     "parse_reply",
+    "with_unique_ids",
 )
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -58,8 +59,15 @@ def clean_json_escapes(text: str) -> str:
     return _ESCAPES.sub(lambda m: "\\ufffd" if m.group(1) else m.group(0), text)
 
 
-def encode_request(model: str, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> bytes:
+def encode_request(
+    model: str,
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec],
+    settings: Mapping[str, Any] | None = None,
+) -> bytes:
     """The request body, byte for byte as httpx's ``json=`` would make it, but always encodable.
+
+    ``settings``: the model settings' request fields, added at the top level.
 
     A lone surrogate (from a tool's output, a user's text) would make ``str.encode`` raise;
     it becomes U+FFFD instead. The common case encodes once, with no extra pass.
@@ -67,6 +75,8 @@ def encode_request(model: str, messages: Sequence[Message], tools: Sequence[Tool
     payload: dict[str, Any] = {"model": model, "messages": [_message(m) for m in messages]}
     if tools:
         payload["tools"] = [spec.to_openai() for spec in tools]
+    if settings:
+        payload.update(settings)
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         return text.encode("utf-8")
@@ -127,7 +137,7 @@ def parse_reply(body: bytes | bytearray, messages: Sequence[Message]) -> Complet
         if isinstance(call, str):
             raise MalformedReply(f"bad tool_calls[{index}]: {call}")
         calls.append(call)
-    calls = _with_unique_ids(calls)
+    calls = with_unique_ids(calls)
     content = None if content is None else clean_text(content)
     finish = choice.get("finish_reason")
     model = data.get("model")
@@ -168,7 +178,7 @@ def _tool_call(raw: object) -> ToolCall | str:
     return ToolCall(clean_text(call_id), clean_text(name), clean_text(arguments))
 
 
-def _with_unique_ids(calls: list[ToolCall]) -> list[ToolCall]:
+def with_unique_ids(calls: list[ToolCall]) -> list[ToolCall]:
     """The calls with distinct ids, so each tool message answers exactly one call.
 
     An id the endpoint chose is kept where it is the first of its value; a missing one, and

@@ -31,6 +31,8 @@ from ._loop_client import LoopClients
 from ._openai_wire import MalformedReply, clean_text, encode_request, parse_reply
 from ._reply_body import ACCEPT_ENCODING, read_capped, read_prefix
 from ._secrets import Redactor, clean_api_key
+from ._settings import ModelSettings, ToolChoice
+from ._tool_replies import ToolReplies
 from ._urls import chat_completions_url, shown_url, url_secrets, validate_base_url
 
 __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
@@ -90,11 +92,19 @@ class OpenAIProvider:
         max_response_bytes: The most a reply body may hold once decompressed (8 MiB).
         client: An httpx client to use instead of owned ones; the caller closes it and
             keeps it to one event loop.
+        temperature, top_p, seed, max_tokens, tool_choice, parallel_tool_calls: Model
+            settings sent with every request, only those set (see
+            :class:`~xzatoma.ModelSettings`); subagents inherit them.
+        settings: The same as one :class:`~xzatoma.ModelSettings`; the keywords above win.
+        text_tool_calls: Read a reply whose whole text is tool calls written out (bare JSON,
+            a fenced JSON block, ``<tool_call>`` tags) naming offered tools as those tool
+            calls (``docs/providers.md``). Many local models answer that way.
 
     Raises:
         ConfigError: ``base_url`` is unusable, the key holds a control or non-ASCII
             character, ``timeout`` is not a finite positive number of seconds,
-            ``max_retries`` is not in 0..100 or ``max_response_bytes`` is below 1024.
+            ``max_retries`` is not in 0..100, ``max_response_bytes`` is below 1024, or a
+            model setting is out of its range.
     """
 
     def __init__(
@@ -107,8 +117,22 @@ class OpenAIProvider:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         client: httpx.AsyncClient | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        tool_choice: ToolChoice | None = None,
+        parallel_tool_calls: bool | None = None,
+        settings: ModelSettings | None = None,
+        text_tool_calls: bool = True,
     ) -> None:
         validate_base_url(base_url)
+        given = ModelSettings(temperature, top_p, seed, max_tokens, tool_choice,
+                              parallel_tool_calls)  # fmt: skip
+        if type(text_tool_calls) is not bool:
+            raise ConfigError(f"text_tool_calls must be True or False, got {text_tool_calls!r}")
+        if settings is not None and not isinstance(settings, ModelSettings):
+            raise ConfigError(f"settings must be a ModelSettings, got {type(settings).__name__}")
         if api_key is not None:
             api_key = clean_api_key(api_key)
         if not math.isfinite(timeout):  # infinity would remove the bound; NaN is no number
@@ -134,8 +158,11 @@ class OpenAIProvider:
         self._max_response_bytes = int(max_response_bytes)
         self._clients = LoopClients(client)
         self._owns_clients = True
+        self._use_settings((settings or ModelSettings()).merged(given))
         self._url = chat_completions_url(base_url)
         self._shown_url = shown_url(self._url)
+        # Shared with the twins, as the pool is: one server, one warning per model.
+        self._tool_replies = ToolReplies(logger, self._shown_url, recover=text_tool_calls)
         self._redact = Redactor((api_key, *url_secrets(base_url)))
         self._headers = {
             "Accept": "application/json",
@@ -167,6 +194,37 @@ class OpenAIProvider:
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(base_url={shown_url(self._base_url)!r}, model={self._model!r})"
+
+    @property
+    def settings(self) -> ModelSettings:
+        """The model settings sent with every request (unset ones are not sent)."""
+        return self._settings
+
+    @property
+    def text_tool_calls(self) -> bool:
+        """Whether tool calls written as text are read as tool calls."""
+        return self._tool_replies.recover
+
+    def with_settings(self, settings: ModelSettings) -> OpenAIProvider:
+        """The same endpoint, key, model and connection pool with ``settings`` on top of
+        these (a field ``settings`` leaves unset keeps this provider's value).
+
+        Used for subagents: ``SubagentConfig(model_settings=...)`` overrides single fields
+        of the parent's settings. The pool stays owned (and closed) by this provider.
+        """
+        merged = self._settings.merged(settings)
+        if merged == self._settings:
+            return self
+        twin = copy.copy(self)
+        twin._owns_clients = False
+        twin._use_settings(merged)
+        return twin
+
+    def _use_settings(self, settings: ModelSettings) -> None:
+        self._settings = settings
+        # Worked out once: every request sends one of the two.
+        self._fields_with_tools = settings.request_fields(with_tools=True)
+        self._fields_without_tools = settings.request_fields(with_tools=False)
 
     def with_model(self, model: str) -> OpenAIProvider:
         """The same endpoint, key and connection pool under another model name.
@@ -204,8 +262,9 @@ class OpenAIProvider:
             ProviderError: The endpoint failed after all retries, refused the request, or
                 answered with a body that is not a usable chat completion; nothing else.
         """
+        fields = self._fields_with_tools if tools else self._fields_without_tools
         try:
-            body = encode_request(self._model, messages, tools)
+            body = encode_request(self._model, messages, tools, fields)
         except (TypeError, ValueError) as exc:  # a tool schema that is not JSON
             raise self._error(f"could not encode the request to {self._shown_url}", exc) from None
         try:
@@ -217,13 +276,16 @@ class OpenAIProvider:
             raise self._error(f"could not build the request to {self._shown_url}", exc) from None
         reply = await self._send(client, request)
         try:
-            return parse_reply(reply, messages)
+            completion = parse_reply(reply, messages)
         except MalformedReply as exc:
             prefix = bytes(reply[:_ERROR_BODY_BYTES])
             excerpt = self._excerpt(prefix, cut=len(reply) > _ERROR_BODY_BYTES)
             raise self._fail(
                 f"malformed reply from {self._shown_url}: {exc}; body: {excerpt}", 200
             ) from None
+        if tools:
+            completion = self._tool_replies.check(completion, tools, self._model)
+        return completion
 
     async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
         attempts = self._max_retries + 1

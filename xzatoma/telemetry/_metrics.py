@@ -67,6 +67,7 @@ class Instruments:
         "executions",
         "lock",
         "operation_duration",
+        "text_tool_calls",
         "token_usage",
         "tokens",
         "turns",
@@ -79,6 +80,7 @@ class Instruments:
     errors: Tally
     active: Tally
     batches: Tally
+    text_tool_calls: Tally
     duration: HistogramRecorder
     turns: HistogramRecorder
     tokens: HistogramRecorder
@@ -111,6 +113,12 @@ class Instruments:
         )
         self.batches = self._counter(
             meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
+        )
+        self.text_tool_calls = self._counter(
+            meter,
+            n.TEXT_TOOL_CALLS,
+            n.UNIT_CALL,
+            "Tool calls a model wrote as text, read as real ones, by the calling agent's depth.",
         )
 
     def _make_histograms(self, meter: metrics.Meter) -> None:

@@ -25,6 +25,10 @@ ACTIVE_COUNT: Final = "subagent.active_count"
 BATCHES: Final = "subagent.batches"
 BATCH_SIZE: Final = "subagent.batch.size"
 
+# -- provider instruments ---------------------------------------------------------------------
+TEXT_TOOL_CALLS: Final = "xzatoma.text_tool_calls"
+"""Tool calls a model wrote as text and the provider read as real ones."""
+
 # -- GenAI client instruments ----------------------------------------------------------------
 TOKEN_USAGE: Final = "gen_ai.client.token.usage"
 OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
@@ -39,6 +43,7 @@ PROMETHEUS_NAMES: Final = {
     ACTIVE_COUNT: "subagent_active_count",
     BATCHES: "subagent_batches_total",
     BATCH_SIZE: "subagent_batch_size",
+    TEXT_TOOL_CALLS: "xzatoma_text_tool_calls_total",
     TOKEN_USAGE: "gen_ai_client_token_usage",
     OPERATION_DURATION: "gen_ai_client_operation_duration_seconds",
 }
@@ -52,6 +57,7 @@ UNIT_TOKEN: Final = "{token}"
 UNIT_ERROR: Final = "{error}"
 UNIT_BATCH: Final = "{batch}"
 UNIT_TASK: Final = "{task}"
+UNIT_CALL: Final = "{call}"
 
 # -- metric attributes (bounded values only: never a label, prompt or id) --------------------
 DEPTH: Final = "depth"
@@ -85,6 +91,8 @@ XZ_LABEL: Final = "xzatoma.label"
 XZ_STATUS: Final = "xzatoma.status"
 XZ_TURNS: Final = "xzatoma.turns"
 XZ_TOTAL_TOKENS: Final = "xzatoma.usage.total_tokens"
+XZ_TOOL_CALLS_FROM_TEXT: Final = "xzatoma.tool_calls_from_text"
+"""On a ``chat`` span: how many tool calls the model wrote as text (set only when some)."""
 
 TOOL_ERROR: Final = "tool_error"
 """``error.type`` of an ``execute_tool`` span whose tool answered ``Error: ...``."""

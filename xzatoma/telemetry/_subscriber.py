@@ -139,6 +139,10 @@ class TelemetrySubscriber(Instrument):
         if self._metrics_on:
             try:
                 self._model_call_metrics(call)
+                completion = call.completion
+                if completion is not None and completion.tool_calls_from_text:
+                    calls = len(completion.tool_calls)
+                    current_instruments().text_tool_calls.add(calls, depth_attributes(run.depth))
             except Exception:
                 self._switch_off(True, "model_call_ended")
         self._end_span(call.id, "model_call_ended", _annotate_chat, call)
@@ -277,6 +281,8 @@ def _annotate_chat(span: Span, call: ModelCall) -> None:
     )
     if completion.model is not None:
         span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
+    if completion.tool_calls_from_text:
+        span.set_attribute(n.XZ_TOOL_CALLS_FROM_TEXT, len(completion.tool_calls))
 
 
 def _annotate_tool(span: Span, result: ToolResult | None) -> None:

@@ -1,0 +1,201 @@
+"""llama.cpp's own OpenAI-compatible server, from the ``xllamacpp`` wheel, in a child process.
+
+:class:`LocalServer` starts ``python -m xzatoma._local_server`` on a free 127.0.0.1 port with
+a fixed thread count, context size and ``n_predict`` cap, waits until ``/health`` answers,
+and stops it however the block ends. The child is a separate process so that the server's
+threads, its memory and its logs (written to a file, quoted when it fails) stay out of the
+caller's process; it also exits by itself when the caller dies, since its stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Final, Self
+
+import httpx
+
+from .errors import LocalModelError
+
+__all__ = ("LocalServer", "ServerSettings")
+
+_READY: Final = "XZATOMA-LOCAL-SERVER-READY"
+_EXTRA_HINT: Final = "pip install 'xzatoma[local]' (or run 'make demo-local' in a checkout)"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How the server runs; the defaults suit two cores and the 0.5B model."""
+
+    threads: int = 2
+    """CPU threads for generation and for prompt processing."""
+    context: int = 16384
+    """Context size in tokens, shared by the slots."""
+    n_predict: int = 1024
+    """The server's cap on tokens generated per request, whatever a request asks."""
+    parallel: int = 2
+    """Requests served at once (the slots); more wait in the server's queue."""
+    startup_timeout: float = 300.0
+    """Seconds to wait for the model to load and ``/health`` to answer."""
+
+
+class LocalServer:
+    """A llama.cpp server for one GGUF file, in a child process, on 127.0.0.1.
+
+    Use as a context manager: ``with LocalServer(path) as server: server.base_url``.
+
+    Raises:
+        LocalModelError: ``xllamacpp`` is not installed, or the server did not come up in
+            time (the message quotes the end of its log).
+    """
+
+    def __init__(self, model_path: Path, settings: ServerSettings = ServerSettings()) -> None:
+        self.model_path = Path(model_path)
+        self.settings = settings
+        self.address = ""
+        self._process: subprocess.Popen[str] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The API root to give ``OpenAIProvider`` or ``--base-url`` (``.../v1``)."""
+        return f"{self.address}/v1"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the child and wait until it serves (``startup_timeout``)."""
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise LocalModelError(f"serving a local model needs the xllamacpp wheel: {_EXTRA_HINT}")
+        s = self.settings
+        self._log = tempfile.TemporaryFile(prefix="xzatoma-llama-")  # noqa: SIM115 - stop() closes it
+        command = [sys.executable, "-m", "xzatoma._local_server", str(self.model_path),
+                   "--threads", str(s.threads), "--context", str(s.context),
+                   "--n-predict", str(s.n_predict), "--parallel", str(s.parallel)]  # fmt: skip
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        deadline = time.monotonic() + s.startup_timeout
+        try:
+            self.address = self._await_address(deadline)
+            self._await_health(deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """End the child (its stdin closes, then SIGTERM, then SIGKILL); idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(OSError):
+                if process.stdin is not None:
+                    process.stdin.close()
+            for ending in (None, process.terminate, process.kill):
+                if ending is not None:
+                    ending()
+                try:
+                    process.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if process.stdout is not None:
+                process.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 12) -> str:
+        """The last lines the server logged (llama.cpp writes its progress to stderr)."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        text = self._log.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _await_address(self, deadline: float) -> str:
+        process = self._process
+        assert process is not None
+        assert process.stdout is not None
+        while True:
+            left = deadline - time.monotonic()
+            if process.poll() is not None:
+                raise self._failed(f"the server exited with code {process.returncode}")
+            if left <= 0:
+                raise self._failed(f"the model did not load in {self.settings.startup_timeout:g} s")
+            readable, _, _ = select.select([process.stdout], [], [], min(left, 1.0))
+            if readable:
+                line = process.stdout.readline()
+                if line.startswith(_READY):
+                    return line.split(maxsplit=1)[1].strip().rstrip("/")
+
+    def _await_health(self, deadline: float) -> None:
+        with httpx.Client(timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                try:
+                    if client.get(f"{self.address}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)  # polling a server that is loading, not ordering events
+        raise self._failed("/health did not answer 200 in time")
+
+    def _failed(self, why: str) -> LocalModelError:
+        tail = self.log_tail()
+        said = f"; its log ends:\n{tail}" if tail else ""
+        name = self.model_path.name
+        return LocalModelError(f"the llama.cpp server for {name} failed: {why}{said}")
+
+
+def _serve(argv: Sequence[str]) -> int:
+    """The child: load the model, serve, say where, and run until stdin closes."""
+    parser = argparse.ArgumentParser(prog="python -m xzatoma._local_server")
+    parser.add_argument("model")
+    for flag in ("--threads", "--context", "--n-predict", "--parallel"):
+        parser.add_argument(flag, type=int, required=True)
+    args = parser.parse_args(argv)
+    import xllamacpp  # type: ignore[import-untyped]  # no type information shipped
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0  # any free port; the server says which
+    params.n_ctx = args.context
+    params.n_predict = args.n_predict
+    params.n_parallel = args.parallel
+    params.cpuparams.n_threads = args.threads
+    params.cpuparams_batch.n_threads = args.threads
+    # No busy-waiting between batches: an idle server must leave the cores to its callers.
+    params.cpuparams.poll = 0
+    params.cpuparams_batch.poll = 0
+    params.use_jinja = True  # the model's own chat template, which renders tools
+    params.endpoint_metrics = True
+    server = xllamacpp.Server(params)
+    print(_READY, server.listening_address, flush=True)
+    sys.stdin.read()  # until the parent closes it or exits
+    del server
+    os._exit(0)  # the server's threads would keep a normal exit waiting
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""The two checks of a reply to a request that offered tools, for the OpenAI provider.
+
+Local servers get tools wrong in two ways the wire format cannot show: the model writes its
+calls into the text (recovered here as real calls, by :mod:`._text_tool_calls`), or the
+server drops ``tools`` from the prompt because the model's chat template cannot render them
+(noticed here from the reported prompt tokens, and warned about once per model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Final
+
+from .._types import Completion, ToolSpec
+from ._openai_wire import with_unique_ids
+from ._text_tool_calls import recover_tool_calls
+
+__all__ = ("ToolReplies",)
+
+_CHARS_PER_TOKEN_AT_MOST: Final = 12
+"""No tokenizer packs more characters of JSON schema into one token (about 3 to 4 is usual;
+the two subagent tools' 3,000-odd characters are about 1,000 tokens for Qwen2.5): a prompt
+counted at fewer tokens than its schemas' length over this did not hold them."""
+_CUT_SHORT: Final = frozenset({"length", "content_filter"})
+"""Finish reasons of a reply stopped before it was whole: its text is kept as text, so a
+cut answer stays visible and a cut call is never run."""
+
+
+class ToolReplies:
+    """Shared by a provider and its twins (``with_model``, ``with_settings``): they talk to
+    one server, so one warning per model is enough however many subagents spawn.
+
+    Args:
+        logger: Where the recovery's debug line and the warning go (the provider's own).
+        url: The endpoint as shown in messages (credentials redacted).
+        recover: Whether to read tool calls written as text (``text_tool_calls``).
+    """
+
+    def __init__(self, logger: logging.Logger, url: str, *, recover: bool) -> None:
+        self._logger, self._url, self.recover = logger, url, recover
+        self._warned: set[str] = set()
+
+    def check(self, completion: Completion, tools: Sequence[ToolSpec], model: str) -> Completion:
+        """The completion, with the tool calls its text consists of made real (``recover``),
+        after warning if the endpoint cannot have shown ``model`` the tools."""
+        if not completion.usage.estimated and model not in self._warned:
+            self._check_tools_seen(completion.usage.prompt_tokens, tools, model)
+        if (
+            self.recover
+            and completion.content
+            and not completion.tool_calls
+            and completion.finish_reason not in _CUT_SHORT
+        ):
+            return self._recovered(completion, {spec.name for spec in tools}, model)
+        return completion
+
+    def _recovered(self, completion: Completion, names: set[str], model: str) -> Completion:
+        assert completion.content is not None
+        calls = recover_tool_calls(completion.content, names)
+        if not calls:
+            return completion
+        self._logger.debug(
+            "read %d tool call(s) that %s wrote as text: %s",
+            len(calls),
+            model,
+            ", ".join(call.name for call in calls),
+        )
+        return replace(
+            completion,
+            content=None,
+            tool_calls=tuple(with_unique_ids(list(calls))),
+            tool_calls_from_text=True,
+        )
+
+    def _check_tools_seen(self, prompt_tokens: int, tools: Sequence[ToolSpec], model: str) -> None:
+        """Warn (once per model) when the endpoint counted fewer prompt tokens than the tool
+        schemas alone must take: the server most likely dropped ``tools`` from the prompt."""
+        # About what a chat template renders (jinja's tojson spaces it so); a few KiB: cheap.
+        schema_chars = sum(len(json.dumps(spec.to_openai())) for spec in tools)
+        if prompt_tokens * _CHARS_PER_TOKEN_AT_MOST >= schema_chars:
+            return
+        self._warned.add(model)
+        self._logger.warning(
+            "%s counted %d prompt tokens for a request whose tool schemas alone are about %d "
+            "tokens: the server probably dropped the tools from the prompt, so the model cannot "
+            "call them. The likely cause: the chat template of model %r has no tool support "
+            "(llama.cpp: start llama-server with --jinja, or give it a template with tools; "
+            "Ollama: use a model tagged 'tools')",
+            self._url,
+            prompt_tokens,
+            schema_chars // 4,
+            model,
+        )
