@@ -26,7 +26,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from xzatoma import Agent, OpenAIProvider, tool
+from xzatoma import Agent, ModelSettings, OpenAIProvider, RunResult, tool
 from xzatoma._local_model import MODEL, ensure_model
 from xzatoma._local_server import LocalServer
 
@@ -153,15 +153,33 @@ def _descendants(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _descendants(child)
 
 
+def tell(ran: Ran) -> None:
+    """What the model did, for the log of ``make test-real`` (its ``-rP`` shows it)."""
+    print(f"exit {ran.code}; text tool calls read: {ran.metric('xzatoma_text_tool_calls_total'):g}")
+    for line in _tree(ran.result, 0):
+        print(line)
+
+
+def _tree(node: dict[str, Any], depth: int) -> Iterator[str]:
+    error = f" ({node['error']})" if node.get("error") else ""
+    output = " ".join(str(node.get("output", "")).split())[:100]
+    yield (f"{'  ' * depth}{node.get('label', 'batch')}: {node['status']}, {node.get('turns', 0)} "
+           f"turns{error}: {output!r}")  # fmt: skip
+    for child in node.get("children", node.get("results", [])):
+        yield from _tree(child, depth + 1)
+
+
 def attempts(run: Callable[[int], Ran], chose: Callable[[Ran], bool]) -> Ran:
     """``run`` with the first seed, and with the second if the model did not do what the
     prompt asked (``chose``); xzatoma's guarantees are checked on both."""
     ran = run(SEEDS[0])
+    tell(ran)
     for seed in SEEDS[1:]:
         if chose(ran):
             break
-        print(f"the model did not do what was asked; again with seed {seed}", file=sys.stderr)
+        print(f"the model did not do what was asked; again with seed {seed}")
         ran = run(seed)
+        tell(ran)
     assert chose(ran), json.dumps(ran.result, indent=1)[:4000]
     return ran
 
@@ -234,28 +252,34 @@ def test_the_python_api_really_calls_a_custom_tool(llama: LocalServer) -> None:
         calls.append(order_id)
         return f"order {order_id}: shipped on 2026-11-30"
 
-    async def run(seed: int) -> tuple[str, int, list[str]]:
-        calls.clear()
-        async with OpenAIProvider(llama.base_url, MODEL.name, temperature=0.0, seed=seed,
-                                  timeout=900, max_retries=0) as provider:  # fmt: skip
-            agent = Agent(provider, tools=[order_status], max_turns=4)
-            result = await agent.run("What is the status of order A-17? Use the order_status tool.")
-        assert result.status in ("complete", "incomplete"), result.error
-        assert result.usage.requests == result.turns
-        return result.status, result.turns, list(calls)
+    async def run() -> RunResult:
+        settings = ModelSettings(temperature=0.0, seed=SEEDS[0], max_tokens=200)
+        async with OpenAIProvider(
+            llama.base_url, MODEL.name, timeout=900, max_retries=0, settings=settings
+        ) as provider:
+            agent = Agent(provider, tools=[order_status], max_turns=3)
+            return await agent.run("What is the status of order A-17? Use the order_status tool.")
 
-    for seed in SEEDS:
-        status, turns, called = anyio.run(run, seed)
-        if called and status == "complete":
-            break
-    assert called, "the model never called order_status"
-    assert status == "complete"
-    assert turns >= 2  # the call, then the answer that read its result
+    result = anyio.run(run)
+    print(f"{result.status}, {result.turns} turns ({result.error}); order_status called {calls}")
+    assert calls, "the model never called order_status"
+    assert all("17" in order_id for order_id in calls)  # the arguments the model chose
+    answered = [m for m in result.messages if m.role == "tool"]
+    assert len(answered) == len(calls)  # every call's result went back to the model
+    for message, order_id in zip(answered, calls, strict=True):
+        assert message.content == f"order {order_id}: shipped on 2026-11-30"
+    assert result.usage.requests == result.turns >= 2
+    # This model tends to call the tool again instead of answering; either end is documented.
+    if result.status != "complete":
+        assert result.status == "incomplete"
+        assert result.error is not None
+        assert "ran out of turns" in result.error or "finish_reason 'length'" in result.error
 
 
 def test_a_max_tokens_cut_is_reported_as_not_complete(llama: LocalServer) -> None:
     ran = xzatoma(llama, "run", "Write a long story about a lighthouse keeper.",
                   "--max-tokens", "5", "--max-depth", "1", seed=SEEDS[0])  # fmt: skip
+    tell(ran)
     check_run(ran)
     assert (ran.code, ran.result["status"]) == (3, "incomplete")
     assert "finish_reason 'length'" in ran.result["error"]
@@ -272,6 +296,7 @@ def test_a_batch_file_runs_every_task_on_the_real_model(llama: LocalServer, tmp_
         )
     )
     ran = xzatoma(llama, "batch", str(tasks), "--max-depth", "1", seed=SEEDS[0], scrape=True)
+    tell(ran)
     results = ran.result["results"]
     assert [r["label"] for r in results] == ["two", "nine"]
     assert all(r["depth"] == 1 and r["turns"] >= 1 for r in results)
