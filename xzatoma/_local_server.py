@@ -174,7 +174,7 @@ def _serve(argv: Sequence[str]) -> int:
     for flag in ("--threads", "--context", "--n-predict", "--parallel"):
         parser.add_argument(flag, type=int, required=True)
     args = parser.parse_args(argv)
-    import xllamacpp  # type: ignore[import-untyped]  # no type information shipped
+    import xllamacpp  # untyped; pyproject.toml tells mypy so
 
     params = xllamacpp.CommonParams()
     params.model.path = args.model
