@@ -70,6 +70,21 @@ TOOL_ARGUMENT_CASES: dict[str, tuple[str, str, str]] = {
         '{"label": "a", "task_prompt": "x", "allowed_tools": "echo"}',
         "allowed_tools: Input should be a valid array",
     ),
+    "subagent extra field": (
+        "subagent",
+        '{"label": "a", "task_prompt": "x", "model": "gpt"}',
+        "model: Extra inputs are not permitted",
+    ),
+    "subagent misspelt restriction": (
+        "subagent",
+        '{"label": "a", "task_prompt": "x", "allowedTools": ["echo"]}',
+        "allowedTools: Extra inputs are not permitted",
+    ),
+    "parallel misspelt option": (
+        "parallel_subagent",
+        '{"tasks": [{"label": "a", "task_prompt": "x"}], "failFast": true}',
+        "failFast: Extra inputs are not permitted",
+    ),
     "subagent 10 MB label": (
         "subagent",
         json.dumps({"label": "x" * 10_000_000, "task_prompt": "x"}),

@@ -20,7 +20,7 @@ from xzatoma import (
     ToolSpec,
     tool,
 )
-from xzatoma._tools import schema_for_models
+from xzatoma._model_schema import schema_for_models
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 pytestmark = pytest.mark.anyio
@@ -98,7 +98,7 @@ async def test_the_parent_model_is_told_its_child_was_cut_short() -> None:
     assert told.endswith("Once upon a")
 
 
-async def test_a_cut_summary_is_incomplete_with_the_cut_text() -> None:
+async def test_a_cut_summary_is_incomplete_and_keeps_the_whole_task_answer() -> None:
     def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         if messages[0].content == "root":
             if messages[-1].role == "user":
@@ -110,7 +110,8 @@ async def test_a_cut_summary_is_incomplete_with_the_cut_text() -> None:
 
     result = await Runtime(ScriptedProvider(model)).run("root")
     (child,) = result.children
-    assert (child.status, child.output, child.turns) == ("incomplete", "Summary: the ta", 2)
+    assert (child.status, child.output, child.turns) == ("incomplete", "the task answer", 2)
+    assert "finish_reason 'length'" in (child.error or "")
 
 
 # -- what the model is shown and may send for the subagent tools ------------------------------
@@ -160,12 +161,12 @@ def test_schema_for_models_keeps_a_property_called_title_and_data_values() -> No
     }
 
 
-async def test_keys_a_model_makes_up_in_a_subagent_call_are_ignored() -> None:
+async def test_schema_words_a_model_copies_into_a_subagent_call_are_ignored() -> None:
     sent = [
         call("subagent", label="a", task_prompt="leaf", fail_fast=True, required=["label"]),
         call(
             "parallel_subagent",
-            {"tasks": [{"label": "p", "task_prompt": "leaf", "success": True}], "title": "x"},
+            {"tasks": [{"label": "p", "task_prompt": "leaf", "type": "object"}], "title": "x"},
         ),
     ]
 
@@ -181,13 +182,13 @@ async def test_keys_a_model_makes_up_in_a_subagent_call_are_ignored() -> None:
 
 
 async def test_known_keys_with_bad_values_are_still_refused() -> None:
-    sent = call("subagent", label="a", task_prompt="leaf", max_turns=0, extra=1)
+    sent = call("subagent", label="a", task_prompt="leaf", max_turns=0, required=["label"])
     provider = ScriptedProvider([tool_calls(sent), reply("done")])
     result = await Runtime(provider).run("root")
     (child,) = result.children
     assert (child.status, child.error_type) == ("failed", "invalid_input")
     assert "max_turns: Input should be greater than or equal to 1" in (child.error or "")
-    assert "extra" not in (child.error or "")
+    assert "required" not in (child.error or "")
 
 
 def test_tasks_from_python_stay_strict() -> None:
@@ -200,3 +201,38 @@ def test_tasks_from_python_stay_strict() -> None:
 def test_model_settings_are_a_public_frozen_value() -> None:
     settings = ModelSettings(temperature=0.0, seed=7)
     assert settings.merged(ModelSettings(seed=8)) == ModelSettings(temperature=0.0, seed=8)
+
+
+async def test_a_child_inherits_the_parents_settings_with_the_configs_on_top() -> None:
+    def model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+        if messages[0].content == "root" and messages[-1].role == "user":
+            return tool_calls(call("subagent", label="c", task_prompt="child"))
+        return reply("done")
+
+    parent = ScriptedProvider(model, settings=ModelSettings(temperature=0.0, seed=7))
+    config = SubagentConfig(summary_prompt=None, model_settings=ModelSettings(temperature=0.9))
+    await Runtime(parent, subagents=config).run("root")
+    seen = [(r.messages[0].content, r.settings) for r in parent.requests]
+    assert seen == [
+        ("root", ModelSettings(temperature=0.0, seed=7)),
+        ("child", ModelSettings(temperature=0.9, seed=7)),
+        ("root", ModelSettings(temperature=0.0, seed=7)),
+    ]
+
+
+async def test_a_tool_choice_none_reply_is_never_read_as_tool_calls() -> None:
+    import logging
+
+    from xzatoma.providers._tool_replies import ToolReplies
+
+    replies = ToolReplies(logging.getLogger("t"), "http://x", recover=True)
+    spec = ToolSpec("search", "", {"type": "object"})
+    text = Completion(content='{"name": "search", "arguments": {"q": "x"}}')
+    assert replies.check(text, [spec], "m", ModelSettings(tool_choice="none")) == text
+    one = Completion(
+        content='{"name": "search", "arguments": {}} {"name": "search", "arguments": {}}'
+    )
+    single = replies.check(one, [spec], "m", ModelSettings(parallel_tool_calls=False))
+    assert [c.name for c in single.tool_calls] == ["search"]
+    both = replies.check(one, [spec], "m")
+    assert len(both.tool_calls) == 2

@@ -224,6 +224,13 @@ def test_the_briefs_example_line(capsys: pytest.CaptureFixture[str]) -> None:
     )
 
 
+def test_the_flag_is_echoed_with_every_digit(capsys: pytest.CaptureFixture[str]) -> None:
+    assert error_line(capsys, "run", "hi", "--temperature", "2.0000001") == (
+        "xzatoma: error: provider.temperature must be between 0 and 2, got 2.0000001 "
+        "(from --temperature 2.0000001)"
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

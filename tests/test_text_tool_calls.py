@@ -175,12 +175,22 @@ REFUSED: dict[str, str] = {
     "an empty reply": "",
     "a reply of whitespace": " \n\t ",
     "nested absurdly deep": "[" * 100_000 + "]" * 100_000,
+    "NaN in the arguments": '{"name": "get_time", "arguments": {"x": NaN}}',
+    "Infinity in argument text": '{"name": "get_time", "arguments": "{\\"x\\": -Infinity}"}',
+    "a flat call of another type": '{"type": "tool", "name": "get_time", "arguments": {}}',
+    "a call, then four million empty lists": NOW + "[]" * 4_000_000,
+    "a call, then millions of numbers": NOW + " 1" * 3_000_000,
+    "more calls than one reply may be read as": NOW * 1001,
 }
 
 
 @pytest.mark.parametrize("content", REFUSED.values(), ids=REFUSED.keys())
 def test_text_answers_stay_text(content: str) -> None:
     assert recover_tool_calls(content, OFFERED) == ()
+
+
+def test_a_thousand_calls_are_still_read() -> None:
+    assert len(recover_tool_calls(NOW * 1000, OFFERED)) == 1000
 
 
 def test_nothing_is_recovered_when_no_tool_was_offered() -> None:

@@ -88,6 +88,7 @@ class RunLoop:
             messages.append(Message.system(agent.system_prompt))
         messages.append(Message.user(prompt))
         asked_again = False  # after an empty answer, once
+        answered = False  # a complete answer was given, and a followup asked
         while True:
             if run.turns >= agent.max_turns:
                 return "incomplete", None, f"ran out of turns (max_turns={agent.max_turns})"
@@ -108,7 +109,8 @@ class RunLoop:
                 run.quota.charge(completion.usage.total_tokens)
             messages.append(completion.message)
             if completion.finish_reason in _CUT_SHORT:
-                return _cut_short(completion, run)
+                # A followup (the summary) cut short keeps the whole answer given before it.
+                return _cut_short(completion, run, keep_output=answered)
             calls, content = completion.tool_calls, completion.content
             if not calls and (not content or content.isspace()):
                 # Never a silent "complete" with nothing to show: ask once more, keeping any
@@ -126,6 +128,7 @@ class RunLoop:
                 if run.turns >= agent.max_turns:
                     return "incomplete", None, "no turn left for the summary"
                 messages.append(Message.user(self.followups.pop(0)))
+                answered = True
                 continue
             if run.turns >= agent.max_turns:
                 return "incomplete", None, f"ran out of turns (max_turns={agent.max_turns})"
@@ -229,17 +232,18 @@ _CUT_SHORT = frozenset({"length", "content_filter"})
 """Finish reasons of a reply that was stopped before it was whole."""
 
 
-def _cut_short(completion: Completion, run: Run) -> _Outcome:
+def _cut_short(completion: Completion, run: Run, *, keep_output: bool) -> _Outcome:
     """How the run ends when the reply was stopped before it was whole.
 
-    ``length``: cut at the token limit, so the text (kept as the output) is not a complete
-    answer and any tool call in it may be cut too; nothing in it is run. ``content_filter``:
-    the provider refused to finish the reply.
+    ``length``: cut at the token limit, so the text is not a complete answer and any tool
+    call in it may be cut too; nothing in it is run. The cut text is the output, unless it
+    answers a followup (the summary) and ``keep_output``: then the whole answer given before
+    it stays. ``content_filter``: the provider refused to finish the reply.
     """
     if completion.finish_reason == "content_filter":
         why = "the provider's content filter stopped the model's reply (finish_reason "
         return "failed", "execution_failed", why + "'content_filter')"
-    if completion.content:
+    if completion.content and not keep_output:
         run.output = completion.content
     limit = settings_of(run.provider).max_tokens
     at = f" (max_tokens={limit})" if limit is not None else ""

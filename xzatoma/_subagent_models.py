@@ -3,9 +3,9 @@ result. No async code here: ``_spawn`` runs them, ``_views`` makes their JSON.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import pydantic
 
@@ -136,21 +136,40 @@ class ParallelSubagentArgs(pydantic.BaseModel):
     )
 
 
-class ModelSentTask(SubagentTask):
-    """A :class:`SubagentTask` as a model's ``subagent`` call sends it: keys it does not
-    know are ignored, not refused. Small models add some (``required``, ``fail_fast``,
-    copied from the schema) and repeat them however often they are told not to; they can
-    change nothing, since only the keys above are read. Tasks from Python and task files
-    stay strict."""
+SCHEMA_WORDS: Final = frozenset(
+    {"$schema", "additionalProperties", "anyOf", "default", "description", "items",
+     "maxLength", "maximum", "minItems", "minimum", "properties", "required", "title", "type"}
+)  # fmt: skip
+"""JSON Schema's own words. Small models copy them from the tool's schema into the call
+(``"required": ["label", "task_prompt"]``) and repeat them however often they are told not
+to; in a call they can only be noise."""
+_BATCH_KEYS: Final = frozenset({"fail_fast", "max_concurrent"})
 
-    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+def _without(noise: frozenset[str]) -> Callable[[object], object]:
+    def drop(data: object) -> object:
+        if isinstance(data, dict) and not noise.isdisjoint(data):
+            return {k: v for k, v in data.items() if k not in noise}
+        return data
+
+    return drop
+
+
+class ModelSentTask(SubagentTask):
+    """A :class:`SubagentTask` as a model's ``subagent`` call sends it: JSON Schema words
+    (:data:`SCHEMA_WORDS`) and the batch's own ``fail_fast``/``max_concurrent`` are dropped
+    before it is checked; any other unknown key is still refused, so a misspelt
+    restriction (``allowedTools``) cannot quietly give the child every tool. Tasks from
+    Python and task files drop nothing."""
+
+    _drop = pydantic.model_validator(mode="before")(_without(SCHEMA_WORDS | _BATCH_KEYS))
 
 
 class ModelSentBatch(ParallelSubagentArgs):
-    """:class:`ParallelSubagentArgs` as a model's ``parallel_subagent`` call sends them,
-    unknown keys ignored, in the batch and in each task (see :class:`ModelSentTask`)."""
+    """:class:`ParallelSubagentArgs` as a model's ``parallel_subagent`` call sends them:
+    JSON Schema words dropped, in the batch and in each task (see :class:`ModelSentTask`)."""
 
-    model_config = pydantic.ConfigDict(extra="ignore")
+    _drop = pydantic.model_validator(mode="before")(_without(SCHEMA_WORDS))
 
     tasks: list[ModelSentTask] = pydantic.Field(  # type: ignore[assignment]
         min_length=1, description="The tasks, each run by its own subagent."

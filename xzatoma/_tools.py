@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_type_hint
 import pydantic
 
 from ._cancellation import is_stray_cancellation
+from ._model_schema import schema_for_models
 from ._types import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
@@ -143,91 +144,6 @@ class Tool(Generic[ArgsT]):
             return ToolResult.error(str(exc))
         result = await self.run(args, ctx)
         return result if isinstance(result, ToolResult) else ToolResult(result)
-
-
-_DATA_KEYS = frozenset({"default", "examples", "const", "enum"})
-"""Schema keywords whose values are data, not schemas: a ``title`` inside them stays."""
-_NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
-"""Schema keywords that map names (a property may be called ``title``) to schemas."""
-
-
-def schema_for_models(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema made plain for a model to read: no ``title`` annotations
-    (they repeat the names, cost prompt tokens, and small models copy them into the tool's
-    name: ``parallel_subagentArgs``), ``$defs`` written out where they are used (a small
-    model fills ``{"$ref": ...}`` in with the definition's own keys, ``required`` included),
-    and an optional ``T | None`` field shown as ``T`` (it is not required, and leaving it out
-    is what null means). A definition that refers to itself stays a reference."""
-    plain: dict[str, Any] = without_titles(schema)
-    definitions = plain.pop("$defs", None)
-    if not isinstance(definitions, dict):
-        definitions = {}
-    inlined: dict[str, Any] = _inline(plain, definitions, ())
-    left = {name: _inline(d, definitions, (name,)) for name, d in definitions.items()
-            if _refers_to(inlined, name)}  # fmt: skip
-    if left:
-        inlined["$defs"] = left
-    return inlined
-
-
-def _inline(node: Any, definitions: dict[str, Any], seen: tuple[str, ...]) -> Any:
-    if isinstance(node, list):
-        return [_inline(item, definitions, seen) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
-    if _is_optional(node):  # {"anyOf": [S, {"type": "null"}], "default": null} is S: leave
-        # it out to mean null; a small model reads one schema better than a choice of two.
-        rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
-        return _inline({**node["anyOf"][0], **rest}, definitions, seen)
-    if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
-        name = ref.removeprefix("#/$defs/")
-        if name in definitions and name not in seen:
-            return _inline(definitions[name], definitions, (*seen, name))
-        return node
-    return {key: value if key in _DATA_KEYS else _inline(value, definitions, seen)
-            for key, value in node.items()}  # fmt: skip
-
-
-def _is_optional(node: dict[str, Any]) -> bool:
-    choices = node.get("anyOf")
-    return (
-        "default" in node
-        and node["default"] is None
-        and isinstance(choices, list)
-        and len(choices) == 2
-        and isinstance(choices[0], dict)
-        and choices[1] == {"type": "null"}
-    )
-
-
-def _refers_to(node: Any, name: str) -> bool:
-    if isinstance(node, list):
-        return any(_refers_to(item, name) for item in node)
-    if not isinstance(node, dict):
-        return False
-    return node.get("$ref") == f"#/$defs/{name}" or any(
-        _refers_to(value, name) for value in node.values()
-    )
-
-
-def without_titles(schema: Any) -> Any:
-    """``schema`` without its ``title`` annotations (and nothing else)."""
-    if isinstance(schema, list):
-        return [without_titles(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key == "title" and isinstance(value, str):
-            continue
-        if key in _NAMED_SCHEMAS and isinstance(value, dict):
-            out[key] = {name: without_titles(sub) for name, sub in value.items()}
-        elif key in _DATA_KEYS:
-            out[key] = value
-        else:
-            out[key] = without_titles(value)
-    return out
 
 
 async def run_tool(found: Tool[Any], ctx: ToolContext, cancels: int = 0) -> ToolResult:

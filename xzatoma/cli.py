@@ -214,8 +214,11 @@ def _configure(args: argparse.Namespace) -> XzatomaConfig:
 
 
 def _as_typed(value: object) -> str:
-    """A flag's value as a person would write it: ``0``, not the parsed ``0.0``."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A flag's value as a person would write it: ``0``, not the parsed ``0.0``; every
+    digit kept (``2.0000001``, not ``2``)."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
 
 
 def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime:

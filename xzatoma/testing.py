@@ -21,6 +21,7 @@ from ._events import Event
 from ._types import Completion, Message, ToolCall, ToolSpec, Usage
 from .errors import ProviderError
 from .providers._base import Provider
+from .providers._settings import NO_SETTINGS, ModelSettings
 
 if TYPE_CHECKING:
     from .telemetry import TelemetryCapture as TelemetryCapture
@@ -76,6 +77,8 @@ class Request:
 
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...]
+    settings: ModelSettings = NO_SETTINGS
+    """The model settings of the provider (or twin) that was asked."""
 
     @property
     def tool_names(self) -> tuple[str, ...]:
@@ -102,6 +105,8 @@ class ScriptedProvider:
         usage: Usage reported by every reply that does not carry its own.
         model: The model name it reports.
         name: The provider name it reports.
+        settings: Model settings, recorded on every request (they change nothing else),
+            so a test can check what a subagent inherits.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class ScriptedProvider:
         usage: Usage | None = None,
         model: str = "scripted",
         name: str = "scripted",
+        settings: ModelSettings | None = None,
     ) -> None:
         self._function: ReplyFunction | None = None
         self._replies: list[Reply] = []
@@ -122,6 +128,7 @@ class ScriptedProvider:
         self.usage = usage
         self._model = model
         self._name = name
+        self._settings = settings or NO_SETTINGS
         self.requests: list[Request] = []
         """Every request received, in order."""
 
@@ -133,15 +140,27 @@ class ScriptedProvider:
     def model(self) -> str:
         return self._model
 
+    @property
+    def settings(self) -> ModelSettings:
+        """The model settings requests are recorded with."""
+        return self._settings
+
     def with_model(self, model: str) -> ScriptedProvider:
         """The same script under another model name, sharing the request record."""
-        twin = ScriptedProvider(usage=self.usage, model=model, name=self._name)
+        return self._twin(model, self._settings)
+
+    def with_settings(self, settings: ModelSettings) -> ScriptedProvider:
+        """The same script with ``settings`` over these, sharing the request record."""
+        return self._twin(self._model, self._settings.merged(settings))
+
+    def _twin(self, model: str, settings: ModelSettings) -> ScriptedProvider:
+        twin = ScriptedProvider(usage=self.usage, model=model, name=self._name, settings=settings)
         twin._function, twin._replies = self._function, self._replies
         twin._cursor, twin.requests = self._cursor, self.requests
         return twin
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
-        self.requests.append(Request(tuple(messages), tuple(tools)))
+        self.requests.append(Request(tuple(messages), tuple(tools), self._settings))
         if self._function is not None:
             value = self._function(messages, tools)
             answer = await value if inspect.isawaitable(value) else value

@@ -167,7 +167,11 @@ def _tool_call(raw: object) -> ToolCall | str:
     elif isinstance(arguments, dict | list):
         # Ollama and some others send the arguments as an object rather than a string; its
         # text is written unescaped, so a lone surrogate in it is cleaned like any other.
-        arguments = json.dumps(arguments, ensure_ascii=False)
+        try:
+            arguments = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN or Infinity, which Python's reader let in: the next
+            # request, which echoes the call back, could not be read by the endpoint
+            return "arguments hold NaN or Infinity, which are not JSON"
     elif isinstance(arguments, str):
         arguments = clean_json_escapes(arguments)
     else:

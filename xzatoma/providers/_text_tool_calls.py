@@ -43,7 +43,16 @@ _GAP: Final = re.compile(r"[\s,;]*")
 """What may stand between two calls: whitespace, and the comma or semicolon some write."""
 _WRAPPER_KEYS: Final = frozenset({"function", "id", "type"})
 _CALL_KEYS: Final = frozenset({"name", "arguments", "parameters", "id", "type"})
-_decoder: Final = json.JSONDecoder()
+MAX_CALLS: Final = 1000
+"""The most calls one reply may be read as: text holding more stays text, so a reply of
+millions of tiny values cannot hold the event loop for seconds."""
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: the next request could not carry it
+
+
+_decoder: Final = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def recover_tool_calls(content: str, offered: Collection[str]) -> tuple[ToolCall, ...]:
@@ -59,6 +68,8 @@ def recover_tool_calls(content: str, offered: Collection[str]) -> tuple[ToolCall
     if values is None:
         return ()
     calls: list[ToolCall] = []
+    if sum(len(v) if isinstance(v, list) else 1 for v in values) > MAX_CALLS:
+        return ()
     for value in values:
         for raw in value if isinstance(value, list) else (value,):
             call = _call(raw, offered)
@@ -109,10 +120,19 @@ def _read(text: str, index: int, values: list[Any]) -> int:
             value, index = _decoder.raw_decode(text, index)
         except (ValueError, RecursionError):  # not JSON here, or nested absurdly deep
             break
+        if not _could_be_calls(value) or len(values) >= MAX_CALLS:
+            return -1  # known to be text now: read no further
         values.append(value)
         found = True
         index = _gap(text, index)
     return index if found else -1
+
+
+def _could_be_calls(value: object) -> bool:
+    """A call is an object; several are a non-empty list of objects."""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _gap(text: str, index: int) -> int:
@@ -134,6 +154,8 @@ def _call(raw: object, offered: Collection[str]) -> ToolCall | None:
             return None
     if "name" not in raw or not set(raw) <= _CALL_KEYS:
         return None
+    if raw.get("type", "function") != "function":
+        return None
     name = raw["name"]
     if not isinstance(name, str) or name not in offered:
         return None
@@ -149,7 +171,7 @@ def _arguments(value: object) -> str | None:
         if not value.strip():
             return "{}"
         try:
-            value = json.loads(value)
+            value = _decoder.decode(value)
         except (ValueError, RecursionError):
             return None
     if value is None:

@@ -16,6 +16,7 @@ from typing import Final
 
 from .._types import Completion, ToolSpec
 from ._openai_wire import with_unique_ids
+from ._settings import NO_SETTINGS, ModelSettings
 from ._text_tool_calls import recover_tool_calls
 
 __all__ = ("ToolReplies",)
@@ -43,9 +44,17 @@ class ToolReplies:
         self._logger, self._url, self.recover = logger, url, recover
         self._warned: set[str] = set()
 
-    def check(self, completion: Completion, tools: Sequence[ToolSpec], model: str) -> Completion:
+    def check(
+        self,
+        completion: Completion,
+        tools: Sequence[ToolSpec],
+        model: str,
+        settings: ModelSettings = NO_SETTINGS,
+    ) -> Completion:
         """The completion, with the tool calls its text consists of made real (``recover``),
-        after warning if the endpoint cannot have shown ``model`` the tools."""
+        after warning if the endpoint cannot have shown ``model`` the tools. ``settings``
+        hold for recovered calls too: none with ``tool_choice="none"``, one at most with
+        ``parallel_tool_calls=False``."""
         if not completion.usage.estimated and model not in self._warned:
             self._check_tools_seen(completion.usage.prompt_tokens, tools, model)
         if (
@@ -53,15 +62,26 @@ class ToolReplies:
             and completion.content
             and not completion.tool_calls
             and completion.finish_reason not in _CUT_SHORT
+            and settings.tool_choice != "none"
         ):
-            return self._recovered(completion, {spec.name for spec in tools}, model)
+            names = {spec.name for spec in tools}
+            return self._recovered(completion, names, model, settings)
         return completion
 
-    def _recovered(self, completion: Completion, names: set[str], model: str) -> Completion:
+    def _recovered(
+        self, completion: Completion, names: set[str], model: str, settings: ModelSettings
+    ) -> Completion:
         assert completion.content is not None
         calls = recover_tool_calls(completion.content, names)
         if not calls:
             return completion
+        if settings.parallel_tool_calls is False and len(calls) > 1:
+            self._logger.debug(
+                "%s wrote %d tool calls as text; running the first (parallel_tool_calls=False)",
+                model,
+                len(calls),
+            )
+            calls = calls[:1]
         self._logger.debug(
             "read %d tool call(s) that %s wrote as text: %s",
             len(calls),

@@ -284,7 +284,7 @@ class OpenAIProvider:
                 f"malformed reply from {self._shown_url}: {exc}; body: {excerpt}", 200
             ) from None
         if tools:
-            completion = self._tool_replies.check(completion, tools, self._model)
+            completion = self._tool_replies.check(completion, tools, self._model, self._settings)
         return completion
 
     async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
