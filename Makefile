@@ -46,7 +46,7 @@ test: lint typecheck pytest
 
 # The real small model in the test suite (tests/test_real_model.py); CI runs it after `make test`.
 test-real: $(LOCAL_STAMP)
-	$(BIN)/pytest -m real_model -rP tests/test_real_model.py $(ARGS)
+	$(BIN)/pytest -m real_model -rP tests/test_real_model.py tests/test_local_model.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -744,3 +744,19 @@ async def test_a_tracer_provider_that_cannot_load_turns_spans_off_and_metrics_go
     assert captured.value(n.EXECUTIONS, depth=1) == 1
     assert not subscriber._spans_on
     assert sum("spans failed on run_started" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_tool_calls_read_from_text_are_counted_and_on_the_chat_span(
+    captured: TelemetryCapture,
+) -> None:
+    from dataclasses import replace
+
+    written = replace(tool_calls(spawn("a", "t"), spawn("b", "t")), tool_calls_from_text=True)
+    plan: dict[str, list[Step]] = {"root": [written, "ok"], "t": ["leaf"]}
+    runtime, subscriber = make_runtime(scripted(plan))
+    await runtime.run("root")
+    assert captured.value(n.TEXT_TOOL_CALLS, depth=0) == 2
+    chats = captured.spans_named("chat scripted")
+    marked = [s.attributes.get(n.XZ_TOOL_CALLS_FROM_TEXT) for s in chats if s.attributes]
+    assert [m for m in marked if m is not None] == [2]  # the one reply written as text
+    assert_at_rest(captured, subscriber)

@@ -281,8 +281,16 @@ def metric_lines(text: str) -> list[str]:
             if not k.startswith("otel_")
         ]
         rows.append((name, ",".join(labels), float(match["value"])))
-    if not rows:
-        return ["(no subagent_* series: is the prometheus extra installed?)"]
+    if not rows:  # say why, since a reader of the demo cannot tell the cases apart
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            why = "the prometheus extra is not installed: pip install 'xzatoma[prometheus]'"
+        elif "gen_ai_client_" in text:  # the model calls were recorded
+            why = "no subagent ran, so none was recorded"
+        else:
+            why = "the scrape holds none of xzatoma's metrics, not even its model calls"
+        return [f"(no subagent_* series: {why})"]
     rows.sort(key=lambda row: (_ORDER.get(row[0].split("_")[1], 9), row[0], row[1]))
     width = max(len(n) + len(lb) for n, lb, _ in rows) + 4
     lines = [f"{n + ('{' + lb + '}' if lb else ''):<{width}} {_number(v)}" for n, lb, v in rows]

