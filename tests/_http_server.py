@@ -12,9 +12,12 @@ import json
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
+
+from xzatoma import OpenAIProvider
 
 __all__ = ("RecordedRequest", "Reply", "ScriptedHTTPServer")
 
@@ -164,3 +167,7 @@ class ScriptedHTTPServer:
             do_GET = do_POST = _serve
 
         return Handler
+
+
+MakeProvider: TypeAlias = Callable[..., OpenAIProvider]
+"""The ``make_provider`` fixture (``tests/conftest.py``): ``make(**kwargs)`` for the server."""

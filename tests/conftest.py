@@ -8,8 +8,14 @@ and at the same instant on every run, whatever the machine's load.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
 import pytest
 from _clock import Backend, backend_options
+from _http_server import MakeProvider, ScriptedHTTPServer
+
+from xzatoma import OpenAIProvider
 
 
 @pytest.fixture
@@ -18,3 +24,27 @@ def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[Backend, dict[s
     if backend is None:
         return "asyncio"
     return backend, backend_options(backend)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedHTTPServer]:
+    """A scripted HTTP server on 127.0.0.1 (``tests/_http_server.py``)."""
+    with ScriptedHTTPServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def make_provider(server: ScriptedHTTPServer) -> AsyncIterator[MakeProvider]:
+    """``make(**kwargs)``: an ``OpenAIProvider`` for ``server`` (model ``local-model`` unless
+    given), closed after the test."""
+    made: list[OpenAIProvider] = []
+
+    def make(**kwargs: Any) -> OpenAIProvider:
+        kwargs.setdefault("model", "local-model")
+        provider = OpenAIProvider(server.url + "/v1", **kwargs)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.aclose()

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeAlias
+from typing import Any
 
 import anyio
 import pytest
-from _http_server import Reply, ScriptedHTTPServer
+from _http_server import MakeProvider, Reply, ScriptedHTTPServer
 
 from xzatoma import ModelSettings, Runtime
 from xzatoma._types import Message, ToolSpec
@@ -30,7 +29,6 @@ ALL_SET = ModelSettings(
     temperature=0.5, top_p=0.9, seed=42, max_tokens=256, tool_choice="auto",
     parallel_tool_calls=False,
 )  # fmt: skip
-MakeProvider: TypeAlias = Callable[..., OpenAIProvider]
 
 
 def chat_reply(usage: dict[str, int] | None = None) -> dict[str, Any]:
@@ -53,32 +51,6 @@ def usage(prompt_tokens: int) -> dict[str, int]:
         "completion_tokens": 3,
         "total_tokens": prompt_tokens + 3,
     }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedHTTPServer]:
-    with ScriptedHTTPServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-async def make_provider(server: ScriptedHTTPServer) -> AsyncIterator[MakeProvider]:
-    made: list[OpenAIProvider] = []
-
-    def make(**kwargs: Any) -> OpenAIProvider:
-        kwargs.setdefault("model", "local-model")
-        provider = OpenAIProvider(server.url + "/v1", **kwargs)
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.aclose()
 
 
 async def sent(server: ScriptedHTTPServer, provider: OpenAIProvider, *, tools: bool) -> Any:

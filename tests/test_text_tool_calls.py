@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeAlias
+from typing import Any
 
 import pytest
-from _http_server import Reply, ScriptedHTTPServer
+from _http_server import MakeProvider, Reply, ScriptedHTTPServer
 
 from xzatoma import Agent, tool
 from xzatoma._types import Message, ToolCall, ToolSpec
 from xzatoma.providers._text_tool_calls import recover_tool_calls
-from xzatoma.providers.openai import OpenAIProvider
 
 OFFERED = frozenset({"get_weather", "get_time"})
 WEATHER = ToolSpec(
@@ -200,7 +198,6 @@ def test_nothing_is_recovered_when_no_tool_was_offered() -> None:
 # -- through OpenAIProvider.complete, against a real server on loopback ---------------------------
 
 LOGGER = "xzatoma.providers.openai"
-MakeProvider: TypeAlias = Callable[..., OpenAIProvider]
 
 
 def chat_reply(content: str | None, *, finish_reason: str = "stop") -> dict[str, Any]:
@@ -217,31 +214,6 @@ def chat_reply(content: str | None, *, finish_reason: str = "stop") -> dict[str,
         ],
         "usage": {"prompt_tokens": 400, "completion_tokens": 30, "total_tokens": 430},
     }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedHTTPServer]:
-    with ScriptedHTTPServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-async def make_provider(server: ScriptedHTTPServer) -> AsyncIterator[MakeProvider]:
-    made: list[OpenAIProvider] = []
-
-    def make(**kwargs: Any) -> OpenAIProvider:
-        provider = OpenAIProvider(server.url + "/v1", "local-model", **kwargs)
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.aclose()
 
 
 @pytest.mark.anyio
