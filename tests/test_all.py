@@ -44,6 +44,7 @@ EXPECTED = {
     "Batch",
     "ConfigError",
     "DepthLimitExceeded",
+    "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
     "XzatomaError",

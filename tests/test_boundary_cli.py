@@ -270,7 +270,7 @@ def test_a_signal_cancels_the_batch_and_prints_what_finished(
         assert (row["label"], row["status"], row["output"]) == ("a", "complete", "answer of a")
     else:
         assert "interrupted: 1 of 3 tasks had finished" in out
-        assert "  a: complete, 2 turns, 30 tokens\n    answer of a\n" in out
+        assert "  a: complete, 2 turns, 610 tokens\n    answer of a\n" in out
         assert "batch complete" not in out
     assert_metrics_stopped(err)
 
@@ -324,7 +324,7 @@ def test_a_signal_cancels_the_run_and_prints_the_finished_subagents(
         assert (row["label"], row["status"], row["output"]) == ("a", "complete", "answer of a")
     else:
         assert "interrupted: 1 subagents had finished" in out
-        assert "  a: complete, 2 turns, 30 tokens\n    answer of a\n" in out
+        assert "  a: complete, 2 turns, 610 tokens\n    answer of a\n" in out
         assert "partial answer of the root agent:\n    Let me delegate.\n" in out
     assert_metrics_stopped(err)
 

@@ -80,7 +80,7 @@ def chat(
             "object": "chat.completion",
             "model": "m",
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            "usage": {"prompt_tokens": 300, "completion_tokens": 5, "total_tokens": 305},
         }
     )
 
@@ -322,7 +322,7 @@ def test_run_with_a_subagent_json_and_tree(
     assert data["output"] == "The answer is 42."
     [child] = data["children"]
     assert (child["label"], child["depth"], child["output"]) == ("helper", 1, "x=42")
-    assert data["total_usage"]["total_tokens"] == 60
+    assert data["total_usage"]["total_tokens"] == 1220
     assert re.search(r"└─ helper\s+complete\s+depth 1", err)
 
 
@@ -419,11 +419,11 @@ def test_batch_plain_progress_and_results(
     progress = [line for line in lines if line.startswith("[")]
     assert [p.split()[0] for p in progress] == ["[1/3]", "[2/3]", "[3/3]"]
     assert all(
-        re.fullmatch(r"\[\d/3\] done [abc] \(complete, 2 turns, 30 tokens\)", p) for p in progress
+        re.fullmatch(r"\[\d/3\] done [abc] \(complete, 2 turns, 610 tokens\)", p) for p in progress
     )
     for label in "abc":
-        assert f"== {label}: complete, 2 turns, 30 tokens" in out
-    assert "batch complete: 3 succeeded, 0 failed, 0 cancelled; 90 tokens" in out
+        assert f"== {label}: complete, 2 turns, 610 tokens" in out
+    assert "batch complete: 3 succeeded, 0 failed, 0 cancelled; 1830 tokens" in out
 
 
 def test_batch_json_keeps_stdout_clean(
@@ -435,7 +435,7 @@ def test_batch_json_keeps_stdout_clean(
     )
     assert code == 0
     data = json.loads(out)
-    assert (data["status"], data["successful"], data["total_tokens"]) == ("complete", 2, 60)
+    assert (data["status"], data["successful"], data["total_tokens"]) == ("complete", 2, 1220)
     assert [r["label"] for r in data["results"]] == ["a", "b"]  # input order
     assert data["results"][0]["output"] == "answer"
     assert "[2/2] done" in err  # progress went to stderr
@@ -703,6 +703,6 @@ def test_ctrl_c_cancels_the_batch_and_reports_what_finished(
     release.set()
     assert proc.returncode == 130
     assert "interrupted: 1 of 3 tasks had finished" in out
-    assert "  a: complete, 2 turns, 30 tokens" in out
+    assert "  a: complete, 2 turns, 610 tokens" in out
     assert "batch complete" not in out
     assert err.strip() == "xzatoma: interrupted; the batch was cancelled"

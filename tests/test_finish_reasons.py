@@ -12,6 +12,7 @@ import pytest
 from xzatoma import (
     Agent,
     Completion,
+    ConfigError,
     Message,
     ModelSettings,
     OpenAIProvider,
@@ -236,3 +237,25 @@ async def test_a_tool_choice_none_reply_is_never_read_as_tool_calls() -> None:
     assert [c.name for c in single.tool_calls] == ["search"]
     both = replies.check(one, [spec], "m")
     assert len(both.tool_calls) == 2
+
+
+async def test_a_subagent_provider_without_with_settings_still_serves_the_children() -> None:
+    class Plain:
+        name, model = "plain", "plain-model"
+
+        async def complete(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+        ) -> Completion:
+            return reply("child answer")
+
+    parent = ScriptedProvider(
+        [tool_calls(call("subagent", label="c", task_prompt="x")), reply("done")],
+        settings=ModelSettings(temperature=0.0),
+    )
+    config = SubagentConfig(summary_prompt=None, provider=Plain())
+    result = await Runtime(parent, subagents=config).run("root")
+    assert [(c.status, c.output) for c in result.children] == [("complete", "child answer")]
+    with pytest.raises(ConfigError, match="has no with_settings"):
+        Runtime(
+            parent, subagents=SubagentConfig(provider=Plain(), model_settings=ModelSettings(seed=1))
+        )

@@ -336,10 +336,9 @@ def test_end_escalates_from_stdin_to_sigterm_to_sigkill(child: str, returncode: 
         [sys.executable, "-c", CHILDREN[child]],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        text=True,
     )
     assert process.stdout is not None
-    assert process.stdout.readline() == "ready\n"  # its signal handling is in place
+    assert process.stdout.readline() == b"ready\n"  # its signal handling is in place
     _end(process, grace=0.5)
     assert process.returncode == returncode
     process.stdout.close()

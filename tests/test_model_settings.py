@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +46,6 @@ OUT_OF_RANGE: list[tuple[str, Any, str]] = [
 ]  # fmt: skip
 FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "seed": "--seed",
          "max_tokens": "--max-tokens", "tool_choice": "--tool-choice"}  # fmt: skip
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedHTTPServer]:
-    with ScriptedHTTPServer() as srv:
-        yield srv
 
 
 def chat(content: str | None = "ok", *, call: dict[str, Any] | None = None) -> Reply:
@@ -264,6 +257,19 @@ def test_nothing_set_sends_nothing(
     [request] = server.requests
     assert sent(request) == {"model": "m"}
     assert "tools" in request.json()
+
+
+def test_a_dropped_tools_warning_is_shown_without_verbose(
+    capsys: pytest.CaptureFixture[str], server: ScriptedHTTPServer
+) -> None:
+    body = chat("fine").body
+    assert isinstance(body, dict)
+    body["usage"] = {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}
+    server.add(Reply(body=body))
+    assert main(["run", "hi", "--base-url", server.url + "/v1", "--model", "m"]) == 0
+    err = capsys.readouterr().err
+    assert "xzatoma: WARNING: " in err
+    assert "the server probably dropped the tools from the prompt" in err
 
 
 def test_the_command_line_beats_the_file_which_beats_the_defaults(

@@ -173,6 +173,7 @@ REFUSED: dict[str, str] = {
     "an empty reply": "",
     "a reply of whitespace": " \n\t ",
     "nested absurdly deep": "[" * 100_000 + "]" * 100_000,
+    "a number too big for a float": '{"name": "get_time", "arguments": {"x": 1e999}}',
     "NaN in the arguments": '{"name": "get_time", "arguments": {"x": NaN}}',
     "Infinity in argument text": '{"name": "get_time", "arguments": "{\\"x\\": -Infinity}"}',
     "a flat call of another type": '{"type": "tool", "name": "get_time", "arguments": {}}',

@@ -37,6 +37,7 @@ from ._types import ToolSpec as ToolSpec
 from ._types import Usage as Usage
 from .errors import ConfigError as ConfigError
 from .errors import DepthLimitExceeded as DepthLimitExceeded
+from .errors import LocalModelError as LocalModelError
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import XzatomaError as XzatomaError
@@ -91,6 +92,7 @@ __all__ = (
     # errors
     "ConfigError",
     "DepthLimitExceeded",
+    "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
     "XzatomaError",

@@ -34,7 +34,16 @@ from .testing import ScriptedProvider, call
 if TYPE_CHECKING:
     from .telemetry import MetricsServer
 
-__all__ = ("PROMPT", "read_changelog", "report", "run_demo", "scenario")
+__all__ = (
+    "CHANGELOGS",
+    "MAX_CONCURRENT",
+    "MAX_DEPTH",
+    "MAX_EXECUTIONS",
+    "PROMPT",
+    "report",
+    "run_demo",
+    "scenario",
+)
 
 MAX_DEPTH, MAX_EXECUTIONS, MAX_CONCURRENT = 2, 10, 4
 SYSTEM_PROMPT = (

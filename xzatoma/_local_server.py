@@ -83,7 +83,7 @@ class LocalServer:
         self.model_path = Path(model_path)
         self.settings = settings
         self.address = ""
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
@@ -112,7 +112,7 @@ class LocalServer:
                    "--threads", str(s.threads), "--context", str(s.context),
                    "--n-predict", str(s.n_predict), "--parallel", str(s.parallel)]  # fmt: skip
         self._process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, bufsize=0
         )
         deadline = time.monotonic() + s.startup_timeout
         try:
@@ -145,7 +145,11 @@ class LocalServer:
         process = self._process
         assert process is not None
         assert process.stdout is not None
+        said = b""  # read from the raw pipe: a buffered readline could hold the line back
         while True:
+            for line in said.decode("utf-8", "replace").splitlines(keepends=True):
+                if line.startswith(_READY) and line.endswith("\n"):
+                    return line.split(maxsplit=1)[1].strip().rstrip("/")
             left = deadline - time.monotonic()
             if process.poll() is not None:
                 raise self._failed(f"the server exited with code {process.returncode}")
@@ -153,9 +157,7 @@ class LocalServer:
                 raise self._failed(f"the model did not load in {self.settings.startup_timeout:g} s")
             readable, _, _ = select.select([process.stdout], [], [], min(left, 1.0))
             if readable:
-                line = process.stdout.readline()
-                if line.startswith(_READY):
-                    return line.split(maxsplit=1)[1].strip().rstrip("/")
+                said += os.read(process.stdout.fileno(), 65536)
 
     def _await_health(self, deadline: float) -> None:
         with httpx.Client(timeout=5.0) as client:
@@ -175,7 +177,7 @@ class LocalServer:
         return LocalModelError(f"the llama.cpp server for {name} failed: {why}{said}")
 
 
-def _end(process: subprocess.Popen[str], grace: float) -> None:
+def _end(process: subprocess.Popen[bytes], grace: float) -> None:
     """Close the child's stdin, on which it exits at once; if it is still there after
     ``grace`` seconds, SIGTERM; after ``grace`` more, SIGKILL; then reap it."""
     with contextlib.suppress(OSError):
@@ -215,6 +217,7 @@ def _serve(argv: Sequence[str]) -> int:
     params.endpoint_metrics = True
     server = xllamacpp.Server(params)
     print(_READY, server.listening_address, flush=True)
+    os.dup2(2, 1)  # whatever llama.cpp prints later goes to the log, not to a pipe none reads
     sys.stdin.read()  # until the parent closes it or exits
     # At once, with ``server`` still referenced: its destructor (``del``, or a normal exit)
     # waits for the main loop, which held a request being generated for 30 s here, the

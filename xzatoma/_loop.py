@@ -21,7 +21,7 @@ from ._cancellation import cancel_requests, is_stray_cancellation
 from ._result import ErrorType, RunStatus
 from ._run import ModelCall, Run, new_id
 from ._tools import ToolContext, ToolResult, run_tool
-from ._types import Completion, Message, ToolCall
+from ._types import CUT_SHORT, Completion, Message, ToolCall
 from ._usage import UsageRefused, checked_usage
 from .errors import ProviderError, QuotaExceeded
 from .providers._settings import settings_of
@@ -35,9 +35,7 @@ logger = logging.getLogger("xzatoma.agent")
 
 _Outcome = tuple[RunStatus, ErrorType | None, str | None]
 
-EMPTY_ANSWER_PROMPT = (
-    "Your last reply was empty. Answer the task now, with what you have found so far."
-)
+EMPTY_ANSWER_PROMPT = "Your last reply was empty. Reply now, with what you have found so far."
 """The user turn sent once after an empty final answer, while turns remain; a second empty
 answer ends the run ``incomplete``."""
 
@@ -108,7 +106,7 @@ class RunLoop:
             if run.quota is not None:
                 run.quota.charge(completion.usage.total_tokens)
             messages.append(completion.message)
-            if completion.finish_reason in _CUT_SHORT:
+            if completion.finish_reason in CUT_SHORT:
                 # A followup (the summary) cut short keeps the whole answer given before it.
                 return _cut_short(completion, run, keep_output=answered)
             calls, content = completion.tool_calls, completion.content
@@ -226,10 +224,6 @@ class RunLoop:
             return result
         finally:
             run.hooks.tool_call_ended(run, ctx, result)
-
-
-_CUT_SHORT = frozenset({"length", "content_filter"})
-"""Finish reasons of a reply that was stopped before it was whole."""
 
 
 def _cut_short(completion: Completion, run: Run, *, keep_output: bool) -> _Outcome:

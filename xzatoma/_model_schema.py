@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ("schema_for_models", "without_titles")
+__all__ = ("schema_for_models",)
 
 _DATA_KEYS: Final = frozenset({"default", "examples", "const", "enum"})
 """Keywords whose values are data, not schemas: a ``title`` or ``$ref`` inside stays."""

@@ -108,9 +108,11 @@ class Spawner:
             return provider
         with_settings = getattr(provider, "with_settings", None)
         if with_settings is None:
+            if not self.config.model_settings:
+                return provider  # a provider of its own, with no settings to inherit into
             raise ConfigError(
-                f"cannot give provider {provider.name!r} the model settings of its parent or "
-                "of SubagentConfig.model_settings: it has no with_settings()"
+                f"cannot give provider {provider.name!r} SubagentConfig.model_settings: it "
+                "has no with_settings()"
             )
         changed: Provider = with_settings(wanted)
         return changed
@@ -385,7 +387,7 @@ class _Execution:
 
 def _parse(model: type[Any], arguments: str) -> Any:
     """The arguments as ``model``; invalid ones are an ``invalid_input`` refusal (keys the
-    model made up are ignored: see :class:`ModelSentTask`)."""
+    model copies from the schema are dropped first: see :class:`ModelSentTask`)."""
     name, lenient = _AS_SENT[model]
     try:
         return parse_arguments(lenient, name, arguments)

@@ -11,7 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-__all__ = ("NO_USAGE", "Completion", "Message", "Role", "ToolCall", "ToolSpec", "Usage")
+__all__ = (
+    "CUT_SHORT",
+    "NO_USAGE",
+    "Completion",
+    "Message",
+    "Role",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -101,6 +110,11 @@ class Message:
     @classmethod
     def tool(cls, call: ToolCall, content: str) -> Message:
         return cls("tool", content, tool_call_id=call.id, name=call.name)
+
+
+CUT_SHORT: Final = frozenset({"length", "content_filter"})
+"""Finish reasons of a reply stopped before it was whole: the run ends there (``length``:
+``incomplete``; ``content_filter``: ``failed``) and nothing in the reply is run."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from ._views import batch_dict
 from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, load_tasks
 from .errors import ConfigError, LocalModelError
 from .providers import OpenAIProvider
+from .providers._tool_replies import SHOWN
 
 if TYPE_CHECKING:
     from .telemetry import MetricsServer
@@ -91,10 +92,15 @@ class _EscapingFormatter(logging.Formatter):
 @contextlib.contextmanager
 def _logging(verbose: bool) -> Iterator[None]:
     """xzatoma's log records on stderr while a command runs: warnings with ``--verbose``
-    (retries), else errors only, so a failure stays one line."""
+    (retries), else errors only, so a failure stays one line; a warning marked
+    as :data:`~xzatoma.providers._tool_replies.ALWAYS_SHOWN` (the endpoint dropped the
+    tools) is shown either way."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EscapingFormatter("xzatoma: %(levelname)s: %(message)s"))
-    handler.setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        handler.addFilter(
+            lambda record: record.levelno >= logging.ERROR or getattr(record, SHOWN, False)
+        )
     logger = logging.getLogger("xzatoma")
     logger.addHandler(handler)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from .._usage import MAX_TOKENS_PER_CALL
 from ..errors import ConfigError
@@ -28,7 +28,7 @@ __all__ = (
 ToolChoice = Literal["auto", "none", "required"]
 """``auto`` (the model decides), ``none`` (no tool calls), ``required`` (every reply calls a
 tool, so an agent never answers and ends ``incomplete`` at ``max_turns``)."""
-TOOL_CHOICES: Final = ("auto", "none", "required")
+TOOL_CHOICES: Final = get_args(ToolChoice)
 
 _SEED_LIMIT = 2**63
 """Seeds are 64-bit signed integers on the wire (OpenAI's ``seed``)."""
@@ -63,9 +63,11 @@ class ModelSettings:
         _integer(self.seed, "seed", -_SEED_LIMIT, _SEED_LIMIT - 1)
         _integer(self.max_tokens, "max_tokens", 1, MAX_TOKENS_PER_CALL)
         if self.tool_choice is not None and self.tool_choice not in TOOL_CHOICES:
+            words = ", ".join(repr(choice) for choice in TOOL_CHOICES[:-1])
             raise ConfigError(
-                f"tool_choice must be 'auto', 'none' or 'required', got {self.tool_choice!r}; "
-                "one named tool cannot be forced on every turn (the agent could never answer)"
+                f"tool_choice must be {words} or {TOOL_CHOICES[-1]!r}, got "
+                f"{self.tool_choice!r}; one named tool cannot be forced on every turn (the "
+                "agent could never answer)"
             )
         if self.parallel_tool_calls is not None and type(self.parallel_tool_calls) is not bool:
             raise ConfigError(

@@ -8,7 +8,8 @@ in these forms, and every call names a tool the request offered:
 - a JSON object ``{"name": ..., "arguments": {...}}`` (``parameters`` for ``arguments``, and
   the OpenAI shape ``{"type": "function", "function": {...}}`` too), several of them one
   after another, or a JSON list of them;
-- the same inside Markdown fences (`````json`` or a bare `````), one fence or several;
+- the same inside Markdown fences (`````json``, a bare `````, or tagged ``tool_call``,
+  ``tool_code`` or ``javascript``), one fence or several;
 - Hermes/Qwen ``<tool_call>{...}</tool_call>`` blocks, one or several (the last one may be
   left unclosed: such models stop generating right there).
 
@@ -178,5 +179,9 @@ def _arguments(value: object) -> str | None:
         return "{}"
     if not isinstance(value, dict):
         return None
+    try:  # 1e999 reads as infinity, which the next request could not carry back
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return None
     # Written unescaped, so a lone surrogate from a "\ud800" escape is cleaned like any other.
-    return replace_lone_surrogates(json.dumps(value, ensure_ascii=False))
+    return replace_lone_surrogates(text)

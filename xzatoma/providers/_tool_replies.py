@@ -14,20 +14,22 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Final
 
-from .._types import Completion, ToolSpec
+from .._types import CUT_SHORT, Completion, ToolSpec
 from ._openai_wire import with_unique_ids
 from ._settings import NO_SETTINGS, ModelSettings
 from ._text_tool_calls import recover_tool_calls
 
-__all__ = ("ToolReplies",)
+__all__ = ("ALWAYS_SHOWN", "SHOWN", "ToolReplies")
+
+SHOWN: Final = "xzatoma_always_shown"
+ALWAYS_SHOWN: Final = {SHOWN: True}
+"""``extra`` of a warning the command line shows without ``--verbose``: the run will
+likely go wrong because of it, and the user can fix it."""
 
 _CHARS_PER_TOKEN_AT_MOST: Final = 12
 """No tokenizer packs more characters of JSON schema into one token (about 3 to 4 is usual;
 the two subagent tools' 3,000-odd characters are about 1,000 tokens for Qwen2.5): a prompt
 counted at fewer tokens than its schemas' length over this did not hold them."""
-_CUT_SHORT: Final = frozenset({"length", "content_filter"})
-"""Finish reasons of a reply stopped before it was whole: its text is kept as text, so a
-cut answer stays visible and a cut call is never run."""
 
 
 class ToolReplies:
@@ -61,7 +63,7 @@ class ToolReplies:
             self.recover
             and completion.content
             and not completion.tool_calls
-            and completion.finish_reason not in _CUT_SHORT
+            and completion.finish_reason not in CUT_SHORT  # a cut call is never run
             and settings.tool_choice != "none"
         ):
             names = {spec.name for spec in tools}
@@ -113,4 +115,5 @@ class ToolReplies:
             prompt_tokens,
             schema_chars // 4,
             model,
+            extra=ALWAYS_SHOWN,
         )

@@ -127,8 +127,14 @@ class OpenAIProvider:
         text_tool_calls: bool = True,
     ) -> None:
         validate_base_url(base_url)
-        given = ModelSettings(temperature, top_p, seed, max_tokens, tool_choice,
-                              parallel_tool_calls)  # fmt: skip
+        given = ModelSettings(
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_tokens=max_tokens,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+        )
         if type(text_tool_calls) is not bool:
             raise ConfigError(f"text_tool_calls must be True or False, got {text_tool_calls!r}")
         if settings is not None and not isinstance(settings, ModelSettings):
