@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from ._agent import Agent
+from ._child_provider import provider_for_children
 from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_depth
 from ._result import ErrorType, RunStatus
 from ._run import Batch, Run
@@ -32,9 +33,8 @@ from ._subagent_models import (
 )
 from ._text import replace_lone_surrogates
 from ._tools import Tool, parse_arguments
-from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
+from .errors import DepthLimitExceeded, QuotaExceeded
 from .providers._base import Provider
-from .providers._settings import settings_of
 
 __all__ = ("Refused", "Spawner")
 
@@ -83,39 +83,9 @@ class Spawner:
         resolved = self._resolved
         if resolved is not None and (parent is resolved[0] or parent is resolved[1]):
             return resolved[1]
-        provider = self.config.provider or parent
-        model = self.config.model
-        if model is not None and model != provider.model:
-            with_model = getattr(provider, "with_model", None)
-            if with_model is None:
-                raise ConfigError(
-                    f"cannot switch provider {provider.name!r} to model {model!r}: it has no "
-                    "with_model(); set SubagentConfig.provider instead"
-                )
-            provider = with_model(model)
-        provider = self._with_settings(parent, provider)
+        provider = provider_for_children(parent, self.config)
         self._resolved = (parent, provider)
         return provider
-
-    def _with_settings(self, parent: Provider, provider: Provider) -> Provider:
-        """``provider`` with the model settings a child inherits: the parent's, then the
-        child provider's own (when it is another one), then ``config.model_settings``."""
-        wanted = settings_of(parent)
-        if provider is not parent:
-            wanted = wanted.merged(settings_of(provider))
-        wanted = wanted.merged(self.config.model_settings)
-        if wanted == settings_of(provider):
-            return provider
-        with_settings = getattr(provider, "with_settings", None)
-        if with_settings is None:
-            if not self.config.model_settings:
-                return provider  # a provider of its own, with no settings to inherit into
-            raise ConfigError(
-                f"cannot give provider {provider.name!r} SubagentConfig.model_settings: it "
-                "has no with_settings()"
-            )
-        changed: Provider = with_settings(wanted)
-        return changed
 
     # -- one execution -----------------------------------------------------------------------
     async def spawn(
