@@ -45,6 +45,8 @@ class ToolReplies:
     def __init__(self, logger: logging.Logger, url: str, *, recover: bool) -> None:
         self._logger, self._url, self.recover = logger, url, recover
         self._warned: set[str] = set()
+        # An agent sends the same tuple of specs every turn: their length is worked out once.
+        self._sized: tuple[Sequence[ToolSpec] | None, int] = (None, 0)
 
     def check(
         self,
@@ -97,11 +99,18 @@ class ToolReplies:
             tool_calls_from_text=True,
         )
 
+    def _schema_chars(self, tools: Sequence[ToolSpec]) -> int:
+        """About what a chat template renders of ``tools`` (jinja's tojson spaces it so)."""
+        sized, chars = self._sized
+        if tools is not sized:
+            chars = sum(len(json.dumps(spec.to_openai())) for spec in tools)
+            self._sized = (tools, chars)
+        return chars
+
     def _check_tools_seen(self, prompt_tokens: int, tools: Sequence[ToolSpec], model: str) -> None:
         """Warn (once per model) when the endpoint counted fewer prompt tokens than the tool
         schemas alone must take: the server most likely dropped ``tools`` from the prompt."""
-        # About what a chat template renders (jinja's tojson spaces it so); a few KiB: cheap.
-        schema_chars = sum(len(json.dumps(spec.to_openai())) for spec in tools)
+        schema_chars = self._schema_chars(tools)
         if prompt_tokens * _CHARS_PER_TOKEN_AT_MOST >= schema_chars:
             return
         self._warned.add(model)
