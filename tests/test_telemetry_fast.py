@@ -192,6 +192,33 @@ def test_the_installed_sdk_takes_the_fast_path() -> None:
     assert isinstance(histogram, Histogram)
 
 
+def test_explicit_bucket_aggregations_take_a_value_without_a_measurement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The default aggregation of a histogram: its aggregate() is inlined on the fast path, so
+    # a value with no exemplar to keep makes no Measurement and calls no aggregate().
+    sdk = _fast._sdk_internals()
+    assert sdk is not None
+    assert sdk.ExplicitBuckets is not None
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    histogram = provider.get_meter("t").create_histogram(
+        "h", explicit_bucket_boundaries_advisory=BUCKETS
+    )
+    recorder = fast_histogram(histogram)
+    recorder.record(0.3, DEPTH_1)  # binds, through record()
+    aggregated: list[object] = []
+    monkeypatch.setattr(sdk.ExplicitBuckets, "aggregate", lambda *args: aggregated.append(args))
+    for value in (0.05, 0.2, 9.0):
+        recorder.record(value, DEPTH_1)
+
+    assert aggregated == []
+    (point,) = _points(reader)
+    data = dict(point[2])
+    assert (data["count"], data["sum"], data["min"], data["max"]) == (4, 9.55, 0.05, 9.0)
+    assert data["bucket_counts"] == (1, 1, 1, 0, 0, 1)
+
+
 def _bounds(requirement: str) -> tuple[tuple[int, ...], tuple[int, int]]:
     """``NAME>=A.B[.C][bN],<A.D`` as ``((A, B[, C]), (A, D))``."""
     found = re.fullmatch(r"[\w-]+>=(\d+)\.(\d+)(?:\.(\d+))?(?:b\d+)?,<(\d+)\.(\d+)", requirement)

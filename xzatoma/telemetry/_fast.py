@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import os
 import re
+from bisect import bisect_left
 from collections.abc import Mapping
 from time import time_ns
 from typing import Any, Final, Protocol
@@ -137,6 +138,51 @@ class _Sdk:
         self.SynchronousMeasurementConsumer = SynchronousMeasurementConsumer
         self.hash_attributes = _hash_attributes
         self.TraceBasedExemplarFilter = TraceBasedExemplarFilter
+        self.ExplicitBuckets = _explicit_buckets_if_inlinable(Measurement)
+
+
+def _explicit_buckets_if_inlinable(measurement: type) -> type | None:
+    """The SDK's explicit-bucket aggregation if :func:`_add_to_buckets` leaves one as its
+    ``aggregate`` does without an exemplar (checked on two fresh ones); ``None`` if not."""
+    try:
+        from opentelemetry.sdk.metrics._internal.aggregation import (
+            _ExplicitBucketHistogramAggregation as ExplicitBuckets,
+        )
+        from opentelemetry.sdk.metrics._internal.exemplar import (
+            AlignedHistogramBucketExemplarReservoir,
+        )
+        from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+        def made() -> Any:
+            reservoir: Any = AlignedHistogramBucketExemplarReservoir
+            cumulative = AggregationTemporality.CUMULATIVE
+            return ExplicitBuckets({}, cumulative, 0, reservoir, boundaries=(1.0, 2.0))
+
+        by_sdk, inlined = made(), made()
+        for value in (1.5, 0.0, 2.0, 7.0):
+            by_sdk.aggregate(measurement(value, 0, None, None, None), False)
+            _add_to_buckets(inlined, value)
+        fields = ("_value", "_sum", "_min", "_max")
+        if [getattr(by_sdk, f) for f in fields] != [getattr(inlined, f) for f in fields]:
+            return None
+    except Exception:  # shaped otherwise than tested: every value goes through aggregate
+        return None
+    return ExplicitBuckets
+
+
+def _add_to_buckets(aggregation: Any, amount: float) -> None:
+    """What an explicit-bucket aggregation's ``aggregate`` does with a value it keeps no
+    exemplar of, without the ``Measurement`` it would be handed (``amount`` is finite)."""
+    with aggregation._lock:
+        if aggregation._value is None:
+            aggregation._value = [0] * (len(aggregation._boundaries) + 1)
+        aggregation._sum += amount
+        if aggregation._record_min_max:
+            if amount < aggregation._min:
+                aggregation._min = amount
+            if amount > aggregation._max:
+                aggregation._max = amount
+        aggregation._value[bisect_left(aggregation._boundaries, amount)] += 1
 
 
 _sdk: _Sdk | None = None
@@ -200,8 +246,9 @@ class _BoundHistogram:
         self._measurement = sdk.Measurement
         self._sdk = sdk
         self._public = False  # set for good once the SDK's set-up rules the fast path out
-        # id(attributes) -> (attributes, the storage map bound against, aggregations)
-        self._bindings: dict[int, tuple[_Attributes, object, tuple[Any, ...]]] = {}
+        # id(attributes) -> (attributes, the storage map bound against, aggregations,
+        # whether each is an explicit-bucket one whose aggregate is inlined)
+        self._bindings: dict[int, tuple[_Attributes, object, tuple[Any, ...], bool]] = {}
 
     @property
     def bound(self) -> bool:
@@ -227,18 +274,21 @@ class _BoundHistogram:
         if config is not None and not config.is_enabled:
             return
         context = context or get_current()  # as record: an empty context means the current
-        now = time_ns()
-        histogram = self._histogram
         seen, sample = self._decided
         if context is not seen:
-            sample = self._should_sample(amount, now, attributes, context)
+            sample = self._should_sample(amount, time_ns(), attributes, context)
             if self._by_context:
                 self._decided = (context, sample)
+        histogram = self._histogram
         if sample:
             # An exemplar keeps the measurement's attributes: made as record makes it.
-            measurement = self._measurement(amount, now, histogram, context, attributes)
+            measurement = self._measurement(amount, time_ns(), histogram, context, attributes)
             for aggregation in entry[2]:
                 aggregation.aggregate(measurement, True)
+            return
+        if entry[3]:  # explicit buckets only (the default): their aggregate, inlined
+            for aggregation in entry[2]:
+                _add_to_buckets(aggregation, amount)
             return
         # Without an exemplar an aggregation reads only the value. The dataclass's own
         # __init__ (five frozen-field stores and a check) costs twice as much as filling
@@ -249,7 +299,7 @@ class _BoundHistogram:
             "__dict__",
             {
                 "value": amount,
-                "time_unix_nano": now,
+                "time_unix_nano": time_ns(),
                 "instrument": histogram,
                 "context": context,
                 "attributes": None,
@@ -292,7 +342,9 @@ class _BoundHistogram:
             return
         if len(self._bindings) >= _MAX_BINDINGS:
             self._bindings.clear()
-        self._bindings[id(attributes)] = (attributes, storages, tuple(aggregations))
+        buckets = self._sdk.ExplicitBuckets
+        inlined = buckets is not None and all(type(a) is buckets for a in aggregations)
+        self._bindings[id(attributes)] = (attributes, storages, tuple(aggregations), inlined)
 
     def __repr__(self) -> str:
         return f"_BoundHistogram({self._histogram.name!r}, bound={self.bound})"
