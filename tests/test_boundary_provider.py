@@ -183,12 +183,14 @@ def server() -> Iterator[ScriptedHTTPServer]:
         yield srv
 
 
-@pytest.fixture
-async def provider_for() -> AsyncIterator[ProviderFor]:
-    """Providers whose retry pauses are skipped, closed at the end of the test."""
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def provider_for(request: pytest.FixtureRequest) -> AsyncIterator[ProviderFor]:
+    """Providers whose retry pauses are skipped, closed at the end of the test; every test
+    that uses them runs once on each transport (aiohttp, asyncio's default, and httpx)."""
     made: list[OpenAIProvider] = []
 
     def make(url: str, **kwargs: Any) -> OpenAIProvider:
+        kwargs.setdefault("transport", request.param)
         provider = OpenAIProvider(url, kwargs.pop("model", "m"), **kwargs)
         provider._sleep = no_sleep
         made.append(provider)
@@ -968,7 +970,7 @@ async def test_the_key_never_reaches_httpx_or_httpcore_log_records(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with raw_server(echo_in(where)) as srv:
-        provider = provider_for(srv.url, api_key=CANARY, max_retries=1)
+        provider = provider_for(srv.url, api_key=CANARY, max_retries=1, transport="httpx")
         provider_for(srv.url, api_key=CANARY)  # a second provider adds no second filter
         with pytest.raises(ProviderError) as info:
             await provider.complete([Message.user("hi")], [])
@@ -982,6 +984,23 @@ async def test_the_key_never_reaches_httpx_or_httpcore_log_records(
     if where == "status reason":
         assert CORE in caplog.text
     filters = logging.getLogger("httpx").filters
+    assert len([f for f in filters if type(f).__name__ == "_RedactInFlight"]) == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["status reason", "header"])
+@pytest.mark.anyio
+async def test_the_key_never_reaches_a_log_record_through_aiohttp(
+    where: str, provider_for: ProviderFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with raw_server(echo_in(where)) as srv:
+        provider = provider_for(srv.url, api_key=CANARY, max_retries=1, transport="aiohttp")
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message.user("hi")], [])
+    assert "HTTP 50" in str(info.value)
+    assert_no_secret(info.value, caplog)
+    filters = logging.getLogger("aiohttp.client").filters
     assert len([f for f in filters if type(f).__name__ == "_RedactInFlight"]) == 1
 
 

@@ -1,4 +1,4 @@
-"""Keeping the API key out of httpx's and httpcore's own log records.
+"""Keeping the API key out of the HTTP libraries' own log records (httpx, httpcore, aiohttp).
 
 httpx logs every response at INFO (``HTTP Request: POST ... "HTTP/1.1 500 <reason>"``) and
 httpcore traces each step at DEBUG, quoting the status line and headers as bytes; an endpoint
@@ -27,9 +27,12 @@ _LOGGERS = (
     "httpcore.http2",
     "httpcore.proxy",
     "httpcore.socks",
+    "aiohttp.client",
+    "aiohttp.internal",
 )
-"""Every logger httpx and httpcore log to (``httpcore/_async/*.py``, ``httpx/_client.py``).
-A filter on a logger sees only records logged to that logger itself, so each is named."""
+"""Every logger httpx and httpcore log to (``httpcore/_async/*.py``, ``httpx/_client.py``),
+and the two of aiohttp's that its client code uses (``aiohttp/log.py``). A filter on a
+logger sees only records logged to that logger itself, so each is named."""
 
 _IN_FLIGHT: ContextVar[Redactor | None] = ContextVar("xzatoma_redactor_in_flight", default=None)
 

@@ -73,15 +73,44 @@ def encode_request(
     it becomes U+FFFD instead. The common case encodes once, with no extra pass.
     """
     payload: dict[str, Any] = {"model": model, "messages": [_message(m) for m in messages]}
-    if tools:
-        payload["tools"] = [spec.to_openai() for spec in tools]
     if settings:
         payload.update(settings)
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _dumps(payload)
+    if tools:  # the same specs every turn: serialised once, spliced in before the last brace
+        text = f'{text[:-1]},"tools":{_tools_json(tools)}}}'
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return replace_lone_surrogates(text).encode("utf-8")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+_TOOLS_CACHE_SIZE = 256
+_tools_cache: dict[tuple[int, ...], tuple[Sequence[ToolSpec], str]] = {}
+"""The ``tools`` JSON of each set of specs, keyed by their identities (each entry keeps its
+specs alive, so an id is not reused while it is there); cleared when it fills up."""
+
+
+def _tools_json(tools: Sequence[ToolSpec]) -> str:
+    """The request's ``tools`` array for ``tools``, serialised once per set of spec objects.
+
+    An agent sends the same specs with every model call, and every subagent of a runtime the
+    same two subagent tools (3 KB of schema): building and serialising them per call was a
+    good part of a request's own cost. Specs are frozen; a schema changed in place after
+    its first request is not seen (make a new spec instead).
+    """
+    key = tuple(map(id, tools))
+    found = _tools_cache.get(key)
+    if found is not None:
+        return found[1]
+    text = _dumps([spec.to_openai() for spec in tools])
+    if len(_tools_cache) >= _TOOLS_CACHE_SIZE:
+        _tools_cache.clear()
+    _tools_cache[key] = (tuple(tools), text)
+    return text
 
 
 def _message(message: Message) -> dict[str, Any]:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-import httpx
-
 from ..errors import ProviderError
 from ._secrets import Redactor
+from ._transport import Reply
 
 __all__ = ("ACCEPT_ENCODING", "read_capped", "read_prefix")
 
@@ -109,8 +108,8 @@ class _Inflater:
         return rest
 
 
-def _inflater(response: httpx.Response, url: str, redact: Redactor) -> _Inflater | None:
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+def _inflater(response: Reply, url: str, redact: Redactor) -> _Inflater | None:
+    encoding = (response.header("content-encoding") or "identity").strip().lower()
     if encoding in ("", "identity"):
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
@@ -119,22 +118,20 @@ def _inflater(response: httpx.Response, url: str, redact: Redactor) -> _Inflater
         f"reply from {url} uses Content-Encoding '{redact.quote(encoding, _QUOTED)}', which "
         f"was not asked for (xzatoma asks for {ACCEPT_ENCODING}); check the server or proxy "
         "in between",
-        status_code=response.status_code,
+        status_code=response.status,
     )
 
 
-async def _read(
-    response: httpx.Response, limit: int, url: str, redact: Redactor
-) -> tuple[bytearray, bool]:
+async def _read(response: Reply, limit: int, url: str, redact: Redactor) -> tuple[bytearray, bool]:
     """Up to ``limit`` decoded bytes, and whether the body held more than that."""
-    if response.is_stream_consumed:  # made whole in memory (httpx.MockTransport): no stream
-        content = response.content
+    content = response.whole
+    if content is not None:  # made whole in memory (httpx.MockTransport): no stream
         return bytearray(content[:limit]), len(content) > limit
     body = bytearray()
     inflater = _inflater(response, url, redact)
     raw_room = _raw_limit(limit)
     try:
-        async for raw in response.aiter_raw():
+        async for raw in response.raw_chunks():
             if inflater is None:
                 body += raw
             else:
@@ -147,18 +144,16 @@ async def _read(
                 del body[limit:]
                 return body, True
     except _BadEncoding as exc:
-        encoding = redact.quote(response.headers["content-encoding"], _QUOTED)
+        encoding = redact.quote(response.header("content-encoding") or "", _QUOTED)
         raise ProviderError(
             f"reply from {url} is not valid {encoding} data ({exc}); check the server or "
             "proxy in between",
-            status_code=response.status_code,
+            status_code=response.status,
         ) from None
     return body, False
 
 
-async def read_capped(
-    response: httpx.Response, limit: int, url: str, redact: Redactor
-) -> bytearray:
+async def read_capped(response: Reply, limit: int, url: str, redact: Redactor) -> bytearray:
     """The whole decoded body of a successful reply, refused once it passes ``limit`` bytes.
 
     ``limit`` bounds the compressed bytes read too (see :func:`_raw_limit`). ``redact``
@@ -174,13 +169,13 @@ async def read_capped(
             f"reply from {url} exceeded max_response_bytes ({limit} bytes); raise it with "
             "OpenAIProvider(max_response_bytes=...), provider.max_response_bytes in the "
             "config file or --max-response-bytes",
-            status_code=response.status_code,
+            status_code=response.status,
         )
     return body
 
 
 async def read_prefix(
-    response: httpx.Response, limit: int, url: str, redact: Redactor
+    response: Reply, limit: int, url: str, redact: Redactor
 ) -> tuple[bytes, bool]:
     """At most the first ``limit`` decoded bytes (enough of an error body to quote), and
     whether the body held more: then the prefix ends at a cut."""

@@ -27,12 +27,13 @@ import httpx
 from .._types import Completion, Message, ToolSpec
 from ..errors import ConfigError, ProviderError
 from ._log_redaction import install_log_redaction, redacting_logs
-from ._loop_client import LoopClients
 from ._openai_wire import MalformedReply, clean_text, encode_request, parse_reply
+from ._pool import TRANSPORTS, LoopTransports, TransportChoice, default_max_connections
 from ._reply_body import ACCEPT_ENCODING, read_capped, read_prefix
 from ._secrets import Redactor, clean_api_key
 from ._settings import ModelSettings, ToolChoice
 from ._tool_replies import ToolReplies
+from ._transport import Reply, Transport, TransportFailure
 from ._urls import chat_completions_url, shown_url, url_secrets, validate_base_url
 
 __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
@@ -92,6 +93,12 @@ class OpenAIProvider:
         max_response_bytes: The most a reply body may hold once decompressed (8 MiB).
         client: An httpx client to use instead of owned ones; the caller closes it and
             keeps it to one event loop.
+        max_connections: The most requests in flight at once, and the connections kept
+            open for them (all kept alive and reused); more requests wait their turn in
+            xzatoma, never inside the HTTP client. Default: as many as the runtime runs at
+            once, up to 1000 (or half the process's open-file limit, if lower).
+        transport: ``auto`` (aiohttp on asyncio, httpx on trio: ``docs/providers.md``),
+            ``aiohttp`` or ``httpx``. A ``client`` given is always used as it is.
         temperature, top_p, seed, max_tokens, tool_choice, parallel_tool_calls: Model
             settings sent with every request, only those set (see
             :class:`~xzatoma.ModelSettings`); subagents inherit them.
@@ -103,7 +110,8 @@ class OpenAIProvider:
     Raises:
         ConfigError: ``base_url`` is unusable, the key holds a control or non-ASCII
             character, ``timeout`` is not a finite positive number of seconds,
-            ``max_retries`` is not in 0..100, ``max_response_bytes`` is below 1024, or a
+            ``max_retries`` is not in 0..100, ``max_response_bytes`` is below 1024,
+            ``max_connections`` is below 1, ``transport`` is none of the three, or a
             model setting is out of its range.
     """
 
@@ -117,6 +125,8 @@ class OpenAIProvider:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         client: httpx.AsyncClient | None = None,
+        max_connections: int | None = None,
+        transport: TransportChoice = "auto",
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
@@ -156,13 +166,28 @@ class OpenAIProvider:
                 f"max_response_bytes must be at least {MIN_RESPONSE_BYTES}, "
                 f"got {max_response_bytes}"
             )
+        if max_connections is not None and (
+            type(max_connections) is not int or max_connections < 1
+        ):
+            raise ConfigError(
+                f"max_connections must be an integer of at least 1, got {max_connections!r}"
+            )
+        if transport not in TRANSPORTS:
+            choices = ", ".join(repr(t) for t in TRANSPORTS)
+            raise ConfigError(f"transport must be one of {choices}, got {transport!r}")
         self._base_url = base_url
         self._model = model
         self._api_key = api_key
         self._timeout = float(timeout)
         self._max_retries = int(max_retries)
         self._max_response_bytes = int(max_response_bytes)
-        self._clients = LoopClients(client)
+        self._transports = LoopTransports(
+            client,
+            choice=transport,
+            size=max_connections or default_max_connections(),
+            url=chat_completions_url(base_url),
+            timeout=self._timeout,
+        )
         self._owns_clients = True
         self._use_settings((settings or ModelSettings()).merged(given))
         self._url = chat_completions_url(base_url)
@@ -177,7 +202,6 @@ class OpenAIProvider:
         }
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._httpx_timeout = httpx.Timeout(self._timeout)
         install_log_redaction()
         # Seams for tests: retry delays are recorded instead of slept, jitter made predictable.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -200,6 +224,11 @@ class OpenAIProvider:
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(base_url={shown_url(self._base_url)!r}, model={self._model!r})"
+
+    @property
+    def max_connections(self) -> int:
+        """The most requests in flight at once, and the connections kept open for them."""
+        return self._transports.size
 
     @property
     def settings(self) -> ModelSettings:
@@ -259,7 +288,7 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         """Close the owned connection pool; a client passed in is left to its owner."""
         if self._owns_clients:
-            await self._clients.aclose()
+            await self._transports.aclose()
 
     async def complete(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
         """Send the conversation and tool specs; return the parsed reply.
@@ -274,13 +303,12 @@ class OpenAIProvider:
         except (TypeError, ValueError) as exc:  # a tool schema that is not JSON
             raise self._error(f"could not encode the request to {self._shown_url}", exc) from None
         try:
-            client = await self._clients.get()
-            request = client.build_request(
-                "POST", self._url, content=body, headers=self._headers, timeout=self._httpx_timeout
-            )
-        except Exception as exc:  # httpx.InvalidURL, UnicodeEncodeError from a header, TLS setup
-            raise self._error(f"could not build the request to {self._shown_url}", exc) from None
-        reply = await self._send(client, request)
+            transport = await self._transports.get()
+        except ProviderError:
+            raise
+        except Exception as exc:  # TLS set-up, an HTTP library that will not start
+            raise self._error(f"could not set up requests to {self._shown_url}", exc) from None
+        reply = await self._send(transport, body)
         try:
             completion = parse_reply(reply, messages)
         except MalformedReply as exc:
@@ -293,11 +321,11 @@ class OpenAIProvider:
             completion = self._tool_replies.check(completion, tools, self._model, self._settings)
         return completion
 
-    async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
+    async def _send(self, transport: Transport, body: bytes) -> bytearray:
         attempts = self._max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                return await self._attempt(client, request)
+                return await self._attempt(transport, body)
             except _Retryable as failure:
                 if attempt == attempts:
                     tried = f" ({attempt} attempts)" if attempt > 1 else ""
@@ -306,48 +334,47 @@ class OpenAIProvider:
                 await self._pause(delay, failure.reason, attempt)
         raise AssertionError("unreachable: the last attempt always returns or raises")
 
-    async def _attempt(self, client: httpx.AsyncClient, request: httpx.Request) -> bytearray:
-        """One attempt, bounded as a whole by ``timeout``: the reply body, or why not."""
+    async def _attempt(self, transport: Transport, body: bytes) -> bytearray:
+        """One attempt, bounded as a whole by ``timeout`` (its wait at the gate included):
+        the reply body, or why not."""
         with anyio.move_on_after(self._timeout), redacting_logs(self._redact):
             try:
-                response = await client.send(request, stream=True)
-                try:
-                    return await self._read(response)
-                finally:
-                    await response.aclose()
+                async with transport.post(self._url, body, self._headers) as reply:
+                    return await self._read(reply)
             except (ProviderError, _Retryable):
                 raise
-            except httpx.TransportError as exc:
-                raise self._transport_failure(exc) from None
-            except Exception as exc:  # any other httpx error, or a caller's client gone wrong
+            except TransportFailure as failure:
+                raise self._transport_failure(failure) from None
+            except Exception as exc:  # a caller's client gone wrong
                 raise self._error(f"request to {self._shown_url} failed", exc) from None
         head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
         raise _Retryable("timeout", head, f"; {_TIMEOUT_HINT}", delay=None)
 
-    async def _read(self, response: httpx.Response) -> bytearray:
-        if response.is_success:
+    async def _read(self, response: Reply) -> bytearray:
+        status = response.status
+        if 200 <= status < 300:
             limit = self._max_response_bytes
             return await read_capped(response, limit, self._shown_url, self._redact)
-        status = response.status_code
         prefix, cut = await read_prefix(response, _ERROR_BODY_BYTES, self._shown_url, self._redact)
         head, tail = "model endpoint failed", f": HTTP {status} from {self._shown_url}: "
         tail += self._excerpt(prefix, cut=cut)
         if status not in _RETRY_STATUSES:
             raise self._fail(head + tail, status)
-        delay = _retry_after(response.headers.get("retry-after"))
+        delay = _retry_after(response.header("retry-after"))
         raise _Retryable(f"HTTP {status}", head, tail, status=status, delay=delay)
 
-    def _transport_failure(self, exc: httpx.TransportError) -> _Retryable | ProviderError:
-        name = type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_failure(self, failure: TransportFailure) -> _Retryable | ProviderError:
+        name, said = failure.name, self._redact.quote(failure.said, _SAID_CHARS)
+        if failure.kind == "timeout":
             head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
             return _Retryable(name, head, f" ({name}); {_TIMEOUT_HINT}", delay=None)
-        if isinstance(exc, httpx.ConnectError):
-            said = self._said(exc) or name
-            tail = f": {said}; check base_url and that the server is running"
+        if failure.kind == "connect":
+            tail = f": {said or name}; check base_url and that the server is running"
             return _Retryable(name, f"could not connect to {self._shown_url}", tail, delay=None)
-        head, tail = f"request to {self._shown_url} failed", f": {name}: {self._said(exc)}"
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        if failure.kind == "unbuildable":
+            return self._fail(f"could not build the request to {self._shown_url}: {name}: {said}")
+        head, tail = f"request to {self._shown_url} failed", f": {name}: {said}"
+        if failure.kind == "refused":
             return self._fail(head + tail)  # our own request is at fault: again is the same
         return _Retryable(name, head, tail, delay=None)
 

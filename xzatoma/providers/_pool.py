@@ -1,0 +1,142 @@
+"""The transport a provider and its twins use in each event loop, and how big its pool is.
+
+A connection belongs to the event loop that opened it; used from the next ``asyncio.run`` it
+fails with "Event loop is closed", and dropped unclosed it leaks ``ResourceWarning``\\s. So
+an owned transport is tied to its loop: a loop that finds one from another loop makes its
+own, and each is closed inside its own loop when that loop shuts down (``asyncio.run`` and
+``anyio.run`` finalise async generators at the end; a suspended one here closes it then).
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import AsyncGenerator
+from typing import Final, Literal, TypeAlias
+
+import httpx
+import sniffio
+from anyio.lowlevel import RunVar
+
+from ..errors import ProviderError
+from ._transport import AiohttpTransport, Gate, HttpxTransport, Transport
+
+__all__ = (
+    "CONNECTIONS_CEILING",
+    "TRANSPORTS",
+    "LoopTransports",
+    "TransportChoice",
+    "default_max_connections",
+)
+
+TransportChoice: TypeAlias = Literal["auto", "aiohttp", "httpx"]
+TRANSPORTS: Final = ("auto", "aiohttp", "httpx")
+"""``auto``: aiohttp on asyncio, httpx on trio."""
+
+CONNECTIONS_CEILING: Final = 1000
+"""The most connections a provider opens unless told otherwise (``max_connections``)."""
+
+_LOOP_MARK: RunVar[object] = RunVar("xzatoma_openai_loop_mark")
+"""A fresh object per event loop run, so that "same loop" is one identity check."""
+
+
+def default_max_connections() -> int:
+    """:data:`CONNECTIONS_CEILING`, or half the process's open-file limit if that is lower
+    (each connection is a file descriptor; the other half is left to everything else)."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return CONNECTIONS_CEILING
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTIONS_CEILING
+    return max(1, min(CONNECTIONS_CEILING, soft // 2))
+
+
+def _current_mark() -> object:
+    mark = _LOOP_MARK.get(None)
+    if mark is None:
+        mark = object()
+        _LOOP_MARK.set(mark)
+    return mark
+
+
+async def _close_when_loop_ends(transport: Transport) -> AsyncGenerator[None, None]:
+    """Suspended at ``yield`` until closed, by ``aclose`` or by the loop's shutdown."""
+    try:
+        yield
+    finally:
+        await transport.aclose()
+
+
+class LoopTransports:
+    """The transport of the running loop: over the caller's client, or made for this loop.
+
+    Args:
+        given: A caller's client, used as it is in whatever loop (the caller closes it).
+        choice: ``auto`` (aiohttp on asyncio, httpx on trio), ``aiohttp`` or ``httpx``.
+        size: The most requests in flight at once, and the pool's connections.
+        url: The endpoint (aiohttp looks up its proxy once, for it).
+        timeout: Seconds one attempt may take (httpx's own timeouts; the provider bounds
+            the whole attempt too).
+    """
+
+    __slots__ = (
+        "_choice",
+        "_given",
+        "_guard",
+        "_mark",
+        "_timeout",
+        "_transport",
+        "_url",
+        "size",
+    )
+
+    def __init__(
+        self,
+        given: httpx.AsyncClient | None,
+        *,
+        choice: TransportChoice,
+        size: int,
+        url: str,
+        timeout: float,
+    ) -> None:
+        self.size = size
+        self._choice, self._url, self._timeout = choice, url, timeout
+        self._given: Transport | None = None
+        if given is not None:
+            self._given = HttpxTransport(given, Gate(size), timeout, owned=False)
+        self._transport: Transport | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._mark: object = None
+
+    async def get(self) -> Transport:
+        """The transport for the running loop, made on first use in it (no await before)."""
+        if self._given is not None:
+            return self._given
+        mark = _current_mark()
+        if self._transport is not None and self._mark is mark:
+            return self._transport
+        # A transport of an earlier loop was closed when that loop ended: let it go.
+        transport = self._make()
+        guard = _close_when_loop_ends(transport)
+        await guard.asend(None)  # runs to the yield at once; now the loop will finalise it
+        self._transport, self._guard, self._mark = transport, guard, mark
+        return transport
+
+    def _make(self) -> Transport:
+        gate = Gate(self.size)
+        on_asyncio = sniffio.current_async_library() == "asyncio"
+        if self._choice == "aiohttp" and not on_asyncio:
+            raise ProviderError(
+                "transport='aiohttp' runs on asyncio only, and this run is on "
+                f"{sniffio.current_async_library()}: use transport='auto' or 'httpx'"
+            )
+        if self._choice == "httpx" or not on_asyncio:
+            return HttpxTransport.owning(gate, self._timeout)
+        return AiohttpTransport(gate, self._url)
+
+    async def aclose(self) -> None:
+        """Close the owned transport if it belongs to the running loop; else its loop did."""
+        guard, mark = self._guard, self._mark
+        self._transport = self._guard = self._mark = None
+        if guard is not None and mark is _current_mark():
+            await guard.aclose()
