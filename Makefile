@@ -51,6 +51,7 @@ test-real: $(LOCAL_STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 	$(BIN)/python bench/load_metrics.py --requests 5000 --clients 50 --subagents 1000
+	$(BIN)/python bench/http_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist  # .cache (the model) stays
