@@ -9,6 +9,7 @@ own, and each is closed inside its own loop when that loop shuts down (``asyncio
 
 from __future__ import annotations
 
+import asyncio
 import resource
 from collections.abc import AsyncGenerator
 from typing import Final, Literal, TypeAlias
@@ -51,6 +52,14 @@ def default_max_connections() -> int:
     return max(1, min(CONNECTIONS_CEILING, soft // 2))
 
 
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop (``None`` on trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _current_mark() -> object:
     mark = _LOOP_MARK.get(None)
     if mark is None:
@@ -83,6 +92,7 @@ class LoopTransports:
         "_choice",
         "_given",
         "_guard",
+        "_loop",
         "_mark",
         "_timeout",
         "_transport",
@@ -107,19 +117,26 @@ class LoopTransports:
         self._transport: Transport | None = None
         self._guard: AsyncGenerator[None, None] | None = None
         self._mark: object = None
+        # The asyncio loop the transport was made in, held so that no later loop can have
+        # its identity (None on trio, where the mark decides).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def get(self) -> Transport:
         """The transport for the running loop, made on first use in it (no await before)."""
         if self._given is not None:
             return self._given
+        transport, loop = self._transport, _running_asyncio_loop()
+        if transport is not None and loop is not None and loop is self._loop:
+            return transport  # the common case, without anyio's RunVar lookup
         mark = _current_mark()
-        if self._transport is not None and self._mark is mark:
-            return self._transport
+        if transport is not None and self._mark is mark:
+            return transport
         # A transport of an earlier loop was closed when that loop ended: let it go.
         transport = self._make()
         guard = _close_when_loop_ends(transport)
         await guard.asend(None)  # runs to the yield at once; now the loop will finalise it
         self._transport, self._guard, self._mark = transport, guard, mark
+        self._loop = loop
         return transport
 
     def _make(self) -> Transport:
@@ -137,6 +154,6 @@ class LoopTransports:
     async def aclose(self) -> None:
         """Close the owned transport if it belongs to the running loop; else its loop did."""
         guard, mark = self._guard, self._mark
-        self._transport = self._guard = self._mark = None
+        self._transport = self._guard = self._mark = self._loop = None
         if guard is not None and mark is _current_mark():
             await guard.aclose()
