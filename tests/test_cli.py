@@ -31,6 +31,7 @@ from xzatoma import (
     Hooks,
     Instrument,
     ModelCall,
+    OpenAIProvider,
     Run,
     RunStatus,
     Usage,
@@ -38,6 +39,7 @@ from xzatoma import (
 from xzatoma._progress import BatchProgress
 from xzatoma._render import print_interrupted
 from xzatoma.cli import build_parser, main
+from xzatoma.providers._transport import AiohttpTransport, HttpxTransport, Transport
 from xzatoma.testing import ScriptedProvider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -482,6 +484,116 @@ def test_batch_file_errors_name_the_line(
     code, _, err = cli(capsys, "batch", str(path), "--base-url", "http://x/v1", "--model", "m")
     assert code == 2
     assert one_error_line(err) == (f"xzatoma: error: {path}, line 2: task_prompt: field required")
+
+
+# -- issue 18: --max-connections and --http-transport -----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_help_lists_the_connection_flags(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    text = " ".join(help_text(capsys, [command]).split())
+    assert (
+        "--max-connections N model calls in flight at once, on connections kept alive "
+        "(default 1000, or half the open-file limit)"
+    ) in text
+    assert (
+        "--http-transport NAME auto (aiohttp on asyncio, httpx on trio), aiohttp or httpx"
+    ) in text
+    assert "[--max-connections N] [--http-transport NAME]" in text
+
+
+def record_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, type]]:
+    """Each model call's pool size and the transport it really went through."""
+    seen: list[tuple[int, type]] = []
+    send = OpenAIProvider._send
+
+    async def spy(self: OpenAIProvider, transport: Transport, body: bytes) -> bytearray:
+        seen.append((self.max_connections, type(transport)))
+        return await send(self, transport, body)
+
+    monkeypatch.setattr(OpenAIProvider, "_send", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], (3, HttpxTransport)),
+        (["--max-connections", "7"], (7, HttpxTransport)),
+        (["--http-transport", "aiohttp"], (3, AiohttpTransport)),
+        (["--http-transport", "auto", "--max-connections", "1"], (1, AiohttpTransport)),
+    ],
+)
+def test_connection_flags_override_the_file(
+    capsys: pytest.CaptureFixture[str],
+    server: ScriptedHTTPServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    expected: tuple[int, type],
+) -> None:
+    seen = record_sends(monkeypatch)
+    server.add(chat("done"))
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"provider: {{base_url: '{server.url}/v1', model: m, max_connections: 3, "
+        "transport: httpx}\n"
+    )
+    code, out, _ = cli(capsys, "run", "hi", "--config", str(path), *flags)
+    assert (code, out) == (0, "done\n")
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], (2, AiohttpTransport)),
+     (["--max-connections", "9", "--http-transport", "httpx"], (9, HttpxTransport))],
+)  # fmt: skip
+def test_connection_flags_reach_the_subagents_provider_too(
+    capsys: pytest.CaptureFixture[str],
+    server: ScriptedHTTPServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    expected: tuple[int, type],
+) -> None:
+    # The tasks of a batch are subagents: they call agent.subagent.provider's endpoint.
+    seen = record_sends(monkeypatch)
+    server.add(chat("answer"), chat("summary"))
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"provider: {{base_url: '{server.url}/v1', model: m, transport: httpx}}\n"
+        "agent: {subagent: {provider: {max_connections: 2, transport: aiohttp}}}\n"
+    )
+    tasks = str(tasks_file(tmp_path, "a"))
+    code, _, _ = cli(capsys, "batch", tasks, "--config", str(path), *flags)
+    assert code == 0
+    assert seen == [expected, expected]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-connections", "0",
+         "provider.max_connections must be at least 1 (from --max-connections 0)"),
+        ("--max-connections", "-1",
+         "provider.max_connections must be at least 1 (from --max-connections -1)"),
+        ("--max-connections", "x", "argument --max-connections: invalid int value: 'x'"),
+        ("--max-connections", "true", "argument --max-connections: invalid int value: 'true'"),
+        ("--http-transport", "quic", "argument --http-transport: invalid choice: 'quic'"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_connection_flags_are_validated_with_the_exact_messages(
+    capsys: pytest.CaptureFixture[str], command: str, flag: str, value: str, message: str
+) -> None:
+    first = "hi" if command == "run" else "tasks.jsonl"
+    code, out, err = cli(
+        capsys, command, first, "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+        flag, value,
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert message in one_error_line(err)
 
 
 # -- the progress display, fed events directly ----------------------------------------------

@@ -1,5 +1,6 @@
 """The configuration file: the exact messages of DESIGN.md section 6, unknown keys, the API key
-rule, precedence (command line > file > defaults) and the batch task files."""
+rule, precedence (command line > file > defaults), the provider's connections and transport,
+and the batch task files."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from xzatoma.config import (
     load_config,
     load_tasks,
 )
+from xzatoma.providers._pool import default_max_connections
+from xzatoma.providers._transport import AiohttpTransport, HttpxTransport
 
 # Every validation message of DESIGN.md section 6, with a value that triggers it.
 SECTION_6 = [
@@ -241,6 +244,112 @@ def test_load_config_file_problems(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing but a comment\n")
     assert load_config(empty) == XzatomaConfig()
+
+
+# -- issue 18: provider.max_connections and provider.transport --------------------------------
+
+
+async def built(config: XzatomaConfig, *, subagents: bool = False) -> tuple[int, type]:
+    """The size of the pool the built provider has, and the transport it really uses here."""
+    provider = config.build_provider({}, subagents=subagents)
+    assert isinstance(provider, OpenAIProvider)
+    try:
+        return provider.max_connections, type(await provider._transports.get())
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", AiohttpTransport),  # unset: auto, and the tests run on asyncio
+        ("transport: null", AiohttpTransport),
+        ("transport: auto", AiohttpTransport),
+        ("transport: aiohttp", AiohttpTransport),
+        ("transport: httpx", HttpxTransport),
+    ],
+)
+async def test_the_file_picks_the_pool_size_and_the_transport(
+    tmp_path: Path, line: str, expected: type
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"provider:\n  type: vllm\n  model: m\n  max_connections: 7\n  {line}\n")
+    assert await built(load_config(path)) == (7, expected)
+
+
+@pytest.mark.anyio
+async def test_unset_max_connections_is_the_provider_default() -> None:
+    for value in ({}, {"max_connections": None}):
+        config = XzatomaConfig.from_dict({"provider": {"type": "vllm", "model": "m", **value}})
+        assert config.provider.max_connections is None
+        assert await built(config) == (default_max_connections(), AiohttpTransport)
+
+
+@pytest.mark.anyio
+async def test_subagents_inherit_connections_and_transport_key_by_key() -> None:
+    root = {"type": "vllm", "model": "m", "max_connections": 7, "transport": "httpx"}
+    own_endpoint = XzatomaConfig.from_dict(
+        {"provider": root, **subagent(provider={"type": "ollama", "model": "small"})}
+    )
+    assert await built(own_endpoint, subagents=True) == (7, HttpxTransport)
+    changed = XzatomaConfig.from_dict(
+        {"provider": root,
+         **subagent(provider={"max_connections": 3, "transport": "aiohttp"})}
+    )  # fmt: skip
+    assert await built(changed, subagents=True) == (3, AiohttpTransport)
+    assert await built(changed) == (7, HttpxTransport)
+
+
+CONNECTION_CASES = [
+    ("max_connections: 0", "max_connections must be at least 1"),
+    ("max_connections: -1", "max_connections must be at least 1"),
+    ("max_connections: x", "max_connections: input should be a valid integer, got 'x'"),
+    ("max_connections: '8'", "max_connections: input should be a valid integer, got '8'"),
+    ("max_connections: true", "max_connections: input should be a valid integer, got True"),
+    ("max_connections: 2.5", "max_connections: input should be a valid integer, got 2.5"),
+    ("transport: quic", "transport: input should be 'auto', 'aiohttp' or 'httpx', got 'quic'"),
+    ("transport: HTTPX", "transport: input should be 'auto', 'aiohttp' or 'httpx', got 'HTTPX'"),
+    ("transport: 1", "transport: input should be 'auto', 'aiohttp' or 'httpx', got 1"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), CONNECTION_CASES)
+@pytest.mark.parametrize("where", ["provider", "agent.subagent.provider"])
+def test_bad_connections_or_transport_name_the_key(
+    tmp_path: Path, line: str, message: str, where: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    if where == "provider":
+        path.write_text(f"provider:\n  {line}\n")
+    else:
+        path.write_text(f"agent:\n  subagent:\n    provider:\n      type: vllm\n      {line}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {where}.{message}"
+
+
+def test_overrides_set_connections_and_transport_everywhere() -> None:
+    config = XzatomaConfig.from_dict(
+        {"provider": {"type": "vllm", "model": "m", "max_connections": 7, "transport": "httpx"},
+         **subagent(provider={"type": "ollama", "max_connections": 3})}
+    )  # fmt: skip
+    merged = apply_overrides(config, max_connections=50, http_transport="aiohttp")
+    child = merged.agent.subagent.provider
+    assert child is not None
+    assert (merged.provider.max_connections, merged.provider.transport) == (50, "aiohttp")
+    assert (child.max_connections, child.transport) == (50, "aiohttp")
+    assert apply_overrides(config, max_connections=None).provider.max_connections == 7
+    for name, value, message in [
+        ("max_connections", 0, "provider.max_connections must be at least 1"),
+        ("max_connections", True,
+         "provider.max_connections: input should be a valid integer, got True"),
+        ("http_transport", "quic",
+         "provider.transport: input should be 'auto', 'aiohttp' or 'httpx', got 'quic'"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            apply_overrides(config, **{name: value})
+        assert str(info.value) == message
 
 
 # -- batch task files ----------------------------------------------------------------------

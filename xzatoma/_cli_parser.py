@@ -10,6 +10,7 @@ import math
 from typing import Any, NoReturn
 
 from .config import DEFAULT_BASE_URLS
+from .providers._pool import TRANSPORTS
 from .providers._settings import TOOL_CHOICES
 
 __all__ = (
@@ -100,7 +101,11 @@ _ENDPOINT = [
     ("--request-timeout", float, "SECONDS", "seconds one attempt of a model call may take (60)"),
     ("--max-retries", int, "N", "retries of a failed model call (default 2)"),
     ("--max-response-bytes", int, "N", "largest reply body accepted (default 8388608)"),
-]
+    ("--max-connections", int, "N", "model calls in flight at once, on connections kept alive "
+     "(default 1000, or half the open-file limit)"),
+    ("--http-transport", str, "NAME", "auto (aiohttp on asyncio, httpx on trio), aiohttp or "
+     "httpx"),
+]  # fmt: skip
 _SETTINGS = [
     ("--temperature", float, "T", "sampling temperature, 0..2 (unset: the endpoint's own)"),
     ("--top-p", float, "P", "nucleus sampling: the probability mass to sample from, 0..1"),
@@ -149,7 +154,7 @@ def _options(p: argparse.ArgumentParser, title: str, table: list[Any], **kw: Any
 def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
     types = {"dest": "provider_type", "choices": sorted(DEFAULT_BASE_URLS)}
     _options(p, "model endpoint (command line > --config file > defaults)", _ENDPOINT,
-             **{"--provider": types})  # fmt: skip
+             **{"--provider": types, "--http-transport": {"choices": TRANSPORTS}})  # fmt: skip
     g = _options(p, "model settings (sent only when set; subagents inherit them)",
                  _SETTINGS, **{"--tool-choice": {"choices": TOOL_CHOICES}})  # fmt: skip
     for flag, text in _SWITCHES:

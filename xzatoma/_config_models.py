@@ -22,6 +22,7 @@ from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
+from .providers._pool import TransportChoice
 from .providers._settings import SETTING_NAMES, ModelSettings
 from .providers.openai import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -75,6 +76,7 @@ _PROVIDER_LIMITS: tuple[tuple[str, Callable[[float], bool], str], ...] = (
         lambda v: v >= MIN_RESPONSE_BYTES,
         f"must be at least {MIN_RESPONSE_BYTES} bytes",
     ),
+    ("max_connections", lambda v: v >= 1, "must be at least 1"),
 )
 
 
@@ -100,6 +102,11 @@ class ProviderSettings(_Section):
     """Retries after a failed attempt (429, 5xx, connection errors, timeouts) (2)."""
     max_response_bytes: int | None = None
     """The largest reply body accepted, after decompression (8388608, 8 MiB)."""
+    max_connections: int | None = None
+    """The most model calls in flight at once, each on a connection kept alive for reuse;
+    more wait their turn (unset: 1000, or half the open-file limit if that is lower)."""
+    transport: TransportChoice | None = None
+    """``auto`` (aiohttp on asyncio, httpx on trio; the default), ``aiohttp`` or ``httpx``."""
     # The model settings: types here, ranges in ModelSettings (spelled once, see check()).
     temperature: float | None = None
     """Sampling temperature, 0..2 (not sent when unset: the endpoint's default)."""
@@ -302,7 +309,8 @@ class XzatomaConfig(_Section):
         With ``subagents``: the client for subagents when ``agent.subagent.provider`` or
         ``agent.subagent.model`` asks for one, else None (children use the parent's). Every
         key ``agent.subagent.provider`` leaves unset is ``provider``'s (see
-        :meth:`ProviderSettings.under`), then :data:`PROVIDER_DEFAULTS`. Raises
+        :meth:`ProviderSettings.under`), then :data:`PROVIDER_DEFAULTS` (an unset
+        ``max_connections`` or ``transport`` is the provider's own default). Raises
         :class:`ConfigError` when there is an endpoint but no model, or when ``api_key_env``
         names a variable that is not set, is blank, or holds a control character (the
         message names the variable, never its value).
@@ -339,6 +347,8 @@ class XzatomaConfig(_Section):
             timeout=limit["timeout_seconds"],
             max_retries=int(limit["max_retries"]),
             max_response_bytes=int(limit["max_response_bytes"]),
+            max_connections=section.max_connections,
+            transport=section.transport or "auto",
             settings=section.model_settings(where),
             text_tool_calls=section.text_tool_calls is not False,
         )

@@ -90,10 +90,14 @@ _OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "request_timeout": ("provider", "timeout_seconds"),
     "max_retries": ("provider", "max_retries"),
     "max_response_bytes": ("provider", "max_response_bytes"),
+    "max_connections": ("provider", "max_connections"),
+    "http_transport": ("provider", "transport"),
     **{name: ("provider", name) for name in (*SETTING_NAMES, "text_tool_calls")},
 }
 
-_CHILDREN_TOO = frozenset({*PROVIDER_DEFAULTS, *SETTING_NAMES, "text_tool_calls"})
+_CHILDREN_TOO = frozenset(
+    {*PROVIDER_DEFAULTS, "max_connections", "transport", *SETTING_NAMES, "text_tool_calls"}
+)
 """The ``provider`` keys a flag sets in ``agent.subagent.provider`` too, when the file has
 one: what the flag means to say holds for the whole tree, and the file is below it."""
 
@@ -109,10 +113,11 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
     ``timeout``, ``max_depth``, ``subagent_max_turns``, ``max_concurrent``,
     ``max_executions``, ``max_total_tokens``, ``max_total_time``, ``metrics_host``,
     ``metrics_port`` (a port also turns ``telemetry.enabled`` on), ``request_timeout``,
-    ``max_retries``, ``max_response_bytes``, ``temperature``, ``top_p``, ``seed``,
-    ``max_tokens``, ``tool_choice``, ``parallel_tool_calls``, ``text_tool_calls`` (these
-    last ten set ``provider`` and, when the file has one, ``agent.subagent.provider``: the
-    command line beats the file everywhere). The result is validated again, so an override
+    ``max_retries``, ``max_response_bytes``, ``max_connections``, ``http_transport`` (sets
+    ``provider.transport``), ``temperature``, ``top_p``, ``seed``, ``max_tokens``,
+    ``tool_choice``, ``parallel_tool_calls``, ``text_tool_calls`` (these last twelve set
+    ``provider`` and, when the file has one, ``agent.subagent.provider``: the command line
+    beats the file everywhere). The result is validated again, so an override
     gets the same messages as the file.
     """
     data = config.model_dump()
