@@ -214,3 +214,41 @@ def test_tool_schemas_are_serialised_once_per_set_of_specs(monkeypatch: pytest.M
         "m", messages, tuple(ToolSpec(s.name, s.description, s.parameters) for s in specs), None
     )
     assert built == ["lookup", "add", "lookup", "add"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.anyio
+async def test_a_wait_for_a_free_connection_does_not_count_against_the_timeout(
+    transport: str, server: ScriptedHTTPServer
+) -> None:
+    # One connection, four requests ahead of the last, each answered after about 1 s: the
+    # last waits about 4 s for the connection, more than its 3 s timeout, then answers in
+    # time. Its clock starts when it gets the connection, as each request's own does.
+    holds = [threading.Event() for _ in range(5)]
+    server.add(*(Reply(body=answer(f"r{i}").body, hold=hold) for i, hold in enumerate(holds)))
+    got: list[str | None] = []
+    async with OpenAIProvider(
+        server.url,
+        "m",
+        max_connections=1,
+        timeout=3,
+        max_retries=0,
+        transport=transport,  # type: ignore[arg-type]
+    ) as provider:
+
+        async def ask() -> None:
+            got.append((await provider.complete([Message.user("hi")], [])).content)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(ask)
+            for answered, hold in enumerate(holds):
+                with anyio.fail_after(30):
+                    while len(server.requests) <= answered:  # this one reached the server
+                        await anyio.sleep(0.01)
+                if answered < 4:
+                    await anyio.sleep(1)  # each of the first four takes about a second
+                hold.set()
+
+    assert sorted(got) == [f"r{i}" for i in range(5)]  # type: ignore[type-var]

@@ -84,8 +84,7 @@ class LoopTransports:
         choice: ``auto`` (aiohttp on asyncio, httpx on trio), ``aiohttp`` or ``httpx``.
         size: The most requests in flight at once, and the pool's connections.
         url: The endpoint (aiohttp looks up its proxy once, for it).
-        timeout: Seconds one attempt may take (httpx's own timeouts; the provider bounds
-            the whole attempt too).
+        timeout: Seconds one attempt may take, from when it passes the gate.
     """
 
     __slots__ = (
@@ -149,7 +148,7 @@ class LoopTransports:
             )
         if self._choice == "httpx" or not on_asyncio:
             return HttpxTransport.owning(gate, self._timeout)
-        return AiohttpTransport(gate, self._url)
+        return AiohttpTransport(gate, self._url, self._timeout)
 
     async def aclose(self) -> None:
         """Close the owned transport if it belongs to the running loop; else its loop did."""

@@ -131,7 +131,7 @@ async def _read(response: Reply, limit: int, url: str, redact: Redactor) -> tupl
     inflater = _inflater(response, url, redact)
     raw_room = _raw_limit(limit)
     try:
-        async for raw in response.raw_chunks():
+        while raw := await response.next_chunk():
             if inflater is None:
                 body += raw
             else:

@@ -15,7 +15,11 @@ under the size cap). Whatever goes wrong on the way is one :class:`TransportFail
 
 The :class:`Gate` in front of either lets at most ``size`` requests into the client at once,
 and the client has that many connections, all kept alive: requests beyond it wait in one
-FIFO here, never inside the client's pool, and connections are reused, not reopened.
+FIFO here, never inside the client's pool, and connections are reused, not reopened. Each
+transport bounds an attempt in time from the moment it passes the gate (a wait for a free
+connection is not the endpoint being slow): aiohttp with its own total timeout, which it
+keeps for the whole exchange anyway, httpx inside a cancel scope. A timeout is a
+``TransportFailure`` of kind ``timeout`` whose ``name`` is empty.
 """
 
 from __future__ import annotations
@@ -74,8 +78,9 @@ class Reply(Protocol):
         """A header's value (``name`` in lower case), ``None`` when absent."""
         ...
 
-    def raw_chunks(self) -> AsyncIterator[bytes]:
-        """The body as it came, in pieces; a failure while reading is a TransportFailure."""
+    async def next_chunk(self) -> bytes:
+        """The next piece of the body as it came (``b""`` at its end); a failure while
+        reading is a TransportFailure."""
         ...
 
     @property
@@ -85,7 +90,8 @@ class Reply(Protocol):
 
 
 class Transport(Protocol):
-    """Sends a POST and lends its reply for as long as the ``async with`` lasts."""
+    """Sends a POST and lends its reply for as long as the ``async with`` lasts, the whole
+    exchange bounded by the attempt's timeout."""
 
     @property
     def gate(self) -> Gate: ...
@@ -160,10 +166,11 @@ _HTTPX_FAILURES = _HttpxFailures()
 
 
 class _HttpxReply:
-    __slots__ = ("_response",)
+    __slots__ = ("_chunks", "_response")
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
+        self._chunks: AsyncIterator[bytes] | None = None
 
     @property
     def status(self) -> int:
@@ -178,21 +185,26 @@ class _HttpxReply:
         response = self._response
         return response.content if response.is_stream_consumed else None
 
-    async def raw_chunks(self) -> AsyncIterator[bytes]:
+    async def next_chunk(self) -> bytes:
+        if self._chunks is None:
+            self._chunks = self._response.aiter_raw()
         with _HTTPX_FAILURES:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
+            try:
+                return await anext(self._chunks)
+            except StopAsyncIteration:
+                return b""
 
 
 class HttpxTransport:
     """Requests through an ``httpx.AsyncClient``; an owned one is closed by :meth:`aclose`."""
 
-    __slots__ = ("_client", "_gate", "_owned", "_timeout")
+    __slots__ = ("_client", "_gate", "_owned", "_seconds", "_timeout")
 
     def __init__(
         self, client: httpx.AsyncClient, gate: Gate, timeout: float, *, owned: bool
     ) -> None:
         self._client, self._gate, self._owned = client, gate, owned
+        self._seconds = timeout
         self._timeout = httpx.Timeout(timeout)
 
     @classmethod
@@ -217,12 +229,15 @@ class HttpxTransport:
             raise TransportFailure("unbuildable", type(exc).__name__, str(exc)) from None
         await self._gate.enter()
         try:
-            with _HTTPX_FAILURES:
-                response = await self._client.send(request, stream=True)
-            try:
-                yield _HttpxReply(response)
-            finally:
-                await response.aclose()
+            with anyio.move_on_after(self._seconds) as scope:
+                with _HTTPX_FAILURES:
+                    response = await self._client.send(request, stream=True)
+                try:
+                    yield _HttpxReply(response)
+                finally:
+                    await response.aclose()
+            if scope.cancelled_caught:
+                raise TransportFailure("timeout", "", f"no reply within {self._seconds:g} s")
         finally:
             self._gate.leave()
 
@@ -259,7 +274,8 @@ class _AiohttpFailures:
         if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake
             kind = "connect"
         elif isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            kind = "timeout"
+            # The attempt's total timeout (aiohttp raises a bare TimeoutError for it).
+            raise TransportFailure("timeout", "", str(exc)) from None
         elif isinstance(exc, aiohttp.InvalidURL):
             kind = "refused"
         elif isinstance(exc, aiohttp.ClientError | OSError):
@@ -271,17 +287,56 @@ class _AiohttpFailures:
         raise TransportFailure(kind, type(exc).__name__, str(exc)) from None
 
 
-class _AiohttpReply:
-    __slots__ = ("_failures", "_response")
+class _AiohttpExchange:
+    """One request through :class:`AiohttpTransport`: the ``async with`` that sends it, and
+    the reply it lends. One object per request, no generator: at thousands of requests in
+    flight, every object each one keeps alive is work for the garbage collector."""
 
-    def __init__(self, response: aiohttp.ClientResponse, failures: _AiohttpFailures) -> None:
-        self._response, self._failures = response, failures
+    __slots__ = ("_body", "_headers", "_response", "_transport", "_url")
+
+    def __init__(
+        self, transport: AiohttpTransport, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        self._transport, self._url, self._body, self._headers = transport, url, body, headers
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> _AiohttpExchange:
+        transport = self._transport
+        await transport.gate.enter()
+        try:
+            with transport.sending:
+                self._response = await transport.session.post(
+                    self._url,
+                    data=self._body,
+                    headers=self._headers,
+                    allow_redirects=False,
+                    proxy=transport.proxy,
+                    proxy_auth=transport.proxy_auth,
+                )
+        except BaseException:
+            transport.gate.leave()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._response is not None:
+                self._response.release()  # back to the pool if read to the end, closed if not
+        finally:
+            self._transport.gate.leave()
 
     @property
     def status(self) -> int:
+        assert self._response is not None
         return self._response.status
 
     def header(self, name: str) -> str | None:
+        assert self._response is not None
         value: str | None = self._response.headers.get(name)
         return value
 
@@ -289,11 +344,10 @@ class _AiohttpReply:
     def whole(self) -> bytes | None:
         return None
 
-    async def raw_chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        with self._failures:
-            while chunk := await content.read(_PIECE):
-                yield chunk
+    async def next_chunk(self) -> bytes:
+        assert self._response is not None
+        with self._transport.reading:
+            return await self._response.content.read(_PIECE)
 
 
 class AiohttpTransport:
@@ -302,61 +356,41 @@ class AiohttpTransport:
     Set up to behave as the httpx client does: no redirects followed, bodies left
     compressed (``_reply_body`` inflates them under the cap), no cookies kept between
     requests, a proxy from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), and httpx's
-    certificates for https. Time is bounded by the provider (``anyio.move_on_after``).
+    certificates for https, one total timeout for the whole exchange.
 
     The proxy is looked up once, here, for the provider's one URL: aiohttp's own
     ``trust_env`` looks it up (and ``~/.netrc``) in a worker thread on every request, two
     trips through a thread that cost more than the rest of the request.
     """
 
-    __slots__ = ("_gate", "_proxy", "_proxy_auth", "_reading", "_sending", "_session")
+    __slots__ = ("gate", "proxy", "proxy_auth", "reading", "sending", "session")
 
-    def __init__(self, gate: Gate, url: str) -> None:
+    def __init__(self, gate: Gate, url: str, timeout: float) -> None:
         import aiohttp
         from aiohttp.helpers import get_env_proxy_for_url
         from yarl import URL
 
-        self._gate = gate
+        self.gate = gate
         # httpx's context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR): the same servers are
         # trusted whichever transport runs. Made only for https: loading it takes 0.1 s.
         secure = url.lower().startswith("https:")
         context: ssl.SSLContext | bool = httpx.create_ssl_context() if secure else True
-        self._proxy: URL | None = None
-        self._proxy_auth: aiohttp.BasicAuth | None = None
+        self.proxy: URL | None = None
+        self.proxy_auth: aiohttp.BasicAuth | None = None
         with contextlib.suppress(LookupError):  # LookupError: no proxy for this URL
-            self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(url))
-        self._session = aiohttp.ClientSession(
+            self.proxy, self.proxy_auth = get_env_proxy_for_url(URL(url))
+        self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=gate.size, ssl=context),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None),
+            # The whole exchange: connecting, sending, and every byte of the reply.
+            timeout=aiohttp.ClientTimeout(total=timeout),
         )
-        self._sending = _AiohttpFailures(sending=True)
-        self._reading = _AiohttpFailures(sending=False)
+        self.sending = _AiohttpFailures(sending=True)
+        self.reading = _AiohttpFailures(sending=False)
 
-    @property
-    def gate(self) -> Gate:
-        return self._gate
-
-    @asynccontextmanager
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AsyncIterator[Reply]:
-        await self._gate.enter()
-        try:
-            with self._sending:
-                response = await self._session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    proxy=self._proxy,
-                    proxy_auth=self._proxy_auth,
-                )
-            try:
-                yield _AiohttpReply(response, self._reading)
-            finally:
-                response.release()  # back to the pool if read to the end, closed if not
-        finally:
-            self._gate.leave()
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> _AiohttpExchange:
+        return _AiohttpExchange(self, url, body, headers)
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self.session.close()

@@ -335,9 +335,9 @@ class OpenAIProvider:
         raise AssertionError("unreachable: the last attempt always returns or raises")
 
     async def _attempt(self, transport: Transport, body: bytes) -> bytearray:
-        """One attempt, bounded as a whole by ``timeout`` (its wait at the gate included):
-        the reply body, or why not."""
-        with anyio.move_on_after(self._timeout), redacting_logs(self._redact):
+        """One attempt, bounded as a whole by ``timeout`` (the transport keeps the time,
+        from when a connection is free): the reply body, or why not."""
+        with redacting_logs(self._redact):
             try:
                 async with transport.post(self._url, body, self._headers) as reply:
                     return await self._read(reply)
@@ -347,8 +347,6 @@ class OpenAIProvider:
                 raise self._transport_failure(failure) from None
             except Exception as exc:  # a caller's client gone wrong
                 raise self._error(f"request to {self._shown_url} failed", exc) from None
-        head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
-        raise _Retryable("timeout", head, f"; {_TIMEOUT_HINT}", delay=None)
 
     async def _read(self, response: Reply) -> bytearray:
         status = response.status
@@ -367,7 +365,8 @@ class OpenAIProvider:
         name, said = failure.name, self._redact.quote(failure.said, _SAID_CHARS)
         if failure.kind == "timeout":
             head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
-            return _Retryable(name, head, f" ({name}); {_TIMEOUT_HINT}", delay=None)
+            named = f" ({name})" if name else ""  # a name: httpx's own, of one phase
+            return _Retryable(name or "timeout", head, f"{named}; {_TIMEOUT_HINT}", delay=None)
         if failure.kind == "connect":
             tail = f": {said or name}; check base_url and that the server is running"
             return _Retryable(name, f"could not connect to {self._shown_url}", tail, delay=None)
