@@ -113,6 +113,10 @@ class LoopTransports:
         self._given: Transport | None = None
         if given is not None:
             self._given = HttpxTransport(given, Gate(size), timeout, owned=False)
+        elif choice != "httpx":
+            # Imported now, where a provider is made, not at the first request: loading
+            # aiohttp takes 0.1-0.3 s, which would stall the event loop and all its tasks.
+            import aiohttp  # noqa: F401
         self._transport: Transport | None = None
         self._guard: AsyncGenerator[None, None] | None = None
         self._mark: object = None
