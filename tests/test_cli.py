@@ -39,7 +39,9 @@ from xzatoma import (
 from xzatoma._progress import BatchProgress
 from xzatoma._render import print_interrupted
 from xzatoma.cli import build_parser, main
-from xzatoma.providers._transport import AiohttpTransport, HttpxTransport, Transport
+from xzatoma.providers._aiohttp_transport import AiohttpTransport
+from xzatoma.providers._httpx_transport import HttpxTransport
+from xzatoma.providers._transport import Transport
 from xzatoma.testing import ScriptedProvider
 
 ROOT = Path(__file__).resolve().parent.parent

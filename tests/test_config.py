@@ -16,8 +16,9 @@ from xzatoma.config import (
     load_config,
     load_tasks,
 )
-from xzatoma.providers._pool import default_max_connections
-from xzatoma.providers._transport import AiohttpTransport, HttpxTransport
+from xzatoma.providers._aiohttp_transport import AiohttpTransport
+from xzatoma.providers._httpx_transport import HttpxTransport
+from xzatoma.providers._loop_transport import default_max_connections
 
 # Every validation message of DESIGN.md section 6, with a value that triggers it.
 SECTION_6 = [

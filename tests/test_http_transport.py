@@ -20,10 +20,12 @@ import httpcore
 import pytest
 from _http_server import Reply, ScriptedHTTPServer
 
+import xzatoma
 from xzatoma import Message, OpenAIProvider, ToolSpec
 from xzatoma.errors import ConfigError, ProviderError
-from xzatoma.providers import _openai_wire, _pool
-from xzatoma.providers._transport import AiohttpTransport, HttpxTransport
+from xzatoma.providers import _loop_transport, _openai_wire
+from xzatoma.providers._aiohttp_transport import AiohttpTransport
+from xzatoma.providers._httpx_transport import HttpxTransport
 
 TRANSPORTS = ("aiohttp", "httpx")
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -113,12 +115,12 @@ def test_max_connections_defaults_to_1000_or_half_the_open_file_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda _: (20000, 20000))
-    assert _pool.default_max_connections() == 1000
+    assert _loop_transport.default_max_connections() == 1000
     assert OpenAIProvider("http://127.0.0.1:1/v1", "m").max_connections == 1000
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
-    assert _pool.default_max_connections() == 512
+    assert _loop_transport.default_max_connections() == 512
     monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY,) * 2)
-    assert _pool.default_max_connections() == 1000
+    assert _loop_transport.default_max_connections() == 1000
     assert OpenAIProvider("http://127.0.0.1:1/v1", "m", max_connections=7).max_connections == 7
 
 
@@ -252,3 +254,90 @@ async def test_a_wait_for_a_free_connection_does_not_count_against_the_timeout(
                 hold.set()
 
     assert sorted(got) == [f"r{i}" for i in range(5)]  # type: ignore[type-var]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.anyio
+async def test_both_transports_keep_cookies_and_say_who_they_are(
+    transport: str, server: ScriptedHTTPServer
+) -> None:
+    # A load balancer's sticky-session cookie comes back on the next request, as httpx
+    # always did; the User-Agent is xzatoma's whichever library sends it.
+    first = answer("one")
+    first.headers["Set-Cookie"] = "AWSALB=abc; Path=/"
+    server.add(first, answer("two"))
+    async with OpenAIProvider(server.url, "m", transport=transport) as provider:  # type: ignore[arg-type]
+        for _ in range(2):
+            await provider.complete([Message.user("hi")], [])
+    assert "cookie" not in server.requests[0].headers
+    assert server.requests[1].headers["cookie"] == "AWSALB=abc"
+    agents = {request.headers["user-agent"] for request in server.requests}
+    assert agents == {f"xzatoma/{xzatoma.__version__}"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.anyio
+async def test_all_proxy_is_honoured_with_its_credentials(
+    transport: str, server: ScriptedHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = server.url.replace("http://", "http://user:s3cret@")
+    monkeypatch.setenv("ALL_PROXY", proxy)
+    server.add(answer("via all_proxy"))
+    far = "http://model.invalid:8000/v1"
+    async with OpenAIProvider(far, "m", transport=transport) as provider:  # type: ignore[arg-type]
+        assert (await provider.complete([Message.user("hi")], [])).content == "via all_proxy"
+    (request,) = server.requests
+    assert request.path == f"{far}/chat/completions"
+    assert request.headers["proxy-authorization"] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
+
+
+@pytest.mark.timeout(60)
+def test_auto_takes_httpx_behind_a_proxy_aiohttp_cannot_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "https://user:s3cret@proxy.invalid:3128")
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    async def transport_of(choice: str) -> object:
+        provider = OpenAIProvider("http://model.invalid/v1", "m", transport=choice)  # type: ignore[arg-type]
+        try:
+            return await provider._transports.get()
+        finally:
+            await provider.aclose()
+
+    assert type(run_on("asyncio", lambda: transport_of("auto"))) is HttpxTransport
+    with pytest.raises(ProviderError, match="cannot use the https proxy") as info:
+        run_on("asyncio", lambda: transport_of("aiohttp"))
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.anyio
+async def test_cancelled_calls_give_their_places_back(
+    transport: str, server: ScriptedHTTPServer
+) -> None:
+    # Two calls in flight and three waiting at the gate, all cancelled: every place comes
+    # back, and the next call goes through on a connection.
+    hold = threading.Event()
+    server.add(*(Reply(body=answer().body, hold=hold) for _ in range(2)), answer("after"))
+    async with OpenAIProvider(server.url, "m", max_connections=2, transport=transport) as provider:  # type: ignore[arg-type]
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(provider.complete, [Message.user("hi")], [])
+            with anyio.fail_after(30):
+                while len(server.requests) < 2:
+                    await anyio.sleep(0.01)
+            gate = (await provider._transports.get()).gate
+            assert gate._semaphore.statistics().tasks_waiting == 3
+            tg.cancel_scope.cancel()
+        assert gate.inside == 0
+        assert gate._semaphore.statistics().tasks_waiting == 0
+        hold.set()
+        assert (await provider.complete([Message.user("hi")], [])).content == "after"

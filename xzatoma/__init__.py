@@ -4,7 +4,6 @@ batches, under one quota and a depth limit, with OpenTelemetry built in."""
 from __future__ import annotations
 
 import inspect as _inspect
-from importlib.metadata import PackageNotFoundError, version
 
 from ._agent import Agent as Agent
 from ._events import Event as Event
@@ -35,6 +34,7 @@ from ._types import Message as Message
 from ._types import ToolCall as ToolCall
 from ._types import ToolSpec as ToolSpec
 from ._types import Usage as Usage
+from ._version import package_version
 from .errors import ConfigError as ConfigError
 from .errors import DepthLimitExceeded as DepthLimitExceeded
 from .errors import LocalModelError as LocalModelError
@@ -45,10 +45,7 @@ from .providers import ModelSettings as ModelSettings
 from .providers import OpenAIProvider as OpenAIProvider
 from .providers import Provider as Provider
 
-try:
-    __version__ = version("xzatoma")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+__version__ = package_version()
 
 __all__ = (
     # the agent loop, one run and its result

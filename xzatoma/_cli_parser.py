@@ -10,7 +10,7 @@ import math
 from typing import Any, NoReturn
 
 from .config import DEFAULT_BASE_URLS
-from .providers._pool import TRANSPORTS
+from .providers._loop_transport import TRANSPORTS
 from .providers._settings import TOOL_CHOICES
 
 __all__ = (

@@ -22,7 +22,7 @@ from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
-from .providers._pool import TransportChoice
+from .providers._loop_transport import TransportChoice
 from .providers._settings import SETTING_NAMES, ModelSettings
 from .providers.openai import (
     DEFAULT_MAX_RESPONSE_BYTES,

@@ -1,35 +1,35 @@
-"""An OpenAI-compatible chat provider: ``POST /chat/completions`` over httpx, with retries.
+"""An OpenAI-compatible chat provider: ``POST /chat/completions`` with retries.
 
 One class serves OpenAI, Ollama, vLLM, llama.cpp server and LM Studio, because they all speak
 the same wire format. Transient failures (429, 5xx, connection errors, timeouts) are retried
 with capped exponential backoff and full jitter, honouring ``Retry-After``. Each attempt is
 bounded in time (connect, send and every byte of the reply) and in reply size. Everything
 that goes wrong becomes a one-line :class:`~xzatoma.errors.ProviderError` that never carries
-the API key (see ``docs/providers.md``).
+the API key (see ``docs/providers.md``). How the requests travel (aiohttp or httpx, behind
+a gate of ``max_connections``) is ``_loop_transport``'s business.
 """
 
 from __future__ import annotations
 
 import copy
-import email.utils
 import logging
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 import anyio
 import httpx
 
 from .._types import Completion, Message, ToolSpec
+from .._version import package_version
 from ..errors import ConfigError, ProviderError
 from ._log_redaction import install_log_redaction, redacting_logs
+from ._loop_transport import TRANSPORTS, LoopTransports, TransportChoice, default_max_connections
 from ._openai_wire import MalformedReply, clean_text, encode_request, parse_reply
-from ._pool import TRANSPORTS, LoopTransports, TransportChoice, default_max_connections
 from ._reply_body import ACCEPT_ENCODING, read_capped, read_prefix
+from ._retries import RETRY_STATUSES, Retryable, backoff, retry_after
 from ._secrets import Redactor, clean_api_key
 from ._settings import ModelSettings, ToolChoice
 from ._tool_replies import ToolReplies
@@ -40,19 +40,14 @@ __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
 
 logger = logging.getLogger(__name__)
 
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_BACKOFF_BASE = 0.5
-_BACKOFF_CAP = 8.0
-_BACKOFF_MAX_EXPONENT = 16
-"""Past this many doublings the cap has long won; ``2.0**1025`` would raise OverflowError."""
 MAX_RETRIES = 100
 """The most retries one provider may make: more is a typo, not a policy."""
+USER_AGENT: Final = f"xzatoma/{package_version()}"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_RESPONSE_BYTES = 8_388_608
 MIN_RESPONSE_BYTES = 1024
 """The smallest reply-size cap: below it no chat completion fits."""
-_RETRY_AFTER_CAP = 60.0
 _EXCERPT_CHARS = 200
 _SAID_CHARS = 300
 """How much of an exception's text about the endpoint a message quotes."""
@@ -64,23 +59,12 @@ _TIMEOUT_HINT = (
 )
 
 
-class _Retryable(Exception):
-    """An attempt failed in a way another attempt may not; the message waits for the count."""
-
-    def __init__(
-        self, reason: str, head: str, tail: str, *, status: int | None = None, delay: float | None
-    ) -> None:
-        super().__init__(reason)
-        self.reason, self.head, self.tail = reason, head, tail
-        self.status, self.delay = status, delay
-
-
 class OpenAIProvider:
     """A chat model behind any OpenAI-compatible ``/chat/completions`` endpoint.
 
     The API key is kept private and only ever written into the ``Authorization`` header of
-    each request; every message built from what the endpoint or httpx said is redacted, so
-    it cannot leak through ``repr``, log records or error messages.
+    each request; every message built from what the endpoint or the HTTP library said is
+    redacted, so it cannot leak through ``repr``, log records or error messages.
 
     Args:
         base_url: The API root, e.g. ``https://api.openai.com/v1`` or
@@ -95,8 +79,9 @@ class OpenAIProvider:
             keeps it to one event loop.
         max_connections: The most requests in flight at once, and the connections kept
             open for them (all kept alive and reused); more requests wait their turn in
-            xzatoma, never inside the HTTP client. Default: as many as the runtime runs at
-            once, up to 1000 (or half the process's open-file limit, if lower).
+            xzatoma, never inside the HTTP client; a call's ``timeout`` starts once it has a
+            connection. Default: 1000, or half the process's open-file limit if lower.
+            With a ``client`` of yours, set it to that client's pool size.
         transport: ``auto`` (aiohttp on asyncio, httpx on trio: ``docs/providers.md``),
             ``aiohttp`` or ``httpx``. A ``client`` given is always used as it is.
         temperature, top_p, seed, max_tokens, tool_choice, parallel_tool_calls: Model
@@ -199,6 +184,7 @@ class OpenAIProvider:
             "Accept": "application/json",
             "Accept-Encoding": ACCEPT_ENCODING,
             "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,  # the same whichever HTTP library sends it
         }
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -326,7 +312,7 @@ class OpenAIProvider:
         for attempt in range(1, attempts + 1):
             try:
                 return await self._attempt(transport, body)
-            except _Retryable as failure:
+            except Retryable as failure:
                 if attempt == attempts:
                     tried = f" ({attempt} attempts)" if attempt > 1 else ""
                     raise self._fail(failure.head + tried + failure.tail, failure.status) from None
@@ -341,11 +327,11 @@ class OpenAIProvider:
             try:
                 async with transport.post(self._url, body, self._headers) as reply:
                     return await self._read(reply)
-            except (ProviderError, _Retryable):
+            except (ProviderError, Retryable):
                 raise
             except TransportFailure as failure:
                 raise self._transport_failure(failure) from None
-            except Exception as exc:  # a caller's client gone wrong
+            except Exception as exc:  # not the HTTP library's own: a bug somewhere below
                 raise self._error(f"request to {self._shown_url} failed", exc) from None
 
     async def _read(self, response: Reply) -> bytearray:
@@ -356,26 +342,26 @@ class OpenAIProvider:
         prefix, cut = await read_prefix(response, _ERROR_BODY_BYTES, self._shown_url, self._redact)
         head, tail = "model endpoint failed", f": HTTP {status} from {self._shown_url}: "
         tail += self._excerpt(prefix, cut=cut)
-        if status not in _RETRY_STATUSES:
+        if status not in RETRY_STATUSES:
             raise self._fail(head + tail, status)
-        delay = _retry_after(response.header("retry-after"))
-        raise _Retryable(f"HTTP {status}", head, tail, status=status, delay=delay)
+        delay = retry_after(response.header("retry-after"))
+        raise Retryable(f"HTTP {status}", head, tail, status=status, delay=delay)
 
-    def _transport_failure(self, failure: TransportFailure) -> _Retryable | ProviderError:
+    def _transport_failure(self, failure: TransportFailure) -> Retryable | ProviderError:
         name, said = failure.name, self._redact.quote(failure.said, _SAID_CHARS)
         if failure.kind == "timeout":
             head = f"request to {self._shown_url} timed out after {self._timeout:g} s"
             named = f" ({name})" if name else ""  # a name: httpx's own, of one phase
-            return _Retryable(name or "timeout", head, f"{named}; {_TIMEOUT_HINT}", delay=None)
+            return Retryable(name or "timeout", head, f"{named}; {_TIMEOUT_HINT}", delay=None)
         if failure.kind == "connect":
             tail = f": {said or name}; check base_url and that the server is running"
-            return _Retryable(name, f"could not connect to {self._shown_url}", tail, delay=None)
+            return Retryable(name, f"could not connect to {self._shown_url}", tail, delay=None)
         if failure.kind == "unbuildable":
             return self._fail(f"could not build the request to {self._shown_url}: {name}: {said}")
         head, tail = f"request to {self._shown_url} failed", f": {name}: {said}"
         if failure.kind == "refused":
             return self._fail(head + tail)  # our own request is at fault: again is the same
-        return _Retryable(name, head, tail, delay=None)
+        return Retryable(name, head, tail, delay=None)
 
     def _error(self, what: str, exc: Exception) -> ProviderError:
         return self._fail(f"{what}: {type(exc).__name__}: {self._said(exc)}")
@@ -406,26 +392,4 @@ class OpenAIProvider:
         await self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in ``[0, min(cap, base * 2**attempt))`` to spread out herds."""
-        exponent = min(attempt, _BACKOFF_MAX_EXPONENT)
-        return self._random() * min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**exponent)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), capped."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), _RETRY_AFTER_CAP)
+        return backoff(attempt, self._random())

@@ -1,4 +1,4 @@
-"""The transport a provider and its twins use in each event loop, and how big its pool is.
+"""The transport a provider and its twins use in each event loop, and how many connections.
 
 A connection belongs to the event loop that opened it; used from the next ``asyncio.run`` it
 fails with "Event loop is closed", and dropped unclosed it leaks ``ResourceWarning``\\s. So
@@ -19,7 +19,8 @@ import sniffio
 from anyio.lowlevel import RunVar
 
 from ..errors import ProviderError
-from ._transport import AiohttpTransport, Gate, HttpxTransport, Transport
+from ._httpx_transport import HttpxTransport
+from ._transport import Gate, Transport, environment_proxy
 
 __all__ = (
     "CONNECTIONS_CEILING",
@@ -116,7 +117,7 @@ class LoopTransports:
         elif choice != "httpx":
             # Imported now, where a provider is made, not at the first request: loading
             # aiohttp takes 0.1-0.3 s, which would stall the event loop and all its tasks.
-            import aiohttp  # noqa: F401
+            from . import _aiohttp_transport  # noqa: F401
         self._transport: Transport | None = None
         self._guard: AsyncGenerator[None, None] | None = None
         self._mark: object = None
@@ -143,16 +144,27 @@ class LoopTransports:
         return transport
 
     def _make(self) -> Transport:
-        gate = Gate(self.size)
-        on_asyncio = sniffio.current_async_library() == "asyncio"
-        if self._choice == "aiohttp" and not on_asyncio:
+        """aiohttp on asyncio, unless told otherwise or behind a proxy it cannot use."""
+        library = sniffio.current_async_library()
+        if self._choice == "httpx" or (self._choice == "auto" and library != "asyncio"):
+            return HttpxTransport.owning(Gate(self.size), self._timeout)
+        if library != "asyncio":
             raise ProviderError(
-                "transport='aiohttp' runs on asyncio only, and this run is on "
-                f"{sniffio.current_async_library()}: use transport='auto' or 'httpx'"
+                "transport='aiohttp' (a setting) runs on asyncio only, and this run is on "
+                f"{library}: use transport='auto' or 'httpx'"
             )
-        if self._choice == "httpx" or not on_asyncio:
-            return HttpxTransport.owning(gate, self._timeout)
-        return AiohttpTransport(gate, self._url, self._timeout)
+        proxy = environment_proxy(self._url)
+        if proxy is not None and not proxy.lower().startswith("http://"):
+            if self._choice == "auto":
+                return HttpxTransport.owning(Gate(self.size), self._timeout)
+            scheme = proxy.partition(":")[0]  # never the rest: it may hold a password
+            raise ProviderError(
+                f"transport='aiohttp' (a setting) cannot use the {scheme} proxy the "
+                "environment names for this endpoint: use transport='auto' or 'httpx'"
+            )
+        from ._aiohttp_transport import AiohttpTransport
+
+        return AiohttpTransport(Gate(self.size), self._url, self._timeout, proxy)
 
     async def aclose(self) -> None:
         """Close the owned transport if it belongs to the running loop; else its loop did."""
