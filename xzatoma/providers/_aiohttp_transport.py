@@ -3,9 +3,9 @@
 Set up to behave at the wire as the httpx client does: no redirects followed, bodies left
 compressed (``_reply_body`` inflates them under the cap), cookies kept between the requests
 of a provider (also from hosts given as IP addresses, as httpx does), idle connections kept
-5 s, the environment's proxy for the endpoint, httpx's certificates for https, header lines
-up to 64 KiB. One total timeout bounds the whole exchange: connecting, sending, and every
-byte of the reply.
+5 s, the environment's proxy for the endpoint, httpx's certificates for https, up to 1000
+header lines of up to 64 KiB. One total timeout bounds the whole exchange: connecting,
+sending, and every byte of the reply.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ _READ_SIZE = 65536
 """The most one read of a body hands over."""
 _HEADER_BYTES = 65536
 """The longest status or header line taken (aiohttp's own limit is 8190, httpcore's more)."""
+_HEADERS = 1000
+"""The most header fields taken (aiohttp's own limit is 128; httpx has none but size)."""
 _IDLE_SECONDS = 5.0
 """How long an idle connection is kept (httpx's ``keepalive_expiry``); many servers close
 theirs after 5 s, and reusing one they closed costs a failed attempt."""
@@ -61,13 +63,28 @@ class _AiohttpFailures:
             raise TransportFailure("timeout", "", str(exc)) from None
         elif isinstance(exc, aiohttp.InvalidURL):
             kind = "refused"
+        elif isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400:
+            # Not a status the server sent: aiohttp's parser refused the reply (a line too
+            # long, a bad status line or chunk) and says so as a 400, quoting the first 100
+            # bytes, which can hold part of a key the redactor would not recognise.
+            cause = exc.__cause__
+            name = type(cause).__name__ if cause is not None else "BadHttpMessage"
+            raise TransportFailure("broken", name, _parser_said(exc.message)) from None
         elif isinstance(exc, aiohttp.ClientError | OSError):
-            kind = "broken"  # disconnected, reset, a reply that is not HTTP, a cut body
+            kind = "broken"  # disconnected, reset, a cut body
         elif self._sending and isinstance(exc, ValueError | TypeError):
             kind = "unbuildable"  # a header aiohttp will not write
         else:
             kind = "refused"
         raise TransportFailure(kind, type(exc).__name__, str(exc)) from None
+
+
+def _parser_said(message: str) -> str:
+    """The first line of a parser's message, cut where it starts quoting the reply's bytes
+    (``b'...'``): all of that goes, however it ends."""
+    first = message.strip().splitlines()[0] if message.strip() else "not an HTTP reply"
+    quoted = [i for i in (first.find("b'"), first.find('b"')) if i >= 0]
+    return f"{first[: min(quoted)]}(the reply's bytes)" if quoted else first
 
 
 class _AiohttpExchange:
@@ -184,6 +201,7 @@ class AiohttpTransport:
             timeout=aiohttp.ClientTimeout(total=timeout),
             max_line_size=_HEADER_BYTES,
             max_field_size=_HEADER_BYTES,
+            max_headers=_HEADERS,
         )
         self.send_failures = _AiohttpFailures(sending=True)
         self.read_failures = _AiohttpFailures(sending=False)

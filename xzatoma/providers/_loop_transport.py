@@ -18,12 +18,13 @@ import httpx
 import sniffio
 from anyio.lowlevel import RunVar
 
-from ..errors import ProviderError
+from ..errors import ConfigError, ProviderError
 from ._httpx_transport import HttpxTransport
 from ._transport import Gate, Transport, environment_proxy
 
 __all__ = (
     "CONNECTIONS_CEILING",
+    "check_transport_options",
     "TRANSPORTS",
     "LoopTransports",
     "TransportChoice",
@@ -39,6 +40,18 @@ CONNECTIONS_CEILING: Final = 1000
 
 _LOOP_MARK: RunVar[object] = RunVar("xzatoma_openai_loop_mark")
 """A fresh object per event loop run, so that "same loop" is one identity check."""
+
+
+def check_transport_options(max_connections: object, transport: object) -> None:
+    """Refuse a ``max_connections`` that is not an integer of at least 1 (``None``: the
+    default) and a ``transport`` that is none of :data:`TRANSPORTS`, with a ConfigError."""
+    if max_connections is not None and (type(max_connections) is not int or max_connections < 1):
+        raise ConfigError(
+            f"max_connections must be an integer of at least 1, got {max_connections!r}"
+        )
+    if transport not in TRANSPORTS:
+        choices = ", ".join(repr(t) for t in TRANSPORTS)
+        raise ConfigError(f"transport must be one of {choices}, got {transport!r}")
 
 
 def default_max_connections() -> int:

@@ -26,14 +26,19 @@ from .._types import Completion, Message, ToolSpec
 from .._version import package_version
 from ..errors import ConfigError, ProviderError
 from ._log_redaction import install_log_redaction, redacting_logs
-from ._loop_transport import TRANSPORTS, LoopTransports, TransportChoice, default_max_connections
+from ._loop_transport import (
+    LoopTransports,
+    TransportChoice,
+    check_transport_options,
+    default_max_connections,
+)
 from ._openai_wire import MalformedReply, clean_text, encode_request, parse_reply
 from ._reply_body import ACCEPT_ENCODING, read_capped, read_prefix
 from ._retries import RETRY_STATUSES, Retryable, backoff, retry_after
 from ._secrets import Redactor, clean_api_key
 from ._settings import ModelSettings, ToolChoice
 from ._tool_replies import ToolReplies
-from ._transport import Reply, Transport, TransportFailure
+from ._transport import Reply, Transport, TransportFailure, environment_proxy
 from ._urls import chat_completions_url, shown_url, url_secrets, validate_base_url
 
 __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
@@ -151,15 +156,7 @@ class OpenAIProvider:
                 f"max_response_bytes must be at least {MIN_RESPONSE_BYTES}, "
                 f"got {max_response_bytes}"
             )
-        if max_connections is not None and (
-            type(max_connections) is not int or max_connections < 1
-        ):
-            raise ConfigError(
-                f"max_connections must be an integer of at least 1, got {max_connections!r}"
-            )
-        if transport not in TRANSPORTS:
-            choices = ", ".join(repr(t) for t in TRANSPORTS)
-            raise ConfigError(f"transport must be one of {choices}, got {transport!r}")
+        check_transport_options(max_connections, transport)
         self._base_url = base_url
         self._model = model
         self._api_key = api_key
@@ -179,7 +176,12 @@ class OpenAIProvider:
         self._shown_url = shown_url(self._url)
         # Shared with the twins, as the pool is: one server, one warning per model.
         self._tool_replies = ToolReplies(logger, self._shown_url, recover=text_tool_calls)
-        self._redact = Redactor((api_key, *url_secrets(base_url)))
+        # The proxy's credentials too: a proxy that refuses them may echo them back.
+        proxy = environment_proxy(self._url)
+        self._redact = Redactor(
+            (api_key, *url_secrets(base_url), *(url_secrets(proxy) if proxy else ()))
+        )
+        self._through = f" through the proxy {shown_url(proxy)}" if proxy else ""
         self._headers = {
             "Accept": "application/json",
             "Accept-Encoding": ACCEPT_ENCODING,
@@ -355,7 +357,10 @@ class OpenAIProvider:
             return Retryable(name or "timeout", head, f"{named}; {_TIMEOUT_HINT}", delay=None)
         if failure.kind == "connect":
             tail = f": {said or name}; check base_url and that the server is running"
-            return Retryable(name, f"could not connect to {self._shown_url}", tail, delay=None)
+            if self._through:  # the proxy the environment names may be what is down
+                tail = f": {said or name}; check the proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY)"
+            head = f"could not connect to {self._shown_url}{self._through}"
+            return Retryable(name, head, tail, delay=None)
         if failure.kind == "unbuildable":
             return self._fail(f"could not build the request to {self._shown_url}: {name}: {said}")
         head, tail = f"request to {self._shown_url} failed", f": {name}: {said}"
@@ -391,5 +396,5 @@ class OpenAIProvider:
         logger.warning(message, self._shown_url, reason, attempt, total, delay)
         await self._sleep(delay)
 
-    def _backoff(self, attempt: int) -> float:
+    def _backoff(self, attempt: int) -> float:  # full jitter
         return backoff(attempt, self._random())
