@@ -210,6 +210,13 @@ def test_max_response_bytes_caps_the_reply(
         ("--max-response-bytes", "100",
          "provider.max_response_bytes must be at least 1024 bytes (from --max-response-bytes 100)"),
         ("--max-retries", "two", "argument --max-retries: invalid int value: 'two'"),
+        ("--max-connections", "0",
+         "provider.max_connections must be at least 1 (from --max-connections 0)"),
+        ("--max-connections", "-1",
+         "provider.max_connections must be at least 1 (from --max-connections -1)"),
+        ("--max-connections", "x", "argument --max-connections: invalid int value: 'x'"),
+        ("--max-connections", "true", "argument --max-connections: invalid int value: 'true'"),
+        ("--http-transport", "quic", "argument --http-transport: invalid choice: 'quic'"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("command", ["run", "batch"])

@@ -573,31 +573,6 @@ def test_connection_flags_reach_the_subagents_provider_too(
     assert seen == [expected, expected]
 
 
-@pytest.mark.parametrize(
-    ("flag", "value", "message"),
-    [
-        ("--max-connections", "0",
-         "provider.max_connections must be at least 1 (from --max-connections 0)"),
-        ("--max-connections", "-1",
-         "provider.max_connections must be at least 1 (from --max-connections -1)"),
-        ("--max-connections", "x", "argument --max-connections: invalid int value: 'x'"),
-        ("--max-connections", "true", "argument --max-connections: invalid int value: 'true'"),
-        ("--http-transport", "quic", "argument --http-transport: invalid choice: 'quic'"),
-    ],
-)  # fmt: skip
-@pytest.mark.parametrize("command", ["run", "batch"])
-def test_connection_flags_are_validated_with_the_exact_messages(
-    capsys: pytest.CaptureFixture[str], command: str, flag: str, value: str, message: str
-) -> None:
-    first = "hi" if command == "run" else "tasks.jsonl"
-    code, out, err = cli(
-        capsys, command, first, "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
-        flag, value,
-    )  # fmt: skip
-    assert (code, out) == (2, "")
-    assert message in one_error_line(err)
-
-
 # -- the progress display, fed events directly ----------------------------------------------
 
 
