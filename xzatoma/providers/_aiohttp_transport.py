@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 from yarl import URL
 
-from ._transport import FailureKind, Gate, TransportFailure
+from ._transport import FailureKind, FailureMap, Gate, TransportFailure
 
 __all__ = ("AiohttpTransport",)
 
@@ -35,32 +35,22 @@ _IDLE_SECONDS = 5.0
 theirs after 5 s, and reusing one they closed costs a failed attempt."""
 
 
-class _AiohttpFailures:
-    """``with`` block mapping aiohttp's exceptions to :class:`TransportFailure`."""
+class _AiohttpFailures(FailureMap):
+    """aiohttp's exceptions as TransportFailures."""
 
     __slots__ = ("_sending",)
 
     def __init__(self, *, sending: bool) -> None:
         self._sending = sending
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not isinstance(exc, Exception) or isinstance(exc, TransportFailure):
-            return
+    def failure(self, exc: Exception) -> TransportFailure:
         kind: FailureKind
         if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake
             kind = "connect"
         elif isinstance(exc, aiohttp.ServerTimeoutError):  # one phase: connect, a read
             kind = "timeout"
         elif isinstance(exc, asyncio.TimeoutError):  # the attempt's total: a bare one
-            raise TransportFailure("timeout", "", str(exc)) from None
+            return TransportFailure("timeout", "", str(exc))
         elif isinstance(exc, aiohttp.InvalidURL):
             kind = "refused"
         elif isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400:
@@ -69,14 +59,14 @@ class _AiohttpFailures:
             # bytes, which can hold part of a key the redactor would not recognise.
             cause = exc.__cause__
             name = type(cause).__name__ if cause is not None else "BadHttpMessage"
-            raise TransportFailure("broken", name, _parser_said(exc.message)) from None
+            return TransportFailure("broken", name, _parser_said(exc.message))
         elif isinstance(exc, aiohttp.ClientError | OSError):
             kind = "broken"  # disconnected, reset, a cut body
         elif self._sending and isinstance(exc, ValueError | TypeError):
             kind = "unbuildable"  # a header aiohttp will not write
         else:
             kind = "refused"
-        raise TransportFailure(kind, type(exc).__name__, str(exc)) from None
+        return TransportFailure(kind, type(exc).__name__, str(exc))
 
 
 def _parser_said(message: str) -> str:

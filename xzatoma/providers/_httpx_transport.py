@@ -8,32 +8,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
 
 import anyio
 import httpx
 
-from ._transport import FailureKind, Gate, Reply, TransportFailure
+from ._transport import FailureKind, FailureMap, Gate, Reply, TransportFailure
 
 __all__ = ("HttpxTransport",)
 
 
-class _HttpxFailures:
-    """``with`` block mapping httpx's exceptions to :class:`TransportFailure`."""
+class _HttpxFailures(FailureMap):
+    """httpx's exceptions as TransportFailures."""
 
     __slots__ = ()
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not isinstance(exc, Exception) or isinstance(exc, TransportFailure):
-            return  # nothing, a cancellation, or mapped already
+    def failure(self, exc: Exception) -> TransportFailure:
         kind: FailureKind
         if isinstance(exc, httpx.TimeoutException):
             kind = "timeout"
@@ -45,7 +34,7 @@ class _HttpxFailures:
             kind = "broken"
         else:  # any other httpx error, or a caller's client gone wrong
             kind = "refused"
-        raise TransportFailure(kind, type(exc).__name__, str(exc)) from None
+        return TransportFailure(kind, type(exc).__name__, str(exc))
 
 
 _HTTPX_FAILURES = _HttpxFailures()

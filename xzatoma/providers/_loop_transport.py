@@ -20,7 +20,7 @@ from anyio.lowlevel import RunVar
 
 from ..errors import ConfigError, ProviderError
 from ._httpx_transport import HttpxTransport
-from ._transport import Gate, Transport, environment_proxy
+from ._transport import Gate, Transport
 
 __all__ = (
     "CONNECTIONS_CEILING",
@@ -97,7 +97,9 @@ class LoopTransports:
         given: A caller's client, used as it is in whatever loop (the caller closes it).
         choice: ``auto`` (aiohttp on asyncio, httpx on trio), ``aiohttp`` or ``httpx``.
         size: The most requests in flight at once, and the pool's connections.
-        url: The endpoint (aiohttp looks up its proxy once, for it).
+        url: The endpoint.
+        proxy: The proxy the environment names for it (:func:`environment_proxy`, read once
+            by the provider), or ``None``.
         timeout: Seconds one attempt may take, from when it passes the gate.
     """
 
@@ -107,6 +109,7 @@ class LoopTransports:
         "_guard",
         "_loop",
         "_mark",
+        "_proxy",
         "_timeout",
         "_transport",
         "_url",
@@ -120,10 +123,11 @@ class LoopTransports:
         choice: TransportChoice,
         size: int,
         url: str,
+        proxy: str | None,
         timeout: float,
     ) -> None:
         self.size = size
-        self._choice, self._url, self._timeout = choice, url, timeout
+        self._choice, self._url, self._proxy, self._timeout = choice, url, proxy, timeout
         self._given: Transport | None = None
         if given is not None:
             self._given = HttpxTransport(given, Gate(size), timeout, owned=False)
@@ -166,7 +170,7 @@ class LoopTransports:
                 "transport='aiohttp' (a setting) runs on asyncio only, and this run is on "
                 f"{library}: use transport='auto' or 'httpx'"
             )
-        proxy = environment_proxy(self._url)
+        proxy = self._proxy
         if proxy is not None and not proxy.lower().startswith("http://"):
             if self._choice == "auto":
                 return HttpxTransport.owning(Gate(self.size), self._timeout)

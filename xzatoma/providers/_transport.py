@@ -30,16 +30,21 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Literal, Protocol, TypeAlias
 
 import anyio
 
+from ._urls import shown_url
+
 __all__ = (
     "FailureKind",
+    "FailureMap",
     "Gate",
     "Reply",
     "Transport",
     "TransportFailure",
+    "connect_hints",
     "environment_proxy",
 )
 
@@ -57,6 +62,31 @@ class TransportFailure(Exception):
     def __init__(self, kind: FailureKind, name: str, said: str) -> None:
         super().__init__(f"{name}: {said}")
         self.kind, self.name, self.said = kind, name, said
+
+
+class FailureMap:
+    """A ``with`` block that turns an HTTP library's exceptions into a TransportFailure.
+
+    Anything that is not an ``Exception`` (a cancellation) passes, and so does a failure
+    already mapped; a subclass says how the rest are mapped (:meth:`failure`).
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, TransportFailure):
+            raise self.failure(exc) from None
+
+    def failure(self, exc: Exception) -> TransportFailure:
+        raise NotImplementedError
 
 
 class Reply(Protocol):
@@ -135,3 +165,14 @@ def environment_proxy(url: str) -> str | None:
     if not proxy or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
         return None
     return proxy
+
+
+def connect_hints(proxy: str | None) -> tuple[str, str]:
+    """What a "could not connect" message adds after the URL, and what it says to check:
+    the proxy (its credentials left out) when the environment names one, else the server."""
+    if proxy is None:
+        return "", "base_url and that the server is running"
+    return (
+        f" through the proxy {shown_url(proxy)}",
+        "the proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY)",
+    )

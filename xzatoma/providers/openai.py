@@ -38,7 +38,7 @@ from ._retries import RETRY_STATUSES, Retryable, backoff, retry_after
 from ._secrets import Redactor, clean_api_key
 from ._settings import ModelSettings, ToolChoice
 from ._tool_replies import ToolReplies
-from ._transport import Reply, Transport, TransportFailure, environment_proxy
+from ._transport import Reply, Transport, TransportFailure, connect_hints, environment_proxy
 from ._urls import chat_completions_url, shown_url, url_secrets, validate_base_url
 
 __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
@@ -163,25 +163,27 @@ class OpenAIProvider:
         self._timeout = float(timeout)
         self._max_retries = int(max_retries)
         self._max_response_bytes = int(max_response_bytes)
+        self._url = chat_completions_url(base_url)
+        # Read once: the transport, the redactor and the messages name the same proxy.
+        proxy = environment_proxy(self._url)
         self._transports = LoopTransports(
             client,
             choice=transport,
             size=max_connections or default_max_connections(),
-            url=chat_completions_url(base_url),
+            url=self._url,
+            proxy=proxy,
             timeout=self._timeout,
         )
         self._owns_clients = True
         self._use_settings((settings or ModelSettings()).merged(given))
-        self._url = chat_completions_url(base_url)
         self._shown_url = shown_url(self._url)
         # Shared with the twins, as the pool is: one server, one warning per model.
         self._tool_replies = ToolReplies(logger, self._shown_url, recover=text_tool_calls)
         # The proxy's credentials too: a proxy that refuses them may echo them back.
-        proxy = environment_proxy(self._url)
         self._redact = Redactor(
             (api_key, *url_secrets(base_url), *(url_secrets(proxy) if proxy else ()))
         )
-        self._through = f" through the proxy {shown_url(proxy)}" if proxy else ""
+        self._through, self._unreachable = connect_hints(proxy)
         self._headers = {
             "Accept": "application/json",
             "Accept-Encoding": ACCEPT_ENCODING,
@@ -356,9 +358,7 @@ class OpenAIProvider:
             named = f" ({name})" if name else ""  # a name: httpx's own, of one phase
             return Retryable(name or "timeout", head, f"{named}; {_TIMEOUT_HINT}", delay=None)
         if failure.kind == "connect":
-            tail = f": {said or name}; check base_url and that the server is running"
-            if self._through:  # the proxy the environment names may be what is down
-                tail = f": {said or name}; check the proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY)"
+            tail = f": {said or name}; check {self._unreachable}"
             head = f"could not connect to {self._shown_url}{self._through}"
             return Retryable(name, head, tail, delay=None)
         if failure.kind == "unbuildable":
