@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from ._http import Request, count_heads
+from ._http import Request, count_heads, find_head_end
 
 __all__ = (
     "BUSY",
@@ -103,7 +103,7 @@ class Connection:
         self.keep_alive = False
         self.closed = False
         self.events = 0  # what the selector watches it for (0: not registered)
-        self.eof = False  # the client half-closed: it sends nothing more
+        self.eof = False  # the client half-closed: it sends nothing more (inbuf is all of it)
         self.deadline = NEVER
         self.scheduled = NEVER  # the earliest timer queued for it
 
@@ -127,6 +127,14 @@ class Connection:
         queued, end = count_heads(inbuf + peeked if inbuf else peeked, READ_AHEAD)
         take = end - len(inbuf) if queued == READ_AHEAD else len(peeked)
         return self.sock.recv(take)
+
+    def has_request(self) -> bool:
+        """Whether ``inbuf`` holds another complete request head (blank lines alone are none).
+
+        Asked once the client has half-closed: what it sent before its end is still answered,
+        and the answer to the last of it closes the connection.
+        """
+        return find_head_end(self.inbuf.lstrip(b"\r\n"), 0) is not None
 
     def may_read(self, max_header_bytes: int) -> bool:
         """Whether it may read more while its answer is written (not past the read-ahead)."""

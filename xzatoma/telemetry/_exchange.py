@@ -67,12 +67,7 @@ class Exchange:
                 self._pool.watch(conn, conn.events & ~selectors.EVENT_READ)
                 return
             if not data:
-                if conn.state != BUSY:
-                    self._pool.close(conn)
-                    return
-                # Half-closed after its request (``nc -N``): answer, then close.
-                conn.eof, conn.keep_alive = True, False
-                self._pool.watch(conn, selectors.EVENT_WRITE if conn.outbuf else 0)
+                self._on_eof(conn)
             elif conn.state == LINGERING or (conn.state == BUSY and not conn.keep_alive):
                 pass  # dropped: a body /metrics does not read, or bytes after the last request
             elif conn.state == BUSY:
@@ -85,6 +80,21 @@ class Exchange:
                     self._pool.set_deadline(conn, deadline)
                 conn.inbuf += data
                 self.read_request(conn)
+
+    def _on_eof(self, conn: Connection) -> None:
+        """The client half-closed (``nc -N``): answer what it sent before, then close.
+
+        Its end says it sends nothing more, not that it takes back requests already read:
+        the one being answered and those queued behind it are all answered, in order.
+        """
+        conn.eof = True
+        if conn.state == BUSY:
+            self._pool.watch(conn, selectors.EVENT_WRITE if conn.outbuf else 0)
+        elif conn.state == WAITING and conn.has_request():
+            # Answered, and its next request already read: ``pipelined`` holds it.
+            self._pool.watch(conn, 0)
+        else:  # nothing complete to answer (or lingering): done
+            self._pool.close(conn)
 
     def read_pipelined(self) -> None:
         """Answer one pipelined request per connection that has one.
@@ -152,7 +162,7 @@ class Exchange:
         """Queue the answer to ``conn.request`` (None: a head that did not parse) and send."""
         self.requests += 1
         request = conn.request
-        keep_alive = conn.keep_alive and status < 500
+        keep_alive = conn.keep_alive and status < 500 and self._more_to_come(conn)
         head = response_head(
             status,
             content_type,
@@ -200,11 +210,21 @@ class Exchange:
         self._pool.unstalled(conn)
         self._answered(conn)
 
+    @staticmethod
+    def _more_to_come(conn: Connection) -> bool:
+        """Whether a request may follow the one answered: any, until the client half-closed.
+
+        After that, only one it sent before its end and already read, so the answer to its
+        last request says ``Connection: close``.
+        """
+        return not conn.eof or conn.has_request()
+
     def _answered(self, conn: Connection) -> None:
         """The answer is all sent: wait for the next request, linger while closing, or close."""
         now = time.monotonic()
-        if conn.keep_alive:
-            self._pool.watch(conn, selectors.EVENT_READ)
+        if conn.keep_alive and self._more_to_come(conn):
+            # After a half-close the socket stays readable (its end): no longer watched.
+            self._pool.watch(conn, 0 if conn.eof else selectors.EVENT_READ)
             self._pool.enter(conn, WAITING)
             conn.request = None
             if conn.inbuf:  # a pipelined request: its head time counts from now
