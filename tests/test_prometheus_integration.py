@@ -29,7 +29,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from xzatoma import Completion, Message, Runtime, SubagentConfig, ToolSpec, Usage
+from xzatoma import Completion, Message, Price, Runtime, SubagentConfig, ToolSpec, Usage
 from xzatoma.errors import ConfigError
 from xzatoma.telemetry import _names as n
 from xzatoma.telemetry import configure, start_metrics_server
@@ -54,7 +54,7 @@ CHILD = textwrap.dedent(
 
     import anyio
 
-    from xzatoma import Runtime, SubagentConfig, Usage
+    from xzatoma import Price, Runtime, SubagentConfig, Usage
     from xzatoma.telemetry import start_metrics_server
     from xzatoma.testing import ScriptedProvider, call, tool_calls
 
@@ -78,7 +78,11 @@ CHILD = textwrap.dedent(
     async def main():
         with start_metrics_server(port=0) as server:
             provider = ScriptedProvider(model, usage=Usage(1, 10, 5, 15))
-            runtime = Runtime(provider, subagents=SubagentConfig(summary_prompt=None))
+            runtime = Runtime(
+                provider,
+                subagents=SubagentConfig(summary_prompt=None),
+                pricing={"scripted": Price(1, 2)},  # $0.00002 a call
+            )
             result = await runtime.run("root")
             print(server.port, result.status, flush=True)
             sys.stdin.read()  # serve until the test closes our stdin
@@ -106,7 +110,12 @@ def tree_model(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Comple
 
 async def run_tree() -> None:
     provider = ScriptedProvider(tree_model, usage=Usage(1, 10, 5, 15))
-    runtime = Runtime(provider, subagents=SubagentConfig(summary_prompt=None))
+    # $1 and $2 per million tokens: $0.00002 a call (10 in, 5 out).
+    runtime = Runtime(
+        provider,
+        subagents=SubagentConfig(summary_prompt=None),
+        pricing={"scripted": Price(1, 2)},
+    )
     assert (await runtime.run("root")).status == "complete"
 
 
@@ -152,6 +161,9 @@ def test_metrics_endpoint_serves_exact_values(exposition: str) -> None:
     assert sample(exposition, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") == 50
     assert sample(exposition, "gen_ai_client_operation_duration_seconds_count") == 5
     assert sample(exposition, "xzatoma_text_tool_calls_total", depth="0") == 3
+    # The root's two calls at depth 0; one call each of the three children that ran.
+    assert sample(exposition, "subagent_cost_usd_total", depth="0") == pytest.approx(4e-5)
+    assert sample(exposition, "subagent_cost_usd_total", depth="1") == pytest.approx(6e-5)
     assert 'otel_scope_name="xzatoma"' in exposition
     assert 'service_name="xzatoma"' in exposition
 
@@ -170,8 +182,8 @@ def test_exposition_uses_exactly_the_contract_names(exposition: str) -> None:
         else:
             assert (instrument, types[base]) == (n.ACTIVE_COUNT, "gauge")
             assert name in samples
-    nine = {v for k, v in n.PROMETHEUS_NAMES.items() if k.startswith("subagent.")}
-    assert len(nine) == 9
+    subagent_families = {v for k, v in n.PROMETHEUS_NAMES.items() if k.startswith("subagent.")}
+    assert len(subagent_families) == 10  # DESIGN.md section 5's nine, and subagent.cost
     # le is a label of the histograms' buckets only; the advisory bounds come through as-is.
     assert 'subagent_duration_seconds_bucket{depth="1",le="409.6"' in exposition
 
@@ -401,6 +413,10 @@ def test_real_prometheus_scrapes_a_running_xzatoma(prometheus: str, tmp_path: Pa
     errors = by_depth(query(prometheus, "sum by (depth) (subagent_errors_total)"))
     assert completions == {"1": 3.0, "2": 1.0}
     assert errors == {"1": 1.0}
+    cost = by_depth(query(prometheus, "sum by (depth) (subagent_cost_usd_total)"))
+    # The root's two calls; at depth 1, a's two (it spawns b, then answers), p1's and p2's
+    # one; b's one at depth 2.
+    assert cost == pytest.approx({"0": 4e-5, "1": 8e-5, "2": 2e-5})
     (refused,) = query(prometheus, "subagent_errors_total")
     assert refused["metric"]["error_type"] == "invalid_input"
     assert refused["metric"]["job"] == "xzatoma"

@@ -5,6 +5,7 @@ client's instrumentation nest where they happened)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 
 import anyio
 import pytest
@@ -376,20 +377,35 @@ async def test_a_batch_from_python_refuses_two_tools_of_one_name_before_anything
     assert provider.requests == []
 
 
-def test_run_result_makes_what_the_constructor_makes() -> None:
+@pytest.mark.parametrize(
+    ("cost", "leaf_costs", "total"),
+    [
+        (Decimal("0.5"), (Decimal("0.25"), Decimal("0.125")), Decimal("0.875")),
+        (Decimal(0), (Decimal(0), Decimal("0.1")), Decimal("0.1")),
+        (Decimal("0.5"), (None, Decimal("0.1")), None),  # one unknown part: unknown
+        (None, (Decimal("0.25"), Decimal("0.1")), None),
+    ],
+)
+def test_run_result_makes_what_the_constructor_makes(
+    cost: Decimal | None, leaf_costs: tuple[Decimal | None, ...], total: Decimal | None
+) -> None:
     from xzatoma import RunResult, Usage
     from xzatoma._result import run_result
 
-    leaf = RunResult("leaf", "complete", 1, Usage(1, 2, 3, 5), label="a", depth=1)
+    leaves = tuple(
+        RunResult("leaf", "complete", 1, Usage(1, 2, 3, 5), label="a", depth=1, cost=c)
+        for c in leaf_costs
+    )
     usage = Usage(2, 10, 4, 14, True)
     made = run_result(
-        "out", "failed", 3, usage, (leaf, leaf), (), "timeout", "late", "root", 0, True, 1.5
+        "out", "failed", 3, usage, leaves, (), "timeout", "late", "root", 0, True, 1.5, cost
     )
     built = RunResult(
-        "out", "failed", 3, usage, (leaf, leaf), (), "timeout", "late", "root", 0, True, 1.5
+        "out", "failed", 3, usage, leaves, (), "timeout", "late", "root", 0, True, 1.5, cost
     )
     assert made == built
     assert made.total_usage == built.total_usage == Usage(4, 14, 10, 24, True)
+    assert made.total_cost == built.total_cost == total
     assert hash(made.label) == hash(built.label)
     with pytest.raises(AttributeError):
         made.output = "changed"  # type: ignore[misc]

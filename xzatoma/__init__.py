@@ -13,6 +13,8 @@ from ._hooks import Instrument as Instrument
 from ._limits import QuotaLimits as QuotaLimits
 from ._limits import QuotaStatistics as QuotaStatistics
 from ._limits import QuotaTracker as QuotaTracker
+from ._pricing import Price as Price
+from ._pricing import Pricing as Pricing
 from ._result import ErrorType as ErrorType
 from ._result import RunResult as RunResult
 from ._result import RunStatus as RunStatus
@@ -37,6 +39,7 @@ from ._types import Usage as Usage
 from ._version import package_version
 from .errors import ConfigError as ConfigError
 from .errors import DepthLimitExceeded as DepthLimitExceeded
+from .errors import JournalError as JournalError
 from .errors import LocalModelError as LocalModelError
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
@@ -76,6 +79,9 @@ __all__ = (
     "QuotaStatistics",
     "QuotaTracker",
     "Runtime",
+    # prices and cost
+    "Price",
+    "Pricing",
     "SubagentConfig",
     "SubagentTask",
     "SubagentTool",
@@ -89,6 +95,7 @@ __all__ = (
     # errors
     "ConfigError",
     "DepthLimitExceeded",
+    "JournalError",
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",

@@ -8,12 +8,13 @@ caller's own cancellation, which propagates.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._hooks import Hook, Hooks, Instrument
 from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
 from ._loop import RunLoop
+from ._pricing import CallPrice, Price, Pricing, as_pricing
 from ._result import RunResult
 from ._run import Run, loop_clock
 from ._tools import Tool
@@ -75,6 +76,13 @@ class Agent:
         hooks: Subscribers (telemetry, progress, your own), shared by every subagent.
         quota: The quota the tree's model calls are charged to: a :class:`QuotaTracker` to
             share, or :class:`QuotaLimits` for a tracker of its own (see ``Runtime``).
+        pricing: Where the tree's prices come from: a :class:`Pricing`, or prices by model
+            name (``{"my-model": Price(0.1, 0.4)}``) looked up before genai-prices' bundled
+            data (the default, alone).
+
+    Raises:
+        ConfigError: An invalid setting; or a ``max_total_cost`` in the quota while the
+            model's price is not known.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Agent:
         timeout: float | None = None,
         hooks: Sequence[Instrument | Hook] | Hooks = (),
         quota: QuotaTracker | QuotaLimits | None = None,
+        pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
         _hidden_tools: Sequence[Tool[Any]] = (),
     ) -> None:
         check_count("max_turns", max_turns)
@@ -106,6 +115,16 @@ class Agent:
         self.timeout = timeout
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
         self.quota = one_quota(as_tracker(quota), (*self.tools, *_hidden_tools))
+        self.pricing = as_pricing(pricing)
+        # Looked up once, here, not in a run (the first lookup reads genai-prices' data);
+        # kept with the provider it prices, so a provider replaced later is priced anew.
+        self.price: tuple[Provider, CallPrice | None] = (provider, self.pricing.price_for(provider))
+        if self.quota is not None and self.quota.limits.max_total_cost is not None:
+            self.pricing.require(provider, "max_total_cost")
+            for t in self.tools:  # a subagent tool's children may run on another model
+                child_provider = getattr(getattr(t, "spawner", None), "child_provider", None)
+                if callable(child_provider):
+                    self.pricing.require(child_provider(provider), "max_total_cost")
 
     def __repr__(self) -> str:
         return (
@@ -144,6 +163,7 @@ class Agent:
             tools=self.tools,
             deadline=deadline,
             now=now,
+            pricing=self.pricing,
         )
         await self.drive(run, prompt)
         return run.result()

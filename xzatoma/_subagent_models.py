@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 import pydantic
 
-from ._result import RunResult
+from ._result import NO_COST, RunResult, add_costs
 from ._types import Usage
 from .errors import ConfigError
 from .providers._base import Provider
@@ -188,9 +189,14 @@ class BatchResult:
     failed: int
     cancelled: int
     duration: float
+    resumed: tuple[int, ...] = ()
+    """The tasks (indexes, in input order) whose result was read from the batch journal
+    (``run_batch(journal=...)``) rather than run this time."""
 
     @classmethod
-    def of(cls, results: Sequence[RunResult], duration: float) -> BatchResult:
+    def of(
+        cls, results: Sequence[RunResult], duration: float, resumed: Sequence[int] = ()
+    ) -> BatchResult:
         """The batch of these task results (in input order), counted."""
         count = len(results)
         ok = sum(1 for r in results if r.succeeded)
@@ -198,7 +204,9 @@ class BatchResult:
         status: Literal["complete", "partial", "failed"] = (
             "complete" if ok == count else "failed" if ok == 0 else "partial"
         )
-        return cls(tuple(results), status, ok, count - ok - cancelled, cancelled, duration)
+        return cls(
+            tuple(results), status, ok, count - ok - cancelled, cancelled, duration, tuple(resumed)
+        )
 
     @property
     def total_usage(self) -> Usage:
@@ -206,4 +214,12 @@ class BatchResult:
         total = Usage()
         for result in self.results:
             total = total + result.total_usage
+        return total
+
+    @property
+    def total_cost(self) -> Decimal | None:
+        """US dollars of every model call of every task's tree; ``None`` if any is unknown."""
+        total: Decimal | None = NO_COST
+        for result in self.results:
+            total = add_costs(total, result.total_cost)
         return total

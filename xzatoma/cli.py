@@ -1,4 +1,5 @@
-"""The ``xzatoma`` command line: ``run``, ``batch``, ``demo`` and ``config validate``.
+"""The ``xzatoma`` command line: ``run``, ``batch``, ``demo``, ``journal show`` and
+``config validate``.
 
 Exit codes: 0 complete, 1 failed, 2 usage or configuration error (also an unusable model
 endpoint), 3 incomplete (out of turns), 130 interrupted (SIGINT, Ctrl-C), 143 terminated
@@ -43,7 +44,7 @@ __all__ = ("build_parser", "main")
 
 
 # Arguments that name files: any bytes the file system allows, not text sent to a model.
-_PATH_ARGUMENTS = frozenset({"file", "config"})
+_PATH_ARGUMENTS = frozenset({"file", "config", "journal"})
 
 
 class UsageError(Exception):
@@ -117,6 +118,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"OK: {args.file} is valid")
         if config.provider.endpoint is None:
             print("note: no provider.base_url or provider.type; give --base-url when running")
+        return EXIT_OK
+    if args.command == "journal":
+        from ._journal import read_journal
+        from ._render import print_journal
+
+        print_journal(read_journal(args.journal), sys.stdout, as_json=args.json)
         return EXIT_OK
     if args.command == "demo":
         from ._demo import run_demo
@@ -235,7 +242,13 @@ def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime
             "NAME), or set provider.base_url in a --config file; 'xzatoma demo' runs offline"
         )
     children = config.subagent_config(config.build_provider(subagents=True))
-    return Runtime(provider, subagents=children, quota=config.quota_limits(), hooks=hooks)
+    return Runtime(
+        provider,
+        subagents=children,
+        quota=config.quota_limits(),
+        hooks=hooks,
+        pricing=config.build_pricing(),
+    )
 
 
 async def _close(runtime: Runtime) -> None:
@@ -306,6 +319,9 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
 
 def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
     tasks = load_tasks(args.file)
+    if (args.rerun_failed or args.extend_journal) and not args.journal:
+        flag = "--rerun-failed" if args.rerun_failed else "--extend-journal"
+        raise UsageError(f"{flag} works with --journal PATH, which was not given")
     stream: TextIO = sys.stderr if args.json else sys.stdout
     progress = BatchProgress(stream, live=stream.isatty())
     runtime = _runtime(config, hooks=[progress])
@@ -317,6 +333,9 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
                 max_concurrent=config.agent.subagent.max_concurrent,
                 fail_fast=args.fail_fast,
                 timeout=config.agent.timeout_seconds,
+                journal=args.journal,
+                rerun_failed=args.rerun_failed,
+                extend_journal=args.extend_journal,
             )
         finally:
             await _close(runtime)
@@ -327,10 +346,17 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         except Interrupted as why:
             progress.close()
             print_interrupted(progress.finished, why.name, as_json=args.json, total=len(tasks))
+            if args.journal:
+                print(
+                    f"xzatoma: what had ended is in the journal {printable(args.journal)}; the "
+                    "same command resumes the batch",
+                    file=sys.stderr,
+                )
             return _interrupted(why, "the batch was cancelled")
         finally:
             progress.close()
-        problem = _endpoint_error(batch.results)
+        resumed = frozenset(batch.resumed)  # read back from the journal: not run now
+        problem = _endpoint_error([r for i, r in enumerate(batch.results) if i not in resumed])
         if args.json:
             print_json(batch_dict(batch), sys.stdout)
         if problem:

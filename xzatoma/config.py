@@ -15,6 +15,7 @@ from pathlib import Path
 from ._config_models import DEFAULT_BASE_URLS as DEFAULT_BASE_URLS
 from ._config_models import PROVIDER_DEFAULTS as PROVIDER_DEFAULTS
 from ._config_models import AgentSettings as AgentSettings
+from ._config_models import PriceSettings as PriceSettings
 from ._config_models import PrometheusSettings as PrometheusSettings
 from ._config_models import ProviderSettings as ProviderSettings
 from ._config_models import ProviderType as ProviderType
@@ -33,6 +34,7 @@ __all__ = (
     "OVERRIDE_KEYS",
     "PROVIDER_DEFAULTS",
     "AgentSettings",
+    "PriceSettings",
     "PrometheusSettings",
     "ProviderSettings",
     "ProviderType",
@@ -47,6 +49,7 @@ __all__ = (
 # The models are documented (and pickled) as this module's, where they were always defined.
 for _model in (
     AgentSettings,
+    PriceSettings,
     PrometheusSettings,
     ProviderSettings,
     SubagentSettings,
@@ -85,6 +88,7 @@ _OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "max_executions": ("agent", "subagent", "max_executions"),
     "max_total_tokens": ("agent", "subagent", "max_total_tokens"),
     "max_total_time": ("agent", "subagent", "max_total_time"),
+    "max_total_cost": ("agent", "subagent", "max_total_cost"),
     "metrics_host": ("telemetry", "prometheus", "host"),
     "metrics_port": ("telemetry", "prometheus", "port"),
     "request_timeout": ("provider", "timeout_seconds"),
@@ -111,7 +115,8 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
 
     Keys: ``provider_type``, ``base_url``, ``model``, ``api_key_env``, ``max_turns``,
     ``timeout``, ``max_depth``, ``subagent_max_turns``, ``max_concurrent``,
-    ``max_executions``, ``max_total_tokens``, ``max_total_time``, ``metrics_host``,
+    ``max_executions``, ``max_total_tokens``, ``max_total_time``, ``max_total_cost``,
+    ``metrics_host``,
     ``metrics_port`` (a port also turns ``telemetry.enabled`` on), ``request_timeout``,
     ``max_retries``, ``max_response_bytes``, ``max_connections``, ``http_transport`` (sets
     ``provider.transport``), ``temperature``, ``top_p``, ``seed``, ``max_tokens``,

@@ -4,6 +4,8 @@
 
     XzatomaError                 root of everything xzatoma raises
     ├── ConfigError              the caller's mistake (also a ValueError): bad config or arguments
+    │   └── JournalError         a batch journal that cannot be used (corrupt, locked, newer,
+    │                            other tasks) or could no longer be written
     ├── ProviderError            the model endpoint failed or answered something unusable
     ├── QuotaExceeded            a shared quota limit was reached
     ├── DepthLimitExceeded       a spawn would nest subagents deeper than ``max_depth``
@@ -16,11 +18,13 @@ classes are what the pieces raise internally and what public helpers raise to th
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import ClassVar
 
 __all__ = (
     "ConfigError",
     "DepthLimitExceeded",
+    "JournalError",
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
@@ -34,6 +38,22 @@ class XzatomaError(Exception):
 
 class ConfigError(XzatomaError, ValueError):
     """The caller's mistake: an invalid setting, argument or configuration file."""
+
+
+class JournalError(ConfigError):
+    """A batch journal (``run_batch(journal=...)``, ``xzatoma batch --journal``) that cannot
+    be used: not a journal, corrupt, in use by another live process, written by a newer
+    xzatoma, made from other tasks; or one that could no longer be written during a batch.
+    The file is never overwritten. Raised before anything runs, except for a write failure.
+
+    Attributes:
+        result: For a write failure during a batch, the :class:`~xzatoma.BatchResult` as far
+            as it went (the tasks that ended are in it, journaled or not); else ``None``.
+    """
+
+    def __init__(self, message: str, *, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class ProviderError(XzatomaError):
@@ -59,13 +79,17 @@ class QuotaExceeded(XzatomaError):
         "executions": "execution limit reached ({used}/{maximum})",
         "tokens": "token limit reached ({used}/{maximum} tokens)",
         "time": "time limit reached ({used:.1f}s/{maximum:.1f}s)",
+        "cost": "cost limit reached ({used}/{maximum})",
     }
 
-    def __init__(self, *, limit: str, used: float, maximum: float) -> None:
+    def __init__(self, *, limit: str, used: float | Decimal, maximum: float | Decimal) -> None:
         self.limit = limit
         self.used = used
         self.maximum = maximum
-        detail = self._WHAT[limit].format(used=used, maximum=maximum)
+        if limit == "cost":
+            detail = self._WHAT[limit].format(used=usd(used), maximum=usd(maximum))
+        else:
+            detail = self._WHAT[limit].format(used=used, maximum=maximum)
         super().__init__(f"Resource quota exceeded: {detail}")
 
 
@@ -83,3 +107,16 @@ class DepthLimitExceeded(XzatomaError):
 class LocalModelError(XzatomaError):
     """The local model (``xzatoma demo --local``, the real-model tests) could not be
     downloaded, verified or served; the message says which step failed and what to do."""
+
+
+def usd(amount: float | Decimal) -> str:
+    """An amount of US dollars for a message: ``$0.52``; below a cent, two significant
+    digits (``$0.0012``), so a small limit does not read ``$0.00``."""
+    value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
+    if value == 0:
+        return "$0"
+    if abs(value) < Decimal("0.01"):
+        value = value.quantize(Decimal(1).scaleb(value.adjusted() - 1))  # two digits
+        if abs(value) < Decimal("0.01"):
+            return f"${value:f}"
+    return f"${value:.2f}"

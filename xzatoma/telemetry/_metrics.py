@@ -62,6 +62,7 @@ class Instruments:
         "batch_size",
         "batches",
         "completions",
+        "cost",
         "duration",
         "errors",
         "executions",
@@ -80,6 +81,7 @@ class Instruments:
     errors: Tally
     active: Tally
     batches: Tally
+    cost: Tally
     text_tool_calls: Tally
     duration: HistogramRecorder
     turns: HistogramRecorder
@@ -113,6 +115,12 @@ class Instruments:
         )
         self.batches = self._counter(
             meter, n.BATCHES, n.UNIT_BATCH, "Parallel subagent batches, by outcome."
+        )
+        self.cost = self._counter(
+            meter,
+            n.COST,
+            n.UNIT_USD,
+            "US dollars of model calls whose price is known, by the calling agent's depth.",
         )
         self.text_tool_calls = self._counter(
             meter,

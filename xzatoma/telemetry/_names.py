@@ -24,6 +24,9 @@ ERRORS: Final = "subagent.errors"
 ACTIVE_COUNT: Final = "subagent.active_count"
 BATCHES: Final = "subagent.batches"
 BATCH_SIZE: Final = "subagent.batch.size"
+COST: Final = "subagent.cost"
+"""US dollars of model calls, by the depth of the agent that made them (subagents, and the
+root at depth 0); calls whose price is not known add nothing."""
 
 # -- provider instruments ---------------------------------------------------------------------
 TEXT_TOOL_CALLS: Final = "xzatoma.text_tool_calls"
@@ -43,6 +46,7 @@ PROMETHEUS_NAMES: Final = {
     ACTIVE_COUNT: "subagent_active_count",
     BATCHES: "subagent_batches_total",
     BATCH_SIZE: "subagent_batch_size",
+    COST: "subagent_cost_usd_total",
     TEXT_TOOL_CALLS: "xzatoma_text_tool_calls_total",
     TOKEN_USAGE: "gen_ai_client_token_usage",
     OPERATION_DURATION: "gen_ai_client_operation_duration_seconds",
@@ -58,6 +62,8 @@ UNIT_ERROR: Final = "{error}"
 UNIT_BATCH: Final = "{batch}"
 UNIT_TASK: Final = "{task}"
 UNIT_CALL: Final = "{call}"
+UNIT_USD: Final = "usd"
+"""US dollars; lower case, so the Prometheus name ends ``_usd_total`` (UCUM has no currency)."""
 
 # -- metric attributes (bounded values only: never a label, prompt or id) --------------------
 DEPTH: Final = "depth"
@@ -91,6 +97,11 @@ XZ_LABEL: Final = "xzatoma.label"
 XZ_STATUS: Final = "xzatoma.status"
 XZ_TURNS: Final = "xzatoma.turns"
 XZ_TOTAL_TOKENS: Final = "xzatoma.usage.total_tokens"
+XZ_COST: Final = "xzatoma.cost_usd"
+"""On ``chat`` and ``invoke_agent`` spans: US dollars of the call, or of the run's own calls
+(set only when the price is known)."""
+XZ_TOTAL_COST: Final = "xzatoma.total_cost_usd"
+"""On an ``invoke_agent`` span: the run's own cost plus every descendant's (when known)."""
 XZ_TOOL_CALLS_FROM_TEXT: Final = "xzatoma.tool_calls_from_text"
 """On a ``chat`` span: how many tool calls the model wrote as text (set only when some)."""
 

@@ -112,6 +112,8 @@ class TelemetrySubscriber(Instrument):
         try:
             result = run.result()
             tokens = result.usage.total_tokens
+            if result.cost:  # known, and not zero
+                current_instruments().cost.add(float(result.cost), depth_attributes(run.depth))
             if result.succeeded:
                 status = cast(AnswerStatus, result.status)
                 recorder.record_completion(result.turns, tokens, status, duration=result.duration)
@@ -194,6 +196,12 @@ class TelemetrySubscriber(Instrument):
             self._switch_off(False, "run_started")
 
     def run_ended(self, run: Run) -> None:
+        if run.parent is None and run.cost and self._metrics_on:
+            # The root is no subagent execution: its own dollars are counted here, at depth 0.
+            try:
+                current_instruments().cost.add(float(run.cost), depth_attributes(0))
+            except Exception:
+                self._switch_off(True, "run_ended")
         self._end_span(run.id, "run_ended", _annotate_run, run)
 
     def model_call_started(self, run: Run, call: ModelCall) -> None:
@@ -263,6 +271,11 @@ def _annotate_run(span: Span, run: Run) -> None:
             n.XZ_STATUS: run.status or "cancelled",
         }
     )
+    if run.cost is not None:
+        span.set_attribute(n.XZ_COST, float(run.cost))
+        total = run.result().total_cost
+        if total is not None:
+            span.set_attribute(n.XZ_TOTAL_COST, float(total))
     if run.status == "failed" or run.status == "cancelled":
         _fail(span, run.error_type or run.status)
 
@@ -281,6 +294,8 @@ def _annotate_chat(span: Span, call: ModelCall) -> None:
     )
     if completion.model is not None:
         span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
+    if call.cost is not None:
+        span.set_attribute(n.XZ_COST, float(call.cost))
     if completion.tool_calls_from_text:
         span.set_attribute(n.XZ_TOOL_CALLS_FROM_TEXT, len(completion.tool_calls))
 

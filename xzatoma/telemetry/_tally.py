@@ -26,16 +26,16 @@ class Tally:
     __slots__ = ("_lock", "_values")
 
     def __init__(self, lock: threading.Lock | None = None) -> None:
-        self._values: dict[Key, int] = {}
+        self._values: dict[Key, float] = {}
         self._lock = lock if lock is not None else threading.Lock()
 
-    def add(self, amount: int, attributes: Mapping[str, str | int]) -> None:
+    def add(self, amount: float, attributes: Mapping[str, str | int]) -> None:
         """Add ``amount`` to the series of ``attributes`` (always built in the same order)."""
         key = tuple(attributes.items())
         with self._lock:
             self.add_locked(amount, key)
 
-    def add_locked(self, amount: int, key: Key) -> None:
+    def add_locked(self, amount: float, key: Key) -> None:
         """``add`` for a caller that holds this tally's lock and has the series' key."""
         self._values[key] = self._values.get(key, 0) + amount
 
