@@ -47,6 +47,7 @@ EXPECTED = {
     "ConfigError",
     "DepthLimitExceeded",
     "JournalError",
+    "JournalWriteError",
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",

@@ -34,17 +34,24 @@ from xzatoma import (
     BatchResult,
     Event,
     JournalError,
+    JournalWriteError,
     Message,
     Price,
     QuotaLimits,
+    RunResult,
     Runtime,
     SubagentConfig,
     ToolSpec,
     Usage,
 )
-from xzatoma._journal import JournalView, read_journal
+from xzatoma._journal import BatchJournal, JournalView, read_journal
+from xzatoma._render import print_interrupted
 from xzatoma.events import SubagentEnded
 from xzatoma.testing import ScriptedProvider
+
+NOT_SQLITE = (
+    " (not an SQLite database): was another file given as the journal? It was left as it is"
+)
 
 # One model call per task (no summary turn), priced: 300 tokens in at $1/M, 5 out at $2/M.
 USAGE = Usage(1, 300, 5, 305)
@@ -213,6 +220,26 @@ async def test_tasks_cancelled_by_fail_fast_run_again_by_default(tmp_path: Path)
 
 @pytest.mark.anyio
 @on_virtual_time
+async def test_tasks_cut_by_the_batch_timeout_run_again_by_default(tmp_path: Path) -> None:
+    model, path = Model(), tmp_path / "j.sqlite"
+    model.before[0] = anyio.sleep_forever  # still running when the batch's 10 s are up
+    first = await runtime(model).run_batch(
+        task_dicts(3), journal=path, max_concurrent=3, timeout=10
+    )
+    assert [(r.status, r.error_type) for r in first.results] == [
+        ("failed", "timeout"), ("complete", None), ("complete", None),
+    ]  # fmt: skip
+    assert statuses(path)[0] == ("failed", "timeout", 1)
+    assert [e.will_run for e in read_journal(path).entries] == [True, False, False]
+    model.before.clear()
+    model.calls.clear()
+    again = await runtime(model).run_batch(task_dicts(3), journal=path, max_concurrent=3)
+    assert (again.resumed, model.calls, again.status) == ((1, 2), [0], "complete")
+    assert statuses(path)[0] == ("complete", None, 2)
+
+
+@pytest.mark.anyio
+@on_virtual_time
 async def test_quota_refusals_run_again_and_the_quota_counts_only_new_executions(
     tmp_path: Path,
 ) -> None:
@@ -280,7 +307,10 @@ async def test_a_second_batch_on_a_journal_in_use_is_refused_naming_the_pid(
         await asked.wait()  # the first batch holds the journal, mid-batch
         with pytest.raises(JournalError) as caught:
             await runtime(other).run_batch(task_dicts(2), journal=path)
-        assert str(caught.value) == f"{path} is in use by another batch (pid {os.getpid()})"
+        assert str(caught.value) == (
+            f"{path} is in use by another batch (pid {os.getpid()}): wait for it to end, or"
+            " stop it; resuming after that needs nothing cleared"
+        )
         assert other.provider.requests == []
         go_on.set()
     [batch] = results
@@ -305,10 +335,11 @@ async def test_a_journal_moved_away_mid_batch_stops_it_and_what_ended_is_kept(
         folder.rename(away)  # while t3 runs: its end cannot be recorded
 
     model.before[3] = move_the_journal
-    with pytest.raises(JournalError) as caught:
+    with pytest.raises(JournalWriteError) as caught:
         await runtime(model).run_batch(task_dicts(8), journal=path, max_concurrent=1)
     assert str(caught.value).startswith(
-        f"{path} was moved or removed during the batch, so the end of task 3 ('t3') could not"
+        f"the batch stopped: {path} was moved or removed during the batch, so the end of task 3"
+        " ('t3') could not"
     )
     batch = caught.value.result
     assert isinstance(batch, BatchResult)
@@ -354,7 +385,7 @@ async def test_a_journal_removed_mid_batch_cancels_the_tasks_in_flight(tmp_path:
     for task in range(12):
         model.before[task] = functools.partial(record_call, task)
     model.before[4] = remove_the_journal
-    with pytest.raises(JournalError) as caught:
+    with pytest.raises(JournalWriteError) as caught:
         await runtime(model, hooks=[hook]).run_batch(
             task_dicts(12), journal=folder / "j.sqlite", max_concurrent=4
         )
@@ -528,11 +559,13 @@ def test_the_report_and_the_json_say_what_came_from_the_journal(
     code, out, err = cli(capsys, *argv)
     assert (code, err) == (1, "")
     assert "from the journal" not in out
+    assert out.startswith("batch: 4 tasks\n")
     assert "== t1: failed (execution_failed), 0 turns, 0 tokens\n" in out
 
     tasks_server.fail = set()
     code, out, err = cli(capsys, *argv, "--rerun-failed")
     assert (code, err) == (0, "")
+    assert out.startswith("batch: 1 tasks to run (3 more read from the journal)\n[1/1] done t1")
     assert tasks_server.requests_per_task() == collections.Counter([0, 1, 1, 2, 3])
     for i in (0, 2, 3):
         assert f"== t{i}: complete, 1 turns, 305 tokens, $0.00031 (from the journal)\n" in out
@@ -552,6 +585,63 @@ def test_the_report_and_the_json_say_what_came_from_the_journal(
         (f"t{i}", True) for i in range(4)
     ]
     assert [r["output"] for r in data["results"]] == [f"answer {i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["report", "json"])
+def test_a_journal_that_can_no_longer_be_written_stops_the_batch_and_reports_what_ended(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tasks_server: TaskServer,
+    tmp_path: Path,
+    as_json: bool,
+) -> None:
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    argv = batch_argv(tasks_server, tmp_path, 4, "--max-concurrent", "1")
+    argv[argv.index("--journal") + 1] = str(folder / "j.sqlite")
+    record = BatchJournal.record
+
+    def moved_before_t2(journal: BatchJournal, index: int, result: RunResult) -> None:
+        if index == 2:
+            folder.rename(tmp_path / "away")  # a real failure: the file is gone
+        record(journal, index, result)
+
+    monkeypatch.setattr(BatchJournal, "record", moved_before_t2)
+    code, out, err = cli(capsys, *argv, *(["--json"] if as_json else []))
+    assert code == 1  # a failure of the run, not a usage error (2)
+    assert err.splitlines()[-1] == (  # after the progress lines, under --json
+        f"xzatoma: error: the batch stopped: {folder / 'j.sqlite'} was moved or removed during"
+        " the batch, so the end of task 2 ('t2') could not be recorded: put it back to resume"
+        " the batch with it, or run the batch again with a new journal"
+    )
+    if as_json:
+        data = json.loads(out)
+        assert [r["status"] for r in data["results"]] == ["complete"] * 3 + ["cancelled"]
+    else:
+        assert "== t2: complete, 1 turns, 305 tokens" in out
+        assert "\nbatch partial: 3 succeeded, 0 failed, 1 cancelled; 915 tokens" in out
+    (tmp_path / "away").rename(folder)
+    monkeypatch.undo()
+    code, out, _ = cli(capsys, *argv, "--json")
+    assert code == 0
+    assert json.loads(out)["resumed"] == 2  # t0, t1; t2 ended unrecorded: it runs again
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["report", "json"])
+def test_an_interrupted_resume_counts_what_it_ran_apart_from_the_journal(
+    capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    done = RunResult(output="answer 3", status="complete", label="t3", turns=1)
+    print_interrupted([done], "SIGINT", as_json=as_json, total=100, journaled=90)
+    out = capsys.readouterr().out
+    if as_json:
+        data = json.loads(out)
+        assert (data["total"], data["resumed"], len(data["finished"])) == (100, 90, 1)
+    else:
+        assert out.startswith(
+            "\ninterrupted: 1 of the 10 tasks run had finished (90 more were read from the"
+            " journal)\n  t3: complete, 1 turns"
+        )
 
 
 @pytest.mark.parametrize("flag", ["--rerun-failed", "--extend-journal"])
@@ -610,8 +700,7 @@ def test_journal_show_on_a_file_that_is_no_journal_is_one_line_and_touches_nothi
     assert (code, out) == (2, "")
     said = "does not exist" if what == "missing" else "is not an xzatoma journal"
     assert one_error_line(err) == (
-        f"xzatoma: error: {path} {said}"
-        + ("" if what == "missing" else " (not an SQLite database)")
+        f"xzatoma: error: {path} {said}" + ("" if what == "missing" else NOT_SQLITE)
     )
     assert (sorted(os.listdir(tmp_path)), tasks.read_bytes()) == (["tasks.jsonl"], before)
 
@@ -655,6 +744,7 @@ def test_a_batch_on_a_journal_held_by_a_running_batch_is_one_line_naming_its_pid
         assert (code, out) == (2, "")
         assert one_error_line(err) == (
             f"xzatoma: error: {tmp_path / 'j.sqlite'} is in use by another batch (pid {proc.pid})"
+            ": wait for it to end, or stop it; resuming after that needs nothing cleared"
         )
 
 

@@ -53,7 +53,7 @@ from xzatoma import (
     tool,
 )
 from xzatoma.config import XzatomaConfig, load_config
-from xzatoma.errors import usd
+from xzatoma.errors import QuotaExceeded, usd
 from xzatoma.telemetry import TelemetryCapture, capture_telemetry, configure, start_metrics_server
 from xzatoma.telemetry import _names as n
 from xzatoma.telemetry._config import configuration, restore
@@ -272,6 +272,30 @@ def test_a_bundled_model_name_on_a_local_server_is_unknown() -> None:
     assert pricing.price_of("gpt-4o", LOCAL) is None
     assert pricing.price_of("gpt-4o") is not None  # by name alone when there is no URL
     assert pricing.price_of(UNLISTED) is None
+
+
+@pytest.mark.parametrize("model", ["text-embedding-3-small", "davinci"])
+def test_a_bundled_price_for_tokens_one_way_only_is_unknown_not_half_free(model: str) -> None:
+    # genai-prices lists these with an input price and no output price: a chat's completion
+    # tokens have no price, so the call's cost is unknown (and a cost limit refuses them).
+    assert Pricing().price_of(model) is None
+    with pytest.raises(ConfigError, match=f"needs the price of model '{model}'"):
+        Runtime(ScriptedProvider([], model=model), quota=QuotaLimits(max_total_cost=1))
+
+
+def test_the_given_prices_are_read_only_so_a_lookup_cannot_go_stale() -> None:
+    pricing = Pricing({"m": Price(1, 2)})
+    assert pricing.price_of("m") == Price(1, 2)
+    with pytest.raises(TypeError):
+        pricing.prices["m"] = Price(3, 4)  # type: ignore[index]
+    assert pricing.price_of("m") == Price(1, 2)
+
+
+def test_a_spend_past_the_limit_never_reads_as_below_it() -> None:
+    exceeded = QuotaExceeded(limit="cost", used=Decimal("0.5001"), maximum=Decimal("0.50"))
+    assert str(exceeded) == "Resource quota exceeded: cost limit reached ($0.51/$0.50)"
+    exceeded = QuotaExceeded(limit="cost", used=Decimal("0.50"), maximum=Decimal("0.50"))
+    assert str(exceeded) == "Resource quota exceeded: cost limit reached ($0.50/$0.50)"
 
 
 def test_a_price_keeps_any_number_form_as_a_decimal() -> None:
@@ -786,9 +810,9 @@ BAD_CONFIGS = [
     ("pricing:\n  m:\n    input_per_mtok: 1\n",
      "pricing.m.output_per_mtok: field required"),
     ("pricing:\n  m:\n    input_per_mtok: -1\n    output_per_mtok: 2\n",
-     "pricing.m.input_per_mtok must be a finite number of dollars, at least 0"),
+     "pricing.m.input_per_mtok must be a non-negative, finite number of dollars, got -1.0"),
     ("pricing:\n  m:\n    input_per_mtok: 1\n    output_per_mtok: .inf\n",
-     "pricing.m.output_per_mtok must be a finite number of dollars, at least 0"),
+     "pricing.m.output_per_mtok must be a non-negative, finite number of dollars, got inf"),
     ("pricing:\n  m:\n    input_per_mtok: '0.1'\n    output_per_mtok: 2\n",
      "pricing.m.input_per_mtok: input should be a valid number, got '0.1'"),
     ("pricing:\n  m:\n    input_per_mtok: true\n    output_per_mtok: 2\n",
@@ -796,7 +820,7 @@ BAD_CONFIGS = [
     ("pricing:\n  m: 3\n", "pricing.m must be a mapping of keys, got 3"),
     ("pricing: [1]\n", "pricing must be a mapping of keys, got [1]"),
     ("agent:\n  subagent:\n    max_total_cost: -0.5\n",
-     "agent.subagent.max_total_cost must be at least 0"),
+     "agent.subagent.max_total_cost must be a non-negative, finite number of dollars, got -0.5"),
     ("agent:\n  subagent:\n    max_total_cost: '0.5'\n",
      "agent.subagent.max_total_cost: input should be a valid number, got '0.5'"),
     ("agent:\n  subagent:\n    max_total_cost: .inf\n",
@@ -846,12 +870,20 @@ def test_batch_with_a_cost_limit_and_no_price_is_one_error_line_before_any_reque
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("-1", "agent.subagent.max_total_cost must be at least 0 (from --max-total-cost -1)"),
+        (
+            "-1",
+            "agent.subagent.max_total_cost must be a non-negative, finite number of dollars, "
+            "got -1.0 (from --max-total-cost -1)",
+        ),
         (
             "inf",
             "agent.subagent.max_total_cost must be a finite number (from --max-total-cost inf)",
         ),
-        ("nan", "agent.subagent.max_total_cost must be at least 0 (from --max-total-cost nan)"),
+        (
+            "nan",
+            "agent.subagent.max_total_cost must be a non-negative, finite number of dollars, "
+            "got nan (from --max-total-cost nan)",
+        ),
         ("abc", "argument --max-total-cost: invalid float value: 'abc'"),
     ],
 )
@@ -1150,10 +1182,8 @@ def looping_model(calls: int) -> ScriptedProvider:
     return ScriptedProvider(model, model=UNLISTED)
 
 
-@pytest.mark.anyio
-async def test_an_unknown_price_without_a_limit_is_looked_up_once_per_run_not_per_call(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def bundled_lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    """Every look-up in genai-prices' data from now on, as ``(model, base_url)``."""
     bundled: list[tuple[str, str | None]] = []
     lookup = _pricing._bundled_price
 
@@ -1162,6 +1192,14 @@ async def test_an_unknown_price_without_a_limit_is_looked_up_once_per_run_not_pe
         return lookup(model, base_url)
 
     monkeypatch.setattr(_pricing, "_bundled_price", counting)
+    return bundled
+
+
+@pytest.mark.anyio
+async def test_an_unknown_price_without_a_limit_is_looked_up_once_per_agent_not_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundled = bundled_lookups(monkeypatch)
     pricing = CountingPricing()
     agent = Agent(looping_model(12), tools=[search], max_turns=20, pricing=pricing)
     first = await agent.run("go")
@@ -1171,7 +1209,7 @@ async def test_an_unknown_price_without_a_limit_is_looked_up_once_per_run_not_pe
 
     for again in (agent, Agent(looping_model(12), tools=[search], max_turns=20, pricing=pricing)):
         assert (await again.run("again")).turns == 12
-    assert len(pricing.asked) <= 3  # at most once per run (or cached)
+    assert len(pricing.asked) == 2  # once per Agent made, never per run or call
     assert len(bundled) == 1  # the answer (unknown) is cached
 
 
@@ -1179,14 +1217,7 @@ async def test_an_unknown_price_without_a_limit_is_looked_up_once_per_run_not_pe
 async def test_a_tree_looks_prices_up_once_per_run_and_genai_prices_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bundled: list[tuple[str, str | None]] = []
-    lookup = _pricing._bundled_price
-
-    def counting(model: str, base_url: str | None) -> _pricing.CallPrice | None:
-        bundled.append((model, base_url))
-        return lookup(model, base_url)
-
-    monkeypatch.setattr(_pricing, "_bundled_price", counting)
+    bundled = bundled_lookups(monkeypatch)
     pricing = CountingPricing()
     runtime = Runtime(
         ScriptedProvider(tree_model, model="gpt-4o"),
@@ -1198,7 +1229,9 @@ async def test_a_tree_looks_prices_up_once_per_run_and_genai_prices_once(
     runs = list(walk(result))
     assert result.total_usage.requests == 7
     assert len(runs) == 5
-    assert 1 <= len(pricing.asked) <= len(runs)  # at most one per run, whatever its calls
+    # One per Agent made, whatever its calls: the runtime's check, the root's agent, and one
+    # child agent per parent run (the root's serves a, p1 and p2; a's serves b).
+    assert len(pricing.asked) == 4
     assert set(pricing.asked) == {("gpt-4o", None)}
     assert bundled == [("gpt-4o", None)]  # genai-prices' data read once for the tree
     assert result.total_cost is not None

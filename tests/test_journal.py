@@ -1,11 +1,11 @@
-"""The batch journal's storage (``xzatoma/_journal.py``): real SQLite files in ``tmp_path``,
-and real processes holding, and dying with, its lock."""
+"""The batch journal's storage (``xzatoma/_journal.py``, ``xzatoma/_journal_file.py``): real
+SQLite files in ``tmp_path``, and real processes holding, and dying with, its lock."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
-import json
 import os
 import random
 import re
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from xzatoma import RunResult, RunStatus, SubagentTask, Usage
+from xzatoma import RunResult, RunStatus, SubagentTask, Usage, _journal_file
 from xzatoma._journal import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -31,7 +31,7 @@ from xzatoma._journal import (
 )
 from xzatoma._result import ErrorType
 from xzatoma._types import Message, ToolCall
-from xzatoma.errors import JournalError
+from xzatoma.errors import JournalError, JournalWriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,13 +103,25 @@ def test_reordered_tasks_still_match(tmp_path: Path) -> None:
 
 def test_keys_are_the_canonical_json_s_sha256_and_identical_tasks_count_up() -> None:
     task = SubagentTask(label="é", task_prompt="go", allowed_tools=["x"], max_turns=3)
-    canonical = json.dumps(
-        task.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    # The fields left at their defaults (summary_prompt) are not in it, so a field added to
+    # tasks later keeps the keys of existing journals; this digest must never change.
+    canonical = '{"allowed_tools":["x"],"label":"é","max_turns":3,"task_prompt":"go"}'
     key = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert key == "d2c0dd4f01e586ef4695891e04bd14b4"
     other = task_keys(tasks("b"))[0]
     assert task_keys([task, task, tasks("b")[0], task]) == [key, f"{key}#2", other, f"{key}#3"]
     assert task_keys([task.model_copy(update={"max_turns": 4})]) != [key]
+
+
+def test_a_default_given_explicitly_keeps_the_key() -> None:
+    bare = SubagentTask(label="a", task_prompt="do a")
+    explicit = SubagentTask.model_validate(
+        {"label": "a", "task_prompt": "do a", **{
+            name: field.default for name, field in SubagentTask.model_fields.items()
+            if not field.is_required()
+        }}
+    )  # fmt: skip
+    assert task_keys([explicit]) == task_keys([bare])
 
 
 def test_identical_tasks_are_journaled_apart(tmp_path: Path) -> None:
@@ -133,7 +145,7 @@ def test_identical_tasks_are_journaled_apart(tmp_path: Path) -> None:
         ("incomplete", None, True, False),
         ("failed", "execution_failed", False, False),
         ("failed", "execution_failed", True, True),
-        ("failed", "timeout", False, False),
+        ("failed", "timeout", False, True),  # a deadline stopped it, not the task
         ("failed", "invalid_input", True, True),
         ("failed", "quota_exceeded", False, True),
         ("cancelled", "cancelled", False, True),
@@ -230,7 +242,10 @@ def test_a_tasks_file_given_by_mistake_is_refused_and_left_alone(tmp_path: Path)
     path = tmp_path / "tasks.jsonl"
     path.write_text('{"label": "a", "task_prompt": "do a"}\n')
     before = path.read_bytes()
-    message = f"{path} is not an xzatoma journal (not an SQLite database)"
+    message = (
+        f"{path} is not an xzatoma journal (not an SQLite database): was another file given as"
+        " the journal? It was left as it is"
+    )
     with pytest.raises(JournalError, match=re.escape(message)):
         BatchJournal.open(path, tasks("a"))
     with pytest.raises(JournalError, match=re.escape(message)):
@@ -379,7 +394,10 @@ def test_a_journal_held_by_a_live_process_is_refused_naming_it(tmp_path: Path) -
         assert proc.stdout is not None
         with pytest.raises(JournalError) as caught:
             BatchJournal.open(path, tasks(*"ab"))
-        assert str(caught.value) == f"{path} is in use by another batch (pid {proc.pid})"
+        assert str(caught.value) == (
+            f"{path} is in use by another batch (pid {proc.pid}): wait for it to end, or stop"
+            " it; resuming after that needs nothing cleared"
+        )
         view = read_journal(path)  # while it runs
         assert view.in_use
         assert [e.status for e in view.entries] == ["complete", "pending"]
@@ -418,6 +436,68 @@ def test_a_second_open_in_the_same_process_is_refused(tmp_path: Path) -> None:
         assert list(journal.done) == [0]
 
 
+READ_BY_THE_WRITER = """
+import os, signal, subprocess, sys
+from xzatoma import RunResult, SubagentTask
+from xzatoma._journal import BatchJournal, read_journal
+
+path = sys.argv[1]
+journal = BatchJournal.open(path, [SubagentTask(label=l, task_prompt=f"do {l}") for l in "abc"])
+journal.record(0, RunResult(output="a", status="complete", label="a"))
+assert read_journal(path).counts()["complete"] == 1  # read in the writer's own process
+# Another process opens the journal read-write and closes it. Had the read dropped the
+# writer's locks, that close would checkpoint and delete the write-ahead log under the writer.
+other = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+    " c.execute('SELECT 1 FROM results').fetchall(); c.close()"
+)
+subprocess.run([sys.executable, "-c", other, path], check=True)
+journal.record(1, RunResult(output="b", status="complete", label="b"))
+journal.record(2, RunResult(output="c", status="complete", label="c"))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_reading_the_journal_in_the_writer_s_process_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    with python(READ_BY_THE_WRITER, str(path)) as proc:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert [(e.label, e.status) for e in read_journal(path).entries] == [
+        ("a", "complete"), ("b", "complete"), ("c", "complete"),
+    ]  # fmt: skip
+
+
+def test_a_lock_held_for_a_moment_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j"
+    journal_with(path, "a", {})
+    glance = os.open(f"{path}-lock", os.O_RDONLY)  # as `journal show` holds it, for a moment
+    fcntl.flock(glance, fcntl.LOCK_SH)
+    waits: list[float] = []
+
+    def let_go(seconds: float) -> None:  # the glance ends while the batch waits
+        waits.append(seconds)
+        os.close(glance)
+
+    monkeypatch.setattr(_journal_file, "_pause", let_go)
+    with BatchJournal.open(path, tasks("a")) as journal:
+        assert journal.to_run == [0]
+    assert len(waits) == 1
+
+
+def test_a_journal_left_in_wal_mode_by_a_crash_is_read_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    with holder(path, "ab") as proc:
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    before = {name: (tmp_path / name).read_bytes() for name in ("j", "j-wal")}
+    assert before["j-wal"]  # the commit is in the write-ahead log, not yet in the file
+    assert [e.status for e in read_journal(path).entries] == ["complete", "pending"]
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
 # -- writes that fail ----------------------------------------------------------------------
 
 
@@ -427,7 +507,7 @@ def test_recording_into_a_removed_directory_fails(tmp_path: Path) -> None:
     with BatchJournal.open(path, tasks(*"ab")) as journal:
         journal.record(0, result("a"))
         shutil.rmtree(path.parent)
-        with pytest.raises(JournalError) as caught:
+        with pytest.raises(JournalWriteError) as caught:
             journal.record(1, result("b"))
     assert str(caught.value) == (
         f"{path} was moved or removed during the batch, so the end of task 1 ('b') could not be"
@@ -440,7 +520,7 @@ REFUSED = """
 import os, resource, signal, sys
 from xzatoma import RunResult, SubagentTask
 from xzatoma._journal import BatchJournal
-from xzatoma.errors import JournalError
+from xzatoma.errors import JournalWriteError
 
 path = sys.argv[1]
 with BatchJournal.open(path, [SubagentTask(label=l, task_prompt=f"do {l}") for l in "ab"]) as j:
@@ -451,7 +531,7 @@ with BatchJournal.open(path, [SubagentTask(label=l, task_prompt=f"do {l}") for l
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     try:
         j.record(1, RunResult(output="x" * 100_000, status="complete", label="b"))
-    except JournalError as error:
+    except JournalWriteError as error:
         print(error, flush=True)
 """
 

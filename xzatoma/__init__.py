@@ -40,6 +40,7 @@ from ._version import package_version
 from .errors import ConfigError as ConfigError
 from .errors import DepthLimitExceeded as DepthLimitExceeded
 from .errors import JournalError as JournalError
+from .errors import JournalWriteError as JournalWriteError
 from .errors import LocalModelError as LocalModelError
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
@@ -96,6 +97,7 @@ __all__ = (
     "ConfigError",
     "DepthLimitExceeded",
     "JournalError",
+    "JournalWriteError",
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",

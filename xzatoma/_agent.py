@@ -118,7 +118,10 @@ class Agent:
         self.pricing = as_pricing(pricing)
         # Looked up once, here, not in a run (the first lookup reads genai-prices' data);
         # kept with the provider it prices, so a provider replaced later is priced anew.
-        self.price: tuple[Provider, CallPrice | None] = (provider, self.pricing.price_for(provider))
+        self._priced: tuple[Provider, CallPrice | None] = (
+            provider,
+            self.pricing.price_for(provider),
+        )
         if self.quota is not None and self.quota.limits.max_total_cost is not None:
             self.pricing.require(provider, "max_total_cost")
             for t in self.tools:  # a subagent tool's children may run on another model
@@ -135,6 +138,14 @@ class Agent:
     def specs(self) -> tuple[ToolSpec, ...]:
         """What the model is told about the offered tools."""
         return self._specs
+
+    def price_of(self, run: Run) -> CallPrice | None:
+        """The price of ``run``'s calls: the one looked up at construction, unless the run
+        has another provider or pricing (``None``: unknown)."""
+        priced, price = self._priced
+        if run.pricing is not self.pricing or run.provider is not priced:
+            return run.pricing.price_for(run.provider)
+        return price
 
     def callable_tool(self, name: str) -> Tool[Any] | None:
         """The tool a call names: an offered one, or a hidden subagent tool (which refuses)."""

@@ -18,7 +18,7 @@ import pydantic
 
 from ._config_errors import describe
 from ._limits import QuotaLimits
-from ._pricing import Pricing
+from ._pricing import Pricing, dollars
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
@@ -316,18 +316,17 @@ class XzatomaConfig(_Section):
                 raise ConfigError(f"{p}.{name} must be at least 0")
         if s.max_total_time is not None and not s.max_total_time > 0:
             raise ConfigError(f"{p}.max_total_time must be greater than 0")
-        if s.max_total_cost is not None and not s.max_total_cost >= 0:
-            raise ConfigError(f"{p}.max_total_cost must be at least 0")
-        return QuotaLimits(s.max_executions, s.max_total_tokens, s.max_total_time, s.max_total_cost)
+        cost = s.max_total_cost
+        return QuotaLimits(
+            s.max_executions,
+            s.max_total_tokens,
+            s.max_total_time,
+            None if cost is None else dollars(cost, f"{p}.max_total_cost"),
+        )
 
     def build_pricing(self) -> Pricing:
-        """The prices of the ``pricing`` section, before genai-prices' bundled data."""
-        for model, price in self.pricing.items():
-            for key, value in price:
-                if not (value >= 0 and math.isfinite(value)):
-                    raise ConfigError(
-                        f"pricing.{model}.{key} must be a finite number of dollars, at least 0"
-                    )
+        """The prices of the ``pricing`` section, before genai-prices' bundled data (a
+        price that is not a non-negative number: a ConfigError naming its key)."""
         return Pricing({model: dict(price) for model, price in self.pricing.items()})
 
     def build_provider(

@@ -1,47 +1,54 @@
-"""The batch journal's storage: an SQLite file that keeps the end of each task of a batch, so
-a batch that died (kill -9, OOM, reboot) is run again with it and runs only what is left.
+"""The batch journal: an SQLite file that keeps the end of each task of a batch, so a batch
+that died (kill -9, OOM, reboot) is run again with it and runs only what is left.
 
 What a resume runs again (:func:`will_rerun`, the one place this rule is written):
 ``complete`` and ``incomplete`` are finished, never run again; ``failed`` is finished and not
 run again unless ``rerun_failed=True``. Never finished, always run again: ``cancelled`` (by
-``fail_fast``, Ctrl-C, SIGTERM, the batch timeout, or never started) and ``failed`` with
-``error_type`` ``quota_exceeded`` (stopped by the last run's limits, not by the task); and a
-task never recorded (``pending``) runs. Tasks are matched by a key made of their fields alone
-(:func:`task_keys`), so a reordered tasks file still matches; another set of tasks is refused
-unless ``extend=True``, which adds the new ones and keeps, unrun, those the batch lacks.
+``fail_fast``, Ctrl-C, SIGTERM, or never started), and ``failed`` with ``error_type``
+``quota_exceeded`` or ``timeout`` (stopped by the last run's limits, the quota or a deadline,
+not by the task); and a task never recorded (``pending``) runs. Tasks are matched by a key made
+of their fields alone (:func:`task_keys`), so a reordered tasks file still matches; another
+set of tasks is refused unless ``extend=True``, which adds the new ones and keeps, unrun,
+those the batch lacks.
 
 Durability: one transaction per task end, in WAL mode with ``synchronous=NORMAL``: a commit
 survives a crash, kill -9, OOM and a clean reboot; a power cut may lose the last commits but
 never corrupts the file. On close the file goes back to rollback mode: one self-contained file
-(no ``-wal``/``-shm``), which :func:`read_journal` reads without making anything.
-
-The lock is ``flock(LOCK_EX | LOCK_NB)`` on ``PATH-lock``, a small file beside the journal that
-holds the holder's pid, not on the database: closing any descriptor of the database drops the
-POSIX locks SQLite holds on it in that process (sqlite.org/howtocorrupt.html, 2.2), as
-:func:`read_journal` would in the same process; and where ``flock`` is emulated with ``fcntl``
-locks (NFS) a lock on the database collides with SQLite's own. The kernel lets go of it when
-its holder dies, so a resume after kill -9 just works.
+(no ``-wal``/``-shm``). The file's safety (reading without changing it, the lock):
+:mod:`xzatoma._journal_file`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
+from ._journal_file import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    check,
+    corrupt,
+    identity,
+    in_use,
+    lock,
+    probe,
+    reading,
+    storable,
+    why,
+)
 from ._result import RunResult
 from ._subagent_models import SubagentTask
 from ._version import package_version
 from ._views import run_dict, run_from_dict
-from .errors import JournalError
+from .errors import JournalError, JournalWriteError
 
 __all__ = (
     "APPLICATION_ID",
@@ -54,14 +61,8 @@ __all__ = (
     "will_rerun",
 )
 
-SCHEMA_VERSION: Final = 1
-"""The journal layout this module writes, kept in ``PRAGMA user_version``."""
-APPLICATION_ID: Final = 0x787A7461
-"""``PRAGMA application_id`` of every journal ("xzta"): what marks a file as one."""
-
 _STATUSES: Final = ("pending", "complete", "incomplete", "failed", "cancelled")
 _JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_MAGIC: Final = b"SQLite format 3\x00"
 _NOW: Final = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 _SCHEMA: Final = (  # results: one row per task key, for its last end
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -73,7 +74,6 @@ _SCHEMA: Final = (  # results: one row per task key, for its last end
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
-_TABLES: Final = frozenset({"meta", "tasks", "results"})
 _RECORD: Final = (
     f"INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, {_NOW}, 1, ?) ON CONFLICT (key) DO UPDATE"
     " SET (status, error_type, turns, total_tokens, total_cost, ended_at, runs, result) ="
@@ -92,14 +92,15 @@ def will_rerun(status: str, error_type: str | None, *, rerun_failed: bool) -> bo
     if status in ("complete", "incomplete"):
         return False
     if status == "failed":
-        return rerun_failed or error_type == "quota_exceeded"
+        return rerun_failed or error_type in ("quota_exceeded", "timeout")
     return True  # cancelled, pending
 
 
 def task_keys(tasks: Sequence[SubagentTask]) -> list[str]:
     """A stable key per task, from its fields only, so a reordered tasks file still matches:
-    the first 32 hex digits of the sha256 of its canonical JSON. The 2nd identical task gets
-    the suffix ``#2``, the 3rd ``#3``: identical tasks are told apart by occurrence."""
+    the first 32 hex digits of the sha256 of its canonical JSON, without the fields left at
+    their defaults (so a field added to tasks later keeps every key). The 2nd identical task
+    gets the suffix ``#2``, the 3rd ``#3``: identical tasks are told apart by occurrence."""
     return [key for key, _, _ in _keyed(tasks)]
 
 
@@ -108,7 +109,7 @@ def _keyed(tasks: Sequence[SubagentTask]) -> list[tuple[str, str, str]]:
     seen: dict[str, int] = {}
     keyed = []
     for task in tasks:
-        data = task.model_dump(mode="json")
+        data = task.model_dump(mode="json", exclude_defaults=True)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         n = seen[digest] = seen.get(digest, 0) + 1
@@ -186,7 +187,7 @@ class BatchJournal:
     def __init__(self, path: Path, conn: sqlite3.Connection, lock: int, keys: list[str]) -> None:
         self.path, self.keys, self.done, self.to_run = path, keys, {}, []
         self._conn: sqlite3.Connection | None = conn
-        self._lock, self._file = lock, _identity(path)
+        self._lock, self._file = lock, identity(path)
 
     @classmethod
     def open(
@@ -204,15 +205,15 @@ class BatchJournal:
         Raises :class:`JournalError` when it cannot be used or another batch holds it.
         """
         path = Path(path)
-        _head(path)  # a tasks file given by mistake is refused before a lock file is made
-        lock = _lock(path)  # before the checks: two resumes of one journal must not both run
+        probe(path)  # a tasks file given by mistake is refused before a lock file is made
+        held = lock(path)  # before the checks: two resumes of one journal must not both run
         try:
             keyed = _keyed(tasks)
             keys = [key for key, _, _ in keyed]
             stored = _read_for_open(path, keys, extend=extend, rerun_failed=rerun_failed)
-            journal = cls(path, _open_for_writing(path, keyed, stored), lock, keys)
+            journal = cls(path, _open_for_writing(path, keyed, stored), held, keys)
         except BaseException:
-            os.close(lock)
+            os.close(held)
             raise
         journal.done = stored[1] if stored is not None else {}
         journal.to_run = [i for i in range(len(keys)) if i not in journal.done]
@@ -220,12 +221,12 @@ class BatchJournal:
 
     def record(self, index: int, result: RunResult) -> None:
         """Commit the end of input task ``index`` in one transaction (a re-run replaces the
-        task's row, and counts one more run). Raises :class:`JournalError` if the journal
+        task's row, and counts one more run). Raises :class:`JournalWriteError` if the journal
         cannot be written (disk full, a read-only file system, the file moved or removed)."""
         if self._conn is None:
-            raise JournalError(f"{self.path} is closed: task {index} could not be recorded")
-        if _identity(self.path) != self._file:  # SQLite would write on, to a file now lost
-            raise JournalError(
+            raise JournalWriteError(f"{self.path} is closed: task {index} could not be recorded")
+        if identity(self.path) != self._file:  # SQLite would write on, to a file now lost
+            raise JournalWriteError(
                 f"{self.path} was moved or removed during the batch, so the end of task {index}"
                 f" ({result.label!r}) could not be recorded: put it back to resume the batch"
                 " with it, or run the batch again with a new journal"
@@ -235,11 +236,11 @@ class BatchJournal:
             self._conn.execute(_RECORD, (
                 self.keys[index], result.status, result.error_type, result.turns,
                 result.total_usage.total_tokens, None if cost is None else str(cost),
-                _storable(_JSON.encode(run_dict(result, messages=True, exact=True))),
+                storable(_JSON.encode(run_dict(result, messages=True, exact=True))),
             ))  # fmt: skip
         except sqlite3.Error as error:
-            raise JournalError(
-                f"{self.path} could not be written ({_why(error)}) when task {index}"
+            raise JournalWriteError(
+                f"{self.path} could not be written ({why(error)}) when task {index}"
                 f" ({result.label!r}) ended: the tasks recorded before it are kept, so running"
                 " the batch again with this journal, once the cause is fixed, resumes it"
             ) from error
@@ -266,30 +267,31 @@ class BatchJournal:
 
 def read_journal(path: str | os.PathLike[str]) -> JournalView:
     """What the journal at ``path`` holds, read without its lock (so it works while a batch
-    runs); it never writes or makes anything. Raises :class:`JournalError` when there is no
-    file, or it is not a journal, is corrupt, or was written by a newer xzatoma."""
+    runs); it never changes the journal (SQLite may make the ``-shm`` index of a journal
+    left in WAL mode by a crash). Raises :class:`JournalError` when there is no file, or it
+    is not a journal, is corrupt, or was written by a newer xzatoma."""
     path = Path(path)
-    head = _head(path)
-    if not head:
-        raise JournalError(f"{path} does not exist" if head is None else f"{path} is empty")
-    in_use = _in_use(path)
-    with _reading(path) as conn:
-        if not _check(conn, path):
+    size = probe(path)
+    if not size:
+        raise JournalError(f"{path} does not exist" if size is None else f"{path} is empty")
+    running = in_use(path)
+    with reading(path) as conn:
+        if not check(conn, path, thorough=False):
             raise JournalError(f"{path} is an empty SQLite database, not an xzatoma journal")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         entries = tuple(
             JournalEntry(
                 i, key, label, status, error, turns, tokens,
-                None if cost is None else Decimal(cost), ended, runs,
+                _stored_cost(path, key, cost), ended, runs,
                 will_rerun(status, error, rerun_failed=False),
             )
             for i, key, label, status, error, turns, tokens, cost, ended, runs
             in conn.execute(_ENTRIES)
         )  # fmt: skip
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        return JournalView(
-            path, meta["created_at"], meta["xzatoma_version"], version, entries, in_use
-        )
+    if not {"created_at", "xzatoma_version"} <= meta.keys():
+        raise corrupt(path, "its meta table lacks created_at or xzatoma_version")
+    return JournalView(path, meta["created_at"], meta["xzatoma_version"], version, entries, running)
 
 
 # -- reading: every check before anything is written ---------------------------------------
@@ -303,10 +305,10 @@ def _read_for_open(
 ) -> _Stored | None:
     """What the journal holds for these keys; ``None`` when there is nothing yet (no file,
     0 bytes, an empty database). Raises if the journal cannot be used as it is."""
-    if not _head(path):
+    if not probe(path):
         return None
-    with _reading(path) as conn:
-        if not _check(conn, path):
+    with reading(path) as conn:
+        if not check(conn, path, thorough=True):
             return None
         positions = dict(conn.execute("SELECT key, position FROM tasks").fetchall())
         missing, new = len(positions.keys() - keys), len(set(keys) - positions.keys())
@@ -318,8 +320,22 @@ def _read_for_open(
             "SELECT key, status, error_type, result FROM results"
         ):
             if key in index and not will_rerun(status, error_type, rerun_failed=rerun_failed):
-                done[index[key]] = run_from_dict(json.loads(text))
+                done[index[key]] = _stored_result(path, key, text)
     return positions, done
+
+
+def _stored_result(path: Path, key: str, text: str) -> RunResult:
+    try:
+        return run_from_dict(json.loads(text))
+    except (ValueError, LookupError, TypeError) as error:  # not as this xzatoma writes it
+        raise corrupt(path, f"the result of task {key} cannot be read: {error!r}") from error
+
+
+def _stored_cost(path: Path, key: str, cost: str | None) -> Decimal | None:
+    try:
+        return None if cost is None else Decimal(cost)
+    except ArithmeticError as error:  # decimal.InvalidOperation
+        raise corrupt(path, f"the cost of task {key} is not a number: {cost!r}") from error
 
 
 def _different(path: Path, missing: int, stored: int, new: int, given: int) -> str:
@@ -333,66 +349,6 @@ def _different(path: Path, missing: int, stored: int, new: int, given: int) -> s
     )
 
 
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection; SQLite's and the stored JSON's failures as JournalErrors."""
-    try:
-        with contextlib.closing(
-            sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None)
-        ) as conn:
-            yield conn
-    except JournalError:  # a ValueError too, that already says what is wrong
-        raise
-    except sqlite3.Error as error:
-        name = getattr(error, "sqlite_errorname", None) or ""
-        if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or "decode" in str(error):
-            raise _corrupt(path, str(error)) from error  # decode: a text column not UTF-8
-        raise JournalError(f"{path} cannot be read ({_why(error)})") from error
-    except (ValueError, LookupError, TypeError, ArithmeticError) as error:  # not as written
-        raise _corrupt(path, f"its contents cannot be read: {error!r}") from error
-
-
-def _check(conn: sqlite3.Connection, path: Path) -> bool:
-    """Raise unless the database is a journal this xzatoma reads; ``False`` if it is empty."""
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    names = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema")}
-    if not (app_id or version or names):
-        return False  # made by SQLite and nothing else yet: a journal's creation that died
-    if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
-        raise JournalError(
-            f"{path} was written by a newer xzatoma (journal schema {version}; this one reads"
-            f" up to {SCHEMA_VERSION}): upgrade xzatoma to resume it"
-        )
-    if app_id != APPLICATION_ID or version < 1 or not names >= _TABLES:
-        raise JournalError(f"{path} is an SQLite database but not an xzatoma journal")
-    problems = [line for (line,) in conn.execute("PRAGMA quick_check(3)")]
-    if problems != ["ok"]:
-        raise _corrupt(path, "; ".join(problems))
-    return True
-
-
-def _corrupt(path: Path, detail: str) -> JournalError:
-    return JournalError(
-        f"{path} is corrupt ({detail}): it was left as it is; move it away to start the batch"
-        " afresh"
-    )
-
-
-def _head(path: Path) -> bytes | None:
-    """The file's first bytes (``None``: no file). Raises if they are not SQLite's."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(len(_MAGIC))
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise JournalError(f"{path} cannot be read ({_why(error)})") from error
-    if head and head != _MAGIC:
-        raise JournalError(f"{path} is not an xzatoma journal (not an SQLite database)")
-    return head
-
-
 # -- writing -------------------------------------------------------------------------------
 
 
@@ -403,7 +359,7 @@ def _open_for_writing(
     positions = stored[0] if stored is not None else {}
     start = max(positions.values(), default=-1) + 1
     added = [task for task in keyed if task[0] not in positions]
-    rows = [(key, start + i, label, _storable(text)) for i, (key, label, text) in enumerate(added)]
+    rows = [(key, start + i, label, storable(text)) for i, (key, label, text) in enumerate(added)]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -421,71 +377,8 @@ def _open_for_writing(
             conn.execute("COMMIT")
     except sqlite3.Error as error:
         conn.close()
-        raise JournalError(f"{path} could not be written ({_why(error)})") from error
+        raise JournalError(
+            f"{path} could not be written ({why(error)}): it and its directory must be"
+            " writable, with room on the disk"
+        ) from error
     return conn
-
-
-def _storable(text: str) -> str:
-    """JSON that SQLite can hold: a lone surrogate (model text cut mid-pair), which UTF-8
-    cannot encode, is written as its ``\\u`` escape, which ``json.loads`` reads back."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(json.loads(text))
-    return text
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """Which file ``path`` names now (``None``: none this process can see)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def _why(error: BaseException) -> str:
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    name = getattr(error, "sqlite_errorname", None)
-    return f"{error}, {name}" if name else str(error)
-
-
-# -- the lock ------------------------------------------------------------------------------
-
-
-def _lock(path: Path) -> int:
-    """The descriptor holding the journal's exclusive lock, with this process's pid written
-    in it, so that a process refused the lock can say who holds it."""
-    try:
-        fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError as error:
-        raise JournalError(f"{path} cannot be made: its directory does not exist") from error
-    except OSError as error:
-        raise JournalError(f"{path} cannot be locked ({_why(error)})") from error
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        holder = os.pread(fd, 32, 0).split()
-        os.close(fd)
-        if isinstance(error, BlockingIOError):
-            pid = holder[0].decode() if holder else "unknown"
-            raise JournalError(f"{path} is in use by another batch (pid {pid})") from None
-        raise JournalError(f"{path} cannot be locked ({_why(error)})") from error
-    os.pwrite(fd, f"{os.getpid():<20}\n".encode(), 0)  # one fixed-width write: never torn
-    return fd
-
-
-def _in_use(path: Path) -> bool:
-    """Whether a batch holds the journal's lock (tried, shared, and let go at once)."""
-    try:
-        fd = os.open(f"{path}-lock", os.O_RDONLY)
-    except FileNotFoundError:
-        return False  # no batch ever opened it here
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

@@ -93,6 +93,7 @@ class QuotaStatistics:
     total_cost: Decimal = NO_COST
     """US dollars charged (calls whose price is not known add nothing)."""
     remaining_cost: Decimal | None = None
+    """US dollars left under ``max_total_cost``; ``None`` when there is no cost limit."""
 
 
 class QuotaTracker:
@@ -136,7 +137,8 @@ class QuotaTracker:
         self._cost = NO_COST
         self._lock = threading.Lock()
 
-    def _check_tokens_and_time(self) -> None:
+    def _check_usage(self) -> None:
+        """Raise if the tree is out of tokens, dollars or time."""
         limits = self.limits
         if limits.max_total_tokens is not None and self._tokens >= limits.max_total_tokens:
             raise QuotaExceeded(limit="tokens", used=self._tokens, maximum=limits.max_total_tokens)
@@ -152,7 +154,7 @@ class QuotaTracker:
         """Raise :class:`QuotaExceeded` if a new execution could not start now (takes nothing)."""
         with self._lock:
             self._check_executions()
-            self._check_tokens_and_time()
+            self._check_usage()
 
     def _check_executions(self) -> None:
         maximum = self.limits.max_executions
@@ -163,13 +165,13 @@ class QuotaTracker:
         """Take one execution slot, or raise :class:`QuotaExceeded` and take nothing."""
         with self._lock:
             self._check_executions()
-            self._check_tokens_and_time()
+            self._check_usage()
             self._executions += 1
 
     def check_running(self) -> None:
         """Raise :class:`QuotaExceeded` if a running subagent must not call its model again."""
         with self._lock:
-            self._check_tokens_and_time()
+            self._check_usage()
 
     def charge(self, tokens: int, cost: Decimal | None = None) -> None:
         """Add the tokens (and the dollars, when known) of one model call; siblings see them

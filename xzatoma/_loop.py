@@ -83,10 +83,7 @@ class RunLoop:
 
     async def _turns(self, prompt: str) -> _Outcome:
         run, agent = self.run, self.agent
-        priced, price = agent.price
-        if run.pricing is not agent.pricing or run.provider is not priced:
-            price = run.pricing.price_for(run.provider)  # usually looked up by the agent
-        self.price = price
+        price = self.price = agent.price_of(run)
         quota = run.quota
         if price is None and quota is not None and quota.limits.max_total_cost is not None:
             try:  # the runtime refuses this before any run; a tree built by hand may not

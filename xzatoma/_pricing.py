@@ -17,9 +17,9 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._result import NO_COST
 from ._types import Usage
 from .errors import ConfigError
 
@@ -113,15 +113,17 @@ class _BundledPrice:
     """A price of genai-prices that is not a flat rate (tiers by prompt size, a fee per
     request): every call is priced by genai-prices itself, at about 70 us a call."""
 
-    __slots__ = ("_price",)
+    __slots__ = ("_price", "_usage")
 
     def __init__(self, price: Any) -> None:
-        self._price = price
-
-    def cost(self, usage: Usage) -> Decimal | None:
         from genai_prices import Usage as GenaiUsage
 
-        counts = GenaiUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+        self._price, self._usage = price, GenaiUsage
+
+    def cost(self, usage: Usage) -> Decimal | None:
+        counts = self._usage(
+            input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
+        )
         try:
             return Decimal(self._price.calc_price(counts)["total_price"])
         except Exception:  # genai-prices' own trouble: this call's cost is unknown, the run goes on
@@ -151,14 +153,15 @@ class Pricing:
         *,
         bundled: bool = True,
     ) -> None:
-        self.prices: dict[str, Price] = {
-            model: _as_price(model, price) for model, price in (prices or {}).items()
-        }
+        self.prices: Mapping[str, Price] = MappingProxyType(
+            {model: _as_price(model, price) for model, price in (prices or {}).items()}
+        )
+        """The prices given, read-only (a lookup is kept once made: give them all here)."""
         self._bundled = bundled
         self._cache: dict[tuple[str, str | None], CallPrice | None] = {}
 
     def __repr__(self) -> str:
-        return f"Pricing(prices={self.prices!r}, bundled={self._bundled})"
+        return f"Pricing(prices={dict(self.prices)!r}, bundled={self._bundled})"
 
     def price_of(self, model: str, base_url: str | None = None) -> CallPrice | None:
         """The price of ``model`` (served at ``base_url``, when known); ``None``: unknown."""
@@ -242,11 +245,11 @@ def _bundled_price(model: str, base_url: str | None) -> CallPrice | None:
     del provider
     rates = {k: v for k, v in vars(price).items() if v is not None}
     prompt, completion = rates.get("input_mtok"), rates.get("output_mtok")
-    if prompt is None and completion is None:
-        return None  # priced by something else (audio hours, pages): not by tokens
+    if prompt is None or completion is None:
+        return None  # tokens one way are not priced (embeddings, audio): a chat's cost is unknown
     flat = all(v is None or isinstance(v, Decimal) for v in (prompt, completion))
     if flat and "requests_kcount" not in rates:
-        return Price(prompt or NO_COST, completion or NO_COST)
+        return Price(prompt, completion)
     return _BundledPrice(price)
 
 

@@ -49,11 +49,14 @@ class BatchProgress(Finished):
         stream: Where to draw.
         live: Draw a live rich progress bar (a terminal) instead of plain lines. Falls back
             to plain lines when rich is not installed.
+        of: The size of the whole batch, when it may run fewer tasks (a resumed journal
+            reads the rest back): the start says how many are not run.
     """
 
-    def __init__(self, stream: TextIO, *, live: bool) -> None:
+    def __init__(self, stream: TextIO, *, live: bool, of: int | None = None) -> None:
         super().__init__()
         self.stream = stream
+        self.of = of
         self.total = 0
         self.done = 0
         self.failed = 0
@@ -86,6 +89,11 @@ class BatchProgress(Finished):
             )
 
     @property
+    def journaled(self) -> int:
+        """Tasks of the whole batch (``of``) that this run does not run: read back."""
+        return self.of - self.total if self.of is not None and self.total else 0
+
+    @property
     def stats(self) -> str:
         """``done 3  failed 1  running 4  tokens 1234``."""
         return (
@@ -111,11 +119,15 @@ class BatchProgress(Finished):
         self._redraw()
 
     def _started(self, size: int) -> None:
+        journaled = self.journaled
         if self._progress is not None:
+            if journaled:
+                self._progress.console.print(f"{journaled} tasks read from the journal")
             self._task = self._progress.add_task("batch", total=size, stats=self.stats)
             self._progress.start()
         else:
-            self._line(f"batch: {size} tasks")
+            more = f" to run ({journaled} more read from the journal)" if journaled else ""
+            self._line(f"batch: {size} tasks{more}")
 
     def _ended(self, result: RunResult) -> None:
         self.running -= 1

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 from ._result import ANSWERED, RunResult
 from ._subagent_models import BatchResult
 from ._terminal import json_text, one_line, printable
-from ._views import finished_entry
+from ._views import finished_entry, journal_dict
 from .errors import usd
 
 if TYPE_CHECKING:
@@ -57,14 +57,14 @@ def print_run(
 
 def print_batch(batch: BatchResult, out: TextIO) -> None:
     """Each task's header and output, then the batch's counts."""
-    resumed = {id(batch.results[i]) for i in batch.resumed}
-    for r in batch.results:
+    resumed = frozenset(batch.resumed)
+    for index, r in enumerate(batch.results):
         status = describe_status(r.status, r.error_type)
         label = printable(r.label, single_line=True)
         header = f"== {label}: {status}, {r.turns} turns, {r.total_usage.total_tokens} tokens"
         if r.total_cost is not None and r.total_usage.requests:
             header += f", {usd(r.total_cost)}"
-        if id(r) in resumed:
+        if index in resumed:
             header += " (from the journal)"
         print(f"\n{header}", file=out)
         if r.output:
@@ -124,6 +124,7 @@ def print_interrupted(
     *,
     as_json: bool,
     total: int | None = None,
+    journaled: int = 0,
     partial_output: str = "",
     out: TextIO | None = None,
 ) -> None:
@@ -131,8 +132,8 @@ def print_interrupted(
 
     ``finished`` are the results of the depth-1 subagents (a batch's tasks, or the root's
     children), in the order they ended; those the interruption itself cancelled are left
-    out. ``total`` is the batch's size; ``partial_output`` what the root of a ``run`` had
-    answered so far.
+    out. ``total`` is the batch's size, ``journaled`` how many of its tasks were read back
+    from a journal, not run; ``partial_output`` what the root of a ``run`` had answered.
     """
     out = sys.stdout if out is None else out
     done = [e for e in finished if e.status != "cancelled"]
@@ -140,12 +141,19 @@ def print_interrupted(
         report: dict[str, object] = {"status": "interrupted", "signal": signal_name}
         if total is not None:
             report["total"] = total
+            report["resumed"] = journaled
         else:
             report["output"] = partial_output
         report["finished"] = [finished_entry(e) for e in done]
         print_json(report, out)
         return
-    if total is not None:
+    if total is not None and journaled:
+        print(
+            f"\ninterrupted: {len(done)} of the {total - journaled} tasks run had finished"
+            f" ({journaled} more were read from the journal)",
+            file=out,
+        )
+    elif total is not None:
         print(f"\ninterrupted: {len(done)} of {total} tasks had finished", file=out)
     else:
         print(f"\ninterrupted: {len(done)} subagents had finished", file=out)
@@ -163,36 +171,11 @@ def print_interrupted(
 
 def print_journal(view: JournalView, out: TextIO, *, as_json: bool) -> None:
     """``xzatoma journal show``: one line per task, then the counts (or the JSON document)."""
+    if as_json:
+        print_json(journal_dict(view), out)
+        return
     counts = view.counts()
     again = sum(1 for e in view.entries if e.will_run)
-    if as_json:
-        document = {
-            "path": str(view.path),
-            "created_at": view.created_at,
-            "xzatoma_version": view.xzatoma_version,
-            "schema_version": view.schema_version,
-            "in_use": view.in_use,
-            "counts": counts,
-            "will_run": again,
-            "tasks": [
-                {
-                    "index": e.index,
-                    "key": e.key,
-                    "label": e.label,
-                    "status": e.status,
-                    "error_type": e.error_type,
-                    "turns": e.turns,
-                    "total_tokens": e.total_tokens,
-                    "total_cost": None if e.total_cost is None else float(e.total_cost),
-                    "ended_at": e.ended_at,
-                    "runs": e.runs,
-                    "will_run": e.will_run,
-                }
-                for e in view.entries
-            ],
-        }
-        print_json(document, out)
-        return
     width = max((len(printable(e.label, single_line=True)) for e in view.entries), default=5)
     for e in view.entries:
         label = printable(e.label, single_line=True).ljust(width)

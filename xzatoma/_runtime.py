@@ -17,7 +17,7 @@ from ._spawn import Spawner
 from ._subagent_models import BatchResult, SubagentConfig, SubagentTask
 from ._subagents import ParallelSubagentTool, SubagentTool
 from ._tools import Tool
-from .errors import ConfigError, JournalError
+from .errors import ConfigError, JournalWriteError
 from .providers._base import Provider
 
 if TYPE_CHECKING:
@@ -76,10 +76,10 @@ class Runtime:
             self.hooks.add(telemetry)
         self.spawner = Spawner(self.config, self.tracker, provider=provider)
         self.pricing = as_pricing(pricing)
-        for model in dict.fromkeys((provider, self.spawner.child_provider(provider))):
-            self.pricing.price_for(model)  # looked up now, not in the first run (then cached)
+        for priced in dict.fromkeys((provider, self.spawner.child_provider(provider))):
+            self.pricing.price_for(priced)  # looked up now, not in the first run (then cached)
             if self.tracker.limits.max_total_cost is not None:
-                self.pricing.require(model, "max_total_cost")
+                self.pricing.require(priced, "max_total_cost")
         self.subagent_tool = SubagentTool(_spawner=self.spawner)
         self.parallel_tool = ParallelSubagentTool(_spawner=self.spawner)
 
@@ -137,9 +137,9 @@ class Runtime:
         Raises:
             ConfigError: Invalid tasks or an invalid ``max_concurrent`` (before anything runs).
             JournalError: The journal cannot be used (not a journal, corrupt, in use by
-                another process, newer, made from other tasks), before anything runs; or it
-                could not be written during the batch, which then stops (``.result`` holds
-                what ended).
+                another process, newer, made from other tasks), before anything runs.
+            JournalWriteError: The journal could not be written during the batch, which
+                then stops (``.result`` holds what ended; the same call resumes it).
         """
         parsed = [_task(t, i) for i, t in enumerate(tasks)]
         if not parsed:
@@ -183,12 +183,12 @@ class Runtime:
             return await self.spawner.run_batch(
                 root, tasks, max_concurrent=max_concurrent, fail_fast=fail_fast
             )
-        to_run, failures = book.to_run, list[JournalError]()
+        to_run, failures = book.to_run, list[JournalWriteError]()
 
         def commit(position: int, result: RunResult) -> bool:
             try:
                 book.record(to_run[position], result)
-            except JournalError as exc:
+            except JournalWriteError as exc:
                 failures.append(exc)
                 return False  # stop the batch: what ends now could no longer be kept
             return True
@@ -206,15 +206,11 @@ class Runtime:
             for index, result in zip(to_run, ran.results, strict=True):
                 results[index] = result
             duration = ran.duration
-        batch = BatchResult.of(
-            [r for r in results if r is not None], duration, resumed=sorted(book.done)
-        )
+        ended = [r for r in results if r is not None]
+        assert len(ended) == len(tasks), "every task ran or was read back"
+        batch = BatchResult.of(ended, duration, resumed=sorted(book.done))
         if failures:
-            raise JournalError(
-                f"{failures[0]} (the batch was stopped there; what had ended is this "
-                "error's `result`)",
-                result=batch,
-            )
+            raise JournalWriteError(f"the batch stopped: {failures[0]}", result=batch)
         return batch
 
 

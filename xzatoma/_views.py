@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._result import RunResult
 from ._subagent_models import BatchResult
 from ._types import Message, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from ._journal import JournalView
 
 __all__ = (
     "batch_dict",
     "batch_summary",
     "cost_value",
     "finished_entry",
+    "journal_dict",
     "run_dict",
     "run_from_dict",
     "task_entry",
@@ -96,6 +100,35 @@ def batch_dict(batch: BatchResult) -> dict[str, object]:
         "total_cost": cost_value(batch.total_cost),
         "resumed": len(batch.resumed),
         "results": [{**run_dict(r), "resumed": i in resumed} for i, r in enumerate(batch.results)],
+    }
+
+
+def journal_dict(view: JournalView) -> dict[str, object]:
+    """``xzatoma journal show --json``: the journal's facts, counts and tasks."""
+    return {
+        "path": str(view.path),
+        "created_at": view.created_at,
+        "xzatoma_version": view.xzatoma_version,
+        "schema_version": view.schema_version,
+        "in_use": view.in_use,
+        "counts": view.counts(),
+        "will_run": sum(1 for e in view.entries if e.will_run),
+        "tasks": [
+            {
+                "index": e.index,
+                "key": e.key,
+                "label": e.label,
+                "status": e.status,
+                "error_type": e.error_type,
+                "turns": e.turns,
+                "total_tokens": e.total_tokens,
+                "total_cost": cost_value(e.total_cost),
+                "ended_at": e.ended_at,
+                "runs": e.runs,
+                "will_run": e.will_run,
+            }
+            for e in view.entries
+        ],
     }
 
 

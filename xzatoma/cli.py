@@ -17,14 +17,15 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 import anyio
 
+from ._cli_metrics import linger_for_a_scrape, metrics_for, serve_metrics
 from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser
 from ._cli_parser import flag_names as _flag_names
 from ._hooks import Instrument
-from ._interrupt import Interrupted, handling_signals, linger, until_signal
+from ._interrupt import Interrupted, handling_signals, until_signal
 from ._progress import BatchProgress, Finished
 from ._render import print_batch, print_interrupted, print_json, print_run
 from ._result import RunResult
@@ -33,12 +34,9 @@ from ._subagent_models import BatchResult
 from ._terminal import one_line, printable, tolerant_streams
 from ._views import batch_dict
 from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, load_tasks
-from .errors import ConfigError, LocalModelError
+from .errors import ConfigError, JournalWriteError, LocalModelError
 from .providers import OpenAIProvider
 from .providers._tool_replies import SHOWN
-
-if TYPE_CHECKING:
-    from .telemetry import MetricsServer
 
 __all__ = ("build_parser", "main")
 
@@ -142,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             except LocalModelError as exc:
                 print(f"xzatoma: error: {one_line(str(exc))}", file=sys.stderr)
                 return EXIT_FAILED
-            _linger(server, args.metrics_linger)
+            linger_for_a_scrape(server, args.metrics_linger)
         return code
     config = _configure(args)
     if args.command == "run":
@@ -150,9 +148,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _batch(args, config)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"xzatoma: error: {one_line(message)}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 def _refuse_undecodable(args: argparse.Namespace) -> None:
@@ -298,7 +296,7 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
         finally:
             await _close(runtime)
 
-    with _metrics_for(config) as server:
+    with metrics_for(config) as server:
         try:
             result = until_signal(go)
         except Interrupted as why:
@@ -313,7 +311,7 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
         if problem:
             return _fail(problem)
         print_run(result, sys.stdout, sys.stderr, tree=args.tree, as_json=args.json)
-        _linger(server, args.metrics_linger)
+        linger_for_a_scrape(server, args.metrics_linger)
     return {"complete": EXIT_OK, "incomplete": EXIT_INCOMPLETE}.get(result.status, EXIT_FAILED)
 
 
@@ -323,7 +321,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         flag = "--rerun-failed" if args.rerun_failed else "--extend-journal"
         raise UsageError(f"{flag} works with --journal PATH, which was not given")
     stream: TextIO = sys.stderr if args.json else sys.stdout
-    progress = BatchProgress(stream, live=stream.isatty())
+    progress = BatchProgress(stream, live=stream.isatty(), of=len(tasks))
     runtime = _runtime(config, hooks=[progress])
 
     async def go() -> BatchResult:
@@ -340,12 +338,18 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         finally:
             await _close(runtime)
 
-    with _metrics_for(config) as server:
+    with metrics_for(config) as server:
         try:
             batch = until_signal(go)
         except Interrupted as why:
             progress.close()
-            print_interrupted(progress.finished, why.name, as_json=args.json, total=len(tasks))
+            print_interrupted(
+                progress.finished,
+                why.name,
+                as_json=args.json,
+                total=len(tasks),
+                journaled=progress.journaled,
+            )
             if args.journal:
                 print(
                     f"xzatoma: what had ended is in the journal {printable(args.journal)}; the "
@@ -353,6 +357,14 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
                     file=sys.stderr,
                 )
             return _interrupted(why, "the batch was cancelled")
+        except JournalWriteError as error:  # the batch stopped; what had ended is reported
+            progress.close()
+            if isinstance(error.result, BatchResult):
+                if args.json:
+                    print_json(batch_dict(error.result), sys.stdout)
+                else:
+                    print_batch(error.result, sys.stdout)
+            return _fail(str(error), EXIT_FAILED)
         finally:
             progress.close()
         resumed = frozenset(batch.resumed)  # read back from the journal: not run now
@@ -363,40 +375,10 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
             return _fail(problem)
         if not args.json:
             print_batch(batch, sys.stdout)
-        _linger(server, args.metrics_linger)
+        linger_for_a_scrape(server, args.metrics_linger)
     if batch.failed or batch.cancelled:
         return EXIT_FAILED
     return EXIT_INCOMPLETE if any(r.status == "incomplete" for r in batch.results) else EXIT_OK
-
-
-def _metrics_for(config: XzatomaConfig) -> contextlib.AbstractContextManager[MetricsServer | None]:
-    """Serve ``/metrics`` around a run when the config or ``--metrics-port`` asks for it."""
-    if not config.telemetry.enabled:
-        return contextlib.nullcontext()
-    prom = config.telemetry.prometheus
-    return serve_metrics(prom.host, prom.port)
-
-
-@contextlib.contextmanager
-def serve_metrics(host: str, port: int, *, announce: bool = True) -> Iterator[MetricsServer]:
-    """Serve ``/metrics`` while the block runs; stopped however the block ends."""
-    from . import telemetry
-
-    server = telemetry.start_metrics_server(host=host, port=port)  # ConfigError: exit 2
-    try:
-        if announce:
-            print(f"xzatoma: serving metrics at {server.url}", file=sys.stderr)
-        yield server
-    finally:
-        server.stop()
-
-
-def _linger(server: MetricsServer | None, seconds: float) -> None:
-    """``--metrics-linger``: keep serving for a final scrape; SIGINT or SIGTERM ends it
-    early (the command keeps the exit code of its run)."""
-    if server is None or not seconds > 0:
-        return
-    linger(seconds, f"xzatoma: metrics stay at {server.url} for {seconds:g} s")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     XzatomaError                 root of everything xzatoma raises
     ├── ConfigError              the caller's mistake (also a ValueError): bad config or arguments
     │   └── JournalError         a batch journal that cannot be used (corrupt, locked, newer,
-    │                            other tasks) or could no longer be written
+    │                            other tasks)
+    ├── JournalWriteError        a batch journal that could no longer be written mid-batch
     ├── ProviderError            the model endpoint failed or answered something unusable
     ├── QuotaExceeded            a shared quota limit was reached
     ├── DepthLimitExceeded       a spawn would nest subagents deeper than ``max_depth``
@@ -18,13 +19,14 @@ classes are what the pieces raise internally and what public helpers raise to th
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import ClassVar
 
 __all__ = (
     "ConfigError",
     "DepthLimitExceeded",
     "JournalError",
+    "JournalWriteError",
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
@@ -43,12 +45,18 @@ class ConfigError(XzatomaError, ValueError):
 class JournalError(ConfigError):
     """A batch journal (``run_batch(journal=...)``, ``xzatoma batch --journal``) that cannot
     be used: not a journal, corrupt, in use by another live process, written by a newer
-    xzatoma, made from other tasks; or one that could no longer be written during a batch.
-    The file is never overwritten. Raised before anything runs, except for a write failure.
+    xzatoma, made from other tasks. Raised before anything runs; the file is left as it is.
+    """
+
+
+class JournalWriteError(XzatomaError):
+    """A batch journal that could no longer be written during a batch (the disk full, the
+    file moved or removed): the batch stops there. What was committed before is kept, so the
+    same batch with the same journal resumes once the cause is fixed.
 
     Attributes:
-        result: For a write failure during a batch, the :class:`~xzatoma.BatchResult` as far
-            as it went (the tasks that ended are in it, journaled or not); else ``None``.
+        result: The :class:`~xzatoma.BatchResult` as far as the batch went (the tasks that
+            ended are in it, journaled or not); ``None`` from the journal itself.
     """
 
     def __init__(self, message: str, *, result: object | None = None) -> None:
@@ -87,7 +95,8 @@ class QuotaExceeded(XzatomaError):
         self.used = used
         self.maximum = maximum
         if limit == "cost":
-            detail = self._WHAT[limit].format(used=usd(used), maximum=usd(maximum))
+            spent = usd(used, ROUND_CEILING)  # reached: never shown below the limit
+            detail = self._WHAT[limit].format(used=spent, maximum=usd(maximum))
         else:
             detail = self._WHAT[limit].format(used=used, maximum=maximum)
         super().__init__(f"Resource quota exceeded: {detail}")
@@ -109,14 +118,15 @@ class LocalModelError(XzatomaError):
     downloaded, verified or served; the message says which step failed and what to do."""
 
 
-def usd(amount: float | Decimal) -> str:
+def usd(amount: float | Decimal, rounding: str = ROUND_HALF_EVEN) -> str:
     """An amount of US dollars for a message: ``$0.52``; below a cent, two significant
-    digits (``$0.0012``), so a small limit does not read ``$0.00``."""
+    digits (``$0.0012``), so a small limit does not read ``$0.00``. ``rounding`` is a
+    :mod:`decimal` rounding (``ROUND_CEILING``: a spend never reads below a limit it reached)."""
     value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
     if value == 0:
         return "$0"
     if abs(value) < Decimal("0.01"):
-        value = value.quantize(Decimal(1).scaleb(value.adjusted() - 1))  # two digits
+        value = value.quantize(Decimal(1).scaleb(value.adjusted() - 1), rounding)  # 2 digits
         if abs(value) < Decimal("0.01"):
             return f"${value:f}"
-    return f"${value:.2f}"
+    return f"${value.quantize(Decimal('0.01'), rounding)}"
