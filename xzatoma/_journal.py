@@ -41,6 +41,7 @@ from ._journal_file import (
     lock,
     probe,
     reading,
+    size_of,
     storable,
     why,
 )
@@ -271,7 +272,7 @@ def read_journal(path: str | os.PathLike[str]) -> JournalView:
     left in WAL mode by a crash). Raises :class:`JournalError` when there is no file, or it
     is not a journal, is corrupt, or was written by a newer xzatoma."""
     path = Path(path)
-    size = probe(path)
+    size = size_of(path)  # not a database: check() says so, on the connection it reads with
     if not size:
         raise JournalError(f"{path} does not exist" if size is None else f"{path} is empty")
     running = in_use(path)
@@ -305,7 +306,7 @@ def _read_for_open(
 ) -> _Stored | None:
     """What the journal holds for these keys; ``None`` when there is nothing yet (no file,
     0 bytes, an empty database). Raises if the journal cannot be used as it is."""
-    if not probe(path):
+    if not size_of(path):  # open() probed it; now, under the lock, it may have been made
         return None
     with reading(path) as conn:
         if not check(conn, path, thorough=True):

@@ -38,6 +38,7 @@ __all__ = (
     "lock",
     "probe",
     "reading",
+    "size_of",
     "storable",
     "why",
 )
@@ -51,15 +52,20 @@ TABLES: Final = frozenset({"meta", "tasks", "results"})
 _LOCK_TRIES: Final = 20  # x 10 ms: outlasts a `journal show` glancing at the lock
 
 
-def probe(path: Path) -> int | None:
-    """The file's size (``None``: no file); raises unless it is empty or an SQLite database,
-    before anything (a lock file) is made beside it."""
+def size_of(path: Path) -> int | None:
+    """The file's size in bytes; ``None``: there is no file."""
     try:
-        size = path.stat().st_size
+        return path.stat().st_size
     except FileNotFoundError:
         return None
     except OSError as error:
         raise JournalError(f"{path} cannot be read ({why(error)})") from error
+
+
+def probe(path: Path) -> int | None:
+    """:func:`size_of`, and a refusal unless the file is empty or an SQLite database, before
+    anything (a lock file) is made beside it."""
+    size = size_of(path)
     if size:
         with reading(path) as conn:
             conn.execute("PRAGMA application_id")  # SQLite reads the header: not a database?
