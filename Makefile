@@ -17,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,redis,ray,dev]'
 	touch $(STAMP)
 
 $(LOCAL_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,dev,local]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,redis,ray,dev,local]'
 	touch $(LOCAL_STAMP)
 
 demo: $(STAMP)
@@ -40,6 +40,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	./.ci/ensure-prometheus
+	./.ci/ensure-redis
 	$(BIN)/pytest $(ARGS)
 
 test: lint typecheck pytest
@@ -52,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 	$(BIN)/python bench/load_metrics.py --requests 5000 --clients 50 --subagents 1000
 	$(BIN)/python bench/http_bench.py
+	./.ci/ensure-redis
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist  # .cache (the model) stays

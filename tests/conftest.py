@@ -8,12 +8,15 @@ and at the same instant on every run, whatever the machine's load.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _clock import Backend, backend_options
 from _http_server import MakeProvider, ScriptedHTTPServer
+from _redis_server import RedisServer, redis_server_or_skip
 
 from xzatoma import OpenAIProvider
 
@@ -48,3 +51,36 @@ async def make_provider(server: ScriptedHTTPServer) -> AsyncIterator[MakeProvide
     yield make
     for provider in made:
         await provider.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (``tests/_redis_server.py``); tests keep apart
+    by naming their own quota tree."""
+    with redis_server_or_skip() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real local Ray for the session: ``ray.init(num_cpus=2, include_dashboard=False)``.
+
+    Its workers find ``tests/_ray_models.py`` on their ``PYTHONPATH`` and the test API key in
+    their environment (set before Ray starts, as ``ray start`` would pass it on).
+    """
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test has it)")
+    import _ray_models
+
+    os.environ[_ray_models.KEY_VARIABLE] = _ray_models.KEY
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -28,9 +28,12 @@ EXPECTED = {
     "tool",
     "BatchResult",
     "ParallelSubagentTool",
+    "Quota",
     "QuotaLimits",
     "QuotaStatistics",
     "QuotaTracker",
+    "RayExecutor",
+    "RedisQuota",
     "Runtime",
     "Price",
     "Pricing",
@@ -51,6 +54,7 @@ EXPECTED = {
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
+    "QuotaUnavailable",
     "XzatomaError",
 }
 

@@ -249,7 +249,7 @@ async def test_a_total_below_its_parts_is_charged_as_their_sum_and_marked_estima
     assert result.total_usage.estimated  # carried up through +
     assert runtime.tracker.statistics().total_tokens == 502
     with pytest.raises(Exception, match=r"token limit reached \(502/400 tokens\)"):
-        runtime.tracker.check()
+        await runtime.tracker.acheck()
 
 
 # -- item 10: output_max_size bounds the whole message the parent reads --------------------

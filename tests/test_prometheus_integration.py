@@ -21,11 +21,11 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
+from _prometheus import INSTALL, by_depth, prometheus_server, query, stop
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,10 +37,6 @@ from xzatoma.telemetry._config import configuration
 from xzatoma.testing import ScriptedProvider, call, tool_calls
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL = (
-    "install Debian's 'prometheus' package (apt-get install --no-install-recommends "
-    "prometheus; `make test` does it through .ci/ensure-prometheus)"
-)
 # promtool's linter flags every non-histogram name ending in _count. DESIGN.md section 5
 # names the active gauge `subagent_active_count`, so this one problem is expected; the
 # exposition must parse and raise no other problem.
@@ -280,21 +276,6 @@ def test_example_scrape_config_is_valid() -> None:
 
 
 # -- a real Prometheus -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -338,54 +319,16 @@ def xzatoma_process(tmp_path: Path) -> Iterator[int]:
 @pytest.fixture
 def prometheus(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A real Prometheus on loopback scraping the xzatoma process every second; its URL."""
-    binary = shutil.which("prometheus")
-    if binary is None:
+    if shutil.which("prometheus") is None:
         pytest.skip(f"the prometheus server is not installed: {INSTALL}")
     xzatoma_process: int = request.getfixturevalue("xzatoma_process")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-              evaluation_interval: 1s
-            scrape_configs:
-              - job_name: xzatoma
-                static_configs:
-                  - targets: ["127.0.0.1:{xzatoma_process}"]
-            """
-        )
-    )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(server)
-        log.close()
-
-
-def query(base: str, promql: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{base}/api/v1/query", params={"query": promql}, timeout=5)
-    body = response.json()
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
-def by_depth(result: list[dict[str, Any]]) -> dict[str, float]:
-    return {r["metric"]["depth"]: float(r["value"][1]) for r in result}
+    scrape = f"""
+        - job_name: xzatoma
+          static_configs:
+            - targets: ["127.0.0.1:{xzatoma_process}"]
+        """
+    with prometheus_server(tmp_path, scrape) as url:
+        yield url
 
 
 @pytest.mark.prometheus

@@ -139,3 +139,38 @@ def test_no_key_in_cli_output(
     assert server.requests[0].headers["authorization"] == f"Bearer {CANARY}"
     assert_clean("stdout", out)
     assert_clean("stderr", err)
+
+
+# -- a provider sent to another process (a Ray worker) never carries its key ---------------
+
+
+def test_a_pickled_provider_carries_the_key_s_variable_not_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import copy
+    import pickle
+
+    from xzatoma import ModelSettings
+    from xzatoma.errors import ConfigError
+
+    monkeypatch.setenv("XZ_SENT_KEY", "sk-sent-0123456789")
+    provider = OpenAIProvider(
+        "http://127.0.0.1:9/v1", "m", api_key_env="XZ_SENT_KEY", temperature=0.25,
+        max_retries=1, timeout=7.0, text_tool_calls=False,
+    )  # fmt: skip
+    data = pickle.dumps(provider)
+    assert b"sk-sent-0123456789" not in data
+    monkeypatch.setenv("XZ_SENT_KEY", "sk-the-worker-s-own")
+    copy_ = pickle.loads(data)
+    assert (copy_.base_url, copy_.model, copy_.text_tool_calls) == (provider.base_url, "m", False)
+    assert copy_.settings == ModelSettings(temperature=0.25)
+    assert copy_._headers["Authorization"] == "Bearer sk-the-worker-s-own"  # read over there
+    monkeypatch.delenv("XZ_SENT_KEY")
+    with pytest.raises(ConfigError, match=r"XZ_SENT_KEY .* is not set in this process"):
+        pickle.loads(data)
+    # A twin (with_model) is a copy sharing the pool, not a new provider.
+    assert copy.copy(provider)._transports is provider._transports
+    with pytest.raises(ConfigError, match="api_key_env='NAME'"):
+        pickle.dumps(OpenAIProvider("http://127.0.0.1:9/v1", "m", api_key="sk-a-literal-key"))
+    with pytest.raises(ConfigError, match="client="):
+        pickle.dumps(OpenAIProvider("http://127.0.0.1:9/v1", "m", client=httpx.AsyncClient()))

@@ -10,11 +10,14 @@ from ._events import Event as Event
 from ._hooks import Hook as Hook
 from ._hooks import Hooks as Hooks
 from ._hooks import Instrument as Instrument
+from ._limits import Quota as Quota
 from ._limits import QuotaLimits as QuotaLimits
 from ._limits import QuotaStatistics as QuotaStatistics
 from ._limits import QuotaTracker as QuotaTracker
 from ._pricing import Price as Price
 from ._pricing import Pricing as Pricing
+from ._ray_executor import RayExecutor as RayExecutor
+from ._redis_quota import RedisQuota as RedisQuota
 from ._result import ErrorType as ErrorType
 from ._result import RunResult as RunResult
 from ._result import RunStatus as RunStatus
@@ -44,6 +47,7 @@ from .errors import JournalWriteError as JournalWriteError
 from .errors import LocalModelError as LocalModelError
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
+from .errors import QuotaUnavailable as QuotaUnavailable
 from .errors import XzatomaError as XzatomaError
 from .providers import ModelSettings as ModelSettings
 from .providers import OpenAIProvider as OpenAIProvider
@@ -76,9 +80,12 @@ __all__ = (
     # subagents, quota and the front door
     "BatchResult",
     "ParallelSubagentTool",
+    "Quota",
     "QuotaLimits",
     "QuotaStatistics",
     "QuotaTracker",
+    "RayExecutor",
+    "RedisQuota",
     "Runtime",
     # prices and cost
     "Price",
@@ -101,6 +108,7 @@ __all__ = (
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
+    "QuotaUnavailable",
     "XzatomaError",
 )
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._hooks import Hook, Hooks, Instrument
-from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
+from ._limits import Quota, QuotaLimits, as_tracker, check_count, check_timeout
 from ._loop import RunLoop
 from ._pricing import CallPrice, Price, Pricing, as_pricing
 from ._result import RunResult
@@ -25,17 +25,17 @@ from .providers._base import Provider
 __all__ = ("Agent", "one_quota", "tools_by_name")
 
 
-def one_quota(quota: QuotaTracker | None, tools: Sequence[Tool[Any]]) -> QuotaTracker | None:
+def one_quota(quota: Quota | None, tools: Sequence[Tool[Any]]) -> Quota | None:
     """The one quota of a tree: the agent's, or the one its subagent tools were given.
 
     A tree has one tracker (its spawns reserve from it, all its model calls are charged to
     it), so two different ones are a :class:`ConfigError` rather than two limits each
     half-enforced.
     """
-    trackers: dict[int, QuotaTracker] = {}
+    trackers: dict[int, Quota] = {}
     for t in tools:
         theirs = getattr(getattr(t, "spawner", None), "quota", None)  # a subagent tool's
-        if isinstance(theirs, QuotaTracker):
+        if theirs is not None:  # a spawner's quota (as_tracker checked it)
             trackers[id(theirs)] = theirs
     if len(trackers) > 1:
         raise ConfigError(
@@ -95,7 +95,7 @@ class Agent:
         name: str = "agent",
         timeout: float | None = None,
         hooks: Sequence[Instrument | Hook] | Hooks = (),
-        quota: QuotaTracker | QuotaLimits | None = None,
+        quota: Quota | QuotaLimits | None = None,
         pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
         _hidden_tools: Sequence[Tool[Any]] = (),
     ) -> None:

@@ -58,7 +58,9 @@ _HELP = {
         "examples:\n"
         "  xzatoma batch examples/tasks.jsonl --provider ollama --model llama3.2\n"
         "  xzatoma batch examples/tasks.yaml --config examples/ollama.yaml --json > out.json\n"
-        "  xzatoma batch tasks.jsonl --journal batch.sqlite ...   # again after a crash: resumes",
+        "  xzatoma batch tasks.jsonl --journal batch.sqlite ...   # again after a crash: resumes\n"
+        "  xzatoma batch tasks.jsonl --ray auto --workers 4 --redis-url redis://127.0.0.1:6379/0 "
+        "...",
     ),
     "demo": (
         "Run a scripted agent tree offline (no model server): a researcher that recurses,\n"
@@ -139,6 +141,18 @@ _LIMITS = [
     ("--max-concurrent", int, "N", "tasks of a parallel batch in flight at once (default 5)"),
     ("--timeout", float, "SECONDS", "deadline for the whole run"),
 ]  # fmt: skip
+_SHARED_QUOTA = [
+    ("--redis-url", str, "URL", "keep the quota in this Redis (redis://, rediss:// or unix://), "
+     "shared by every process naming the same --quota-tree"),
+    ("--quota-tree", str, "NAME", "the quota's name in Redis (default xzatoma); needs "
+     "--redis-url"),
+]  # fmt: skip
+_RAY = [
+    ("--workers", int, "N", "Ray workers the batch runs in (default 2); needs --ray"),
+    ("--per-worker", int, "M", "tasks each Ray worker runs at once (default 8); needs --ray"),
+    ("--file-sd", str, "PATH", "write the /metrics targets of the workers (and of this process, "
+     "with --metrics-port) to this Prometheus file_sd file; needs --ray"),
+]  # fmt: skip
 _METRICS = [
     ("--metrics-port", int, "PORT", "serve Prometheus /metrics on this port (0: any free)"),
     ("--metrics-host", str, "HOST", "interface to serve /metrics on (default 127.0.0.1)"),
@@ -151,6 +165,21 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"xzatoma: error: {message} (see '{self.prog} --help')\n")
+
+
+class _TurnRayOn(argparse.Action):
+    """``--ray`` runs the batch on Ray; ``--ray ADDRESS`` also names the cluster."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.ray = True
+        if values is not None:
+            setattr(namespace, self.dest, values)
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -181,6 +210,22 @@ def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
         g.add_argument("--max-turns", type=int, metavar="N", help="model calls of the root agent")
         g.add_argument("--subagent-max-turns", type=int, metavar="N",
                        help="model calls per subagent (default 10)")  # fmt: skip
+    _options(p, "shared quota (one quota for many processes, kept in Redis)", _SHARED_QUOTA)
+    if batch:
+        g = p.add_argument_group("Ray (run the batch in Ray workers)")
+        g.add_argument(
+            "--ray",
+            dest="ray_address",
+            nargs="?",
+            metavar="ADDRESS",
+            action=_TurnRayOn,
+            help="run the batch on Ray: ADDRESS is auto (the cluster started here), HOST:PORT, "
+            "ray://HOST:PORT or local (a new one); without it, distributed.ray_address, else "
+            "Ray's default (give --ray after FILE, or as --ray=ADDRESS)",
+        )
+        for flag, kind, metavar, text in _RAY:
+            g.add_argument(flag, type=kind, metavar=metavar, help=text)
+        p.set_defaults(ray=None)
     _options(p, "metrics", _METRICS, **{"--metrics-linger": {"default": 0.0}})
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the whole result as JSON")

@@ -4,7 +4,8 @@ Each section is a frozen, strict model that refuses unknown keys; :class:`Xzatom
 the whole file. It checks what pydantic's types cannot say (ranges, finite numbers, URLs),
 and builds the core's objects from the file: the provider clients, the
 :class:`~xzatoma.SubagentConfig` (whose messages are the section 6 ones, spelled once there)
-and the :class:`~xzatoma.QuotaLimits`. :mod:`xzatoma.config` is where these are imported from.
+and the quota (:class:`~xzatoma.QuotaLimits`, kept in Redis with ``distributed.redis_url``).
+:mod:`xzatoma.config` is where these are imported from.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any, Literal
 
 import pydantic
 
+from ._config_distributed import DistributedSettings
 from ._config_errors import describe
 from ._limits import QuotaLimits
 from ._pricing import Pricing, dollars
+from ._redis_quota import RedisQuota
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
@@ -39,6 +42,7 @@ __all__ = (
     "DEFAULT_BASE_URLS",
     "PROVIDER_DEFAULTS",
     "AgentSettings",
+    "DistributedSettings",
     "PriceSettings",
     "PrometheusSettings",
     "ProviderSettings",
@@ -243,6 +247,8 @@ class XzatomaConfig(_Section):
     """The root agent and its subagents."""
     telemetry: TelemetrySettings = TelemetrySettings()
     """Metrics."""
+    distributed: DistributedSettings = DistributedSettings()
+    """Where batches run (Ray) and where the quota is kept (Redis)."""
     pricing: dict[str, PriceSettings] = {}
     """Prices by model name (the name the provider asks for), in US dollars per million
     tokens: they give a local model a price (0 when free) and override the bundled ones."""
@@ -292,6 +298,7 @@ class XzatomaConfig(_Section):
                 value = getattr(section, key)
                 if value is not None and not accepts(value):
                     raise ConfigError(f"{name}.{key} {words}")
+        self.distributed.check()
 
     def subagent_config(self, provider: Provider | None = None) -> SubagentConfig:
         """The core's :class:`SubagentConfig` (it raises the section 6 messages)."""
@@ -323,6 +330,11 @@ class XzatomaConfig(_Section):
             s.max_total_time,
             None if cost is None else dollars(cost, f"{p}.max_total_cost"),
         )
+
+    def build_quota(self) -> QuotaLimits | RedisQuota:
+        """The tree's quota: :meth:`quota_limits`, kept in Redis under ``distributed.tree``
+        when ``distributed.redis_url`` is set (ConfigError without the ``redis`` extra)."""
+        return self.distributed.quota(self.quota_limits())
 
     def build_pricing(self) -> Pricing:
         """The prices of the ``pricing`` section, before genai-prices' bundled data (a
@@ -372,6 +384,7 @@ class XzatomaConfig(_Section):
             section.endpoint,
             section.model,
             api_key=key,
+            api_key_env=section.api_key_env,  # where another process (a Ray worker) reads it
             timeout=limit["timeout_seconds"],
             max_retries=int(limit["max_retries"]),
             max_response_bytes=int(limit["max_response_bytes"]),

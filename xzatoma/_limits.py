@@ -1,8 +1,11 @@
 """Policy objects for a tree of agents: the shared quota, the depth rule, output truncation.
 
-Plain synchronous code with tiny methods, testable without an event loop; the async
-machinery calls them. Reservation happens under a lock in one call, so there is no window
-between "is a slot free?" and "take it" even if threads share a tracker.
+The spawner and the agent loop await a :class:`Quota` (the protocol): the in-memory
+:class:`QuotaTracker` here, the embedded default, or ``RedisQuota`` (``_redis_quota.py``) that
+many processes share. The tracker is plain synchronous code with tiny methods, testable
+without an event loop; its awaitable methods (``acheck``...) only call them. Reservation
+happens under a lock in one call, so there is no window between "is a slot free?" and "take
+it" even if threads share a tracker.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -24,6 +28,7 @@ from .errors import ConfigError, DepthLimitExceeded, QuotaExceeded
 
 __all__ = (
     "Clock",
+    "Quota",
     "QuotaLimits",
     "QuotaStatistics",
     "QuotaTracker",
@@ -96,8 +101,61 @@ class QuotaStatistics:
     """US dollars left under ``max_total_cost``; ``None`` when there is no cost limit."""
 
 
+@runtime_checkable
+class Quota(Protocol):
+    """What a tree's quota does, as the spawner and the agent loop await it.
+
+    Every method raises :class:`QuotaExceeded` for a limit reached; a quota kept elsewhere
+    (``RedisQuota``) raises :class:`~xzatoma.errors.QuotaUnavailable` when it cannot be
+    reached, and the spawn or run that needed it fails (it never runs unlimited).
+    """
+
+    limits: QuotaLimits
+    counts_usage: bool
+    """Whether a limit counts usage (tokens or dollars): a call that reported none is then
+    estimated, so it cannot slip past the limit."""
+
+    # Awaitables rather than ``async def``: an implementation may be a coroutine function
+    # (RedisQuota) or do its work at once and return a done awaitable (QuotaTracker).
+    def acheck(self) -> Awaitable[None]:
+        """Raise if a new execution could not start now (takes nothing)."""
+
+    def areserve(self) -> Awaitable[None]:
+        """Take one execution slot, or raise and take nothing (one atomic step)."""
+
+    def acheck_running(self) -> Awaitable[None]:
+        """Raise if a running subagent must not call its model again."""
+
+    def acharge(self, tokens: int, cost: Decimal | None = None) -> Awaitable[None]:
+        """Add one model call's tokens (and dollars, when known); every sharer sees them."""
+
+    def remaining_time(self) -> float | None:
+        """Seconds left under ``max_total_time`` (never negative), or None if unlimited."""
+
+    def statistics(self) -> QuotaStatistics:
+        """A frozen snapshot: used, limits and remaining."""
+
+    async def astatistics(self) -> QuotaStatistics:
+        """:meth:`statistics` without blocking the event loop."""
+
+
+class _Done(tuple[()]):
+    """An awaitable that is already done: ``await DONE`` is ``None`` and never yields.
+
+    An empty tuple whose ``__await__`` is the tuple's own C iterator, exhausted at once:
+    awaiting it runs no Python frame (the in-memory tracker is awaited at every spawn and
+    model call).
+    """
+
+    __slots__ = ()
+    __await__ = tuple.__iter__
+
+
+DONE: Awaitable[None] = _Done()  # type: ignore[assignment]
+
+
 class QuotaTracker:
-    """The one quota a whole agent tree shares.
+    """The one quota a whole agent tree shares, in this process (the default :class:`Quota`).
 
     A spawn calls :meth:`reserve` (atomic check-and-take of an execution slot); every model
     call is charged with :meth:`charge`; a running subagent calls :meth:`check_running`
@@ -150,30 +208,49 @@ class QuotaTracker:
             if elapsed >= limits.max_total_time:
                 raise QuotaExceeded(limit="time", used=elapsed, maximum=limits.max_total_time)
 
-    def check(self) -> None:
-        """Raise :class:`QuotaExceeded` if a new execution could not start now (takes nothing)."""
+    # The spawner and the loop await the ``a`` methods (the Quota protocol); each does its
+    # work when called and returns DONE, an awaitable already done, so an in-memory quota
+    # costs no coroutine. The plain methods are the same for code without an event loop.
+    def acheck(self) -> Awaitable[None]:
+        """Raise :class:`QuotaExceeded` if a new execution could not start now (takes
+        nothing); returns an awaitable that is already done."""
         with self._lock:
             self._check_executions()
             self._check_usage()
+        return DONE
+
+    def check(self) -> None:
+        """:meth:`acheck`, without awaiting."""
+        self.acheck()  # done already: nothing to await
 
     def _check_executions(self) -> None:
         maximum = self.limits.max_executions
         if maximum is not None and self._executions >= maximum:
             raise QuotaExceeded(limit="executions", used=self._executions, maximum=maximum)
 
-    def reserve(self) -> None:
+    def areserve(self) -> Awaitable[None]:
         """Take one execution slot, or raise :class:`QuotaExceeded` and take nothing."""
         with self._lock:
             self._check_executions()
             self._check_usage()
             self._executions += 1
+        return DONE
 
-    def check_running(self) -> None:
+    def reserve(self) -> None:
+        """:meth:`areserve`, without awaiting."""
+        self.areserve()  # done already: nothing to await
+
+    def acheck_running(self) -> Awaitable[None]:
         """Raise :class:`QuotaExceeded` if a running subagent must not call its model again."""
         with self._lock:
             self._check_usage()
+        return DONE
 
-    def charge(self, tokens: int, cost: Decimal | None = None) -> None:
+    def check_running(self) -> None:
+        """:meth:`acheck_running`, without awaiting."""
+        self.acheck_running()  # done already: nothing to await
+
+    def acharge(self, tokens: int, cost: Decimal | None = None) -> Awaitable[None]:
         """Add the tokens (and the dollars, when known) of one model call; siblings see them
         at once.
 
@@ -195,6 +272,23 @@ class QuotaTracker:
             self._tokens += tokens
             if cost:
                 self._cost += cost
+        return DONE
+
+    def charge(self, tokens: int, cost: Decimal | None = None) -> None:
+        """:meth:`acharge`, without awaiting."""
+        self.acharge(tokens, cost)  # done already: nothing to await
+
+    def record_elsewhere(self, executions: int, tokens: int, cost: Decimal) -> None:
+        """Count what ran in another process on this tree's behalf (a Ray worker's task,
+        under a tracker with no limit), so :meth:`statistics` covers the whole tree."""
+        with self._lock:
+            self._executions += executions
+            self._tokens += tokens
+            self._cost += cost
+
+    async def astatistics(self) -> QuotaStatistics:
+        """:meth:`statistics`, awaitable."""
+        return self.statistics()
 
     def _elapsed(self) -> float:
         now = self._last = self._clock()
@@ -240,9 +334,17 @@ class QuotaTracker:
         )
 
 
-def as_tracker(quota: QuotaLimits | QuotaTracker | None) -> QuotaTracker | None:
-    """What every ``quota=`` takes: limits make a tracker of their own, a tracker is shared."""
-    return QuotaTracker(quota) if isinstance(quota, QuotaLimits) else quota
+def as_tracker(quota: QuotaLimits | Quota | None) -> Quota | None:
+    """What every ``quota=`` takes: limits make a tracker of their own, a quota is shared."""
+    if isinstance(quota, QuotaLimits):
+        return QuotaTracker(quota)
+    # A protocol's isinstance() looks up every member: the common tracker skips it.
+    if quota is not None and type(quota) is not QuotaTracker and not isinstance(quota, Quota):
+        raise ConfigError(
+            "quota must be QuotaLimits, a QuotaTracker, a RedisQuota or None, got "
+            f"{type(quota).__name__}"
+        )
+    return quota
 
 
 def check_count(name: str, value: int | None) -> None:

@@ -23,7 +23,7 @@ from ._run import ModelCall, Run, new_id
 from ._tools import ToolContext, ToolResult, run_tool
 from ._types import CUT_SHORT, Completion, Message, ToolCall
 from ._usage import UsageRefused, checked_usage
-from .errors import ConfigError, ProviderError, QuotaExceeded
+from .errors import ConfigError, ProviderError, QuotaExceeded, QuotaUnavailable
 from .providers._settings import settings_of
 
 if TYPE_CHECKING:
@@ -101,11 +101,15 @@ class RunLoop:
                 return "incomplete", None, f"ran out of turns (max_turns={agent.max_turns})"
             # A cancelled run must make no further model call, even if nothing has yielded yet.
             await anyio.lowlevel.checkpoint_if_cancelled()
-            if run.quota is not None and run.depth > 0:
+            # Before every model call but the first: the spawn's reservation has just checked
+            # the same (one quota round trip less per subagent, on Redis a network one).
+            if run.quota is not None and run.depth > 0 and run.turns:
                 try:
-                    run.quota.check_running()
+                    await run.quota.acheck_running()
                 except QuotaExceeded as exc:
                     return "failed", "quota_exceeded", str(exc)
+                except QuotaUnavailable as exc:
+                    return "failed", "execution_failed", str(exc)
             try:
                 made = await self._call_model()
             except _ModelFailed as exc:
@@ -120,7 +124,10 @@ class RunLoop:
             elif cost and run.cost is not None:
                 run.cost += cost
             if run.quota is not None:
-                run.quota.charge(completion.usage.total_tokens, cost)
+                try:
+                    await run.quota.acharge(completion.usage.total_tokens, cost)
+                except QuotaUnavailable as exc:  # the call was made and cannot be counted
+                    return "failed", "execution_failed", str(exc)
             messages.append(completion.message)
             if completion.finish_reason in CUT_SHORT:
                 # A followup (the summary) cut short keeps the whole answer given before it.

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from ._agent import Agent
     from ._hooks import Hooks
-    from ._limits import QuotaTracker
+    from ._limits import Quota
     from ._pricing import Pricing
     from ._subagent_models import BatchResult
     from ._tools import Tool
@@ -101,7 +101,7 @@ class Run:
         *,
         label: str,
         hooks: Hooks,
-        quota: QuotaTracker | None,
+        quota: Quota | None,
         provider: Provider,
         tools: Sequence[Tool[Any]] = (),
         name: str = "agent",
@@ -232,6 +232,20 @@ class Run:
             self.finish("cancelled", "cancelled", "cancelled before it finished")
         else:
             self.finish("failed", "execution_failed", f"{type(exc).__name__}: {exc}")
+
+    def adopt(self, result: RunResult) -> None:
+        """End this run as ``result``, which ran elsewhere (a Ray worker): its hooks and its
+        parent see what the remote run was. Like :meth:`finish`, the first end stands."""
+        if self.status is None:
+            self.status, self.error_type, self.error = (
+                result.status,
+                result.error_type,
+                result.error,
+            )
+            self.output, self.truncated, self.turns = result.output, result.truncated, result.turns
+            self.usage, self.cost = result.usage, result.cost
+            self.ended = self.now()
+            self._result = result
 
     def deadline_passed(self) -> None:
         """End the run for its deadline, in the quota's own words when its time ran out."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._agent import Agent, tools_by_name
 from ._hooks import Hook, Hooks, Instrument
-from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
+from ._limits import Quota, QuotaLimits, QuotaTracker, as_tracker, check_count, check_timeout
 from ._pricing import Price, Pricing, as_pricing
 from ._result import RunResult
 from ._run import Run, loop_clock
@@ -22,6 +22,8 @@ from .providers._base import Provider
 
 if TYPE_CHECKING:
     from ._journal import BatchJournal
+    from ._ray_executor import RayExecutor
+    from ._ray_worker import WorkerSetup
 
 __all__ = ("Runtime",)
 
@@ -58,7 +60,7 @@ class Runtime:
         provider: Provider,
         *,
         subagents: SubagentConfig | None = None,
-        quota: QuotaLimits | QuotaTracker | None = None,
+        quota: QuotaLimits | Quota | None = None,
         telemetry: Instrument | Hook | bool | None = None,
         hooks: Iterable[Instrument | Hook] = (),
         pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
@@ -74,6 +76,7 @@ class Runtime:
             self.hooks.add(TelemetrySubscriber())
         elif telemetry is not False:
             self.hooks.add(telemetry)
+        self._telemetry = telemetry is not False
         self.spawner = Spawner(self.config, self.tracker, provider=provider)
         self.pricing = as_pricing(pricing)
         for priced in dict.fromkeys((provider, self.spawner.child_provider(provider))):
@@ -120,6 +123,7 @@ class Runtime:
         journal: str | os.PathLike[str] | None = None,
         rerun_failed: bool = False,
         extend_journal: bool = False,
+        executor: RayExecutor | None = None,
     ) -> BatchResult:
         """Run a parallel batch of subagents at depth 1, with no parent model.
 
@@ -134,8 +138,15 @@ class Runtime:
         failed tasks again too; ``extend_journal`` accepts a journal made from other tasks
         and adds these. What counts as finished: ``docs/batches.md``.
 
+        With ``executor`` (a :class:`~xzatoma.RayExecutor`), the tasks run in Ray workers,
+        with the same results, order, ``fail_fast``, timeout and journal; the quota must be
+        one every worker reaches (a :class:`~xzatoma.RedisQuota`) when it has limits. See
+        ``docs/distributed.md``.
+
         Raises:
-            ConfigError: Invalid tasks or an invalid ``max_concurrent`` (before anything runs).
+            ConfigError: Invalid tasks or an invalid ``max_concurrent``; with an executor,
+                an in-memory quota with limits, or a provider or tool that cannot be sent
+                to the workers (before anything runs).
             JournalError: The journal cannot be used (not a journal, corrupt, in use by
                 another process, newer, made from other tasks), before anything runs.
             JournalWriteError: The journal could not be written during the batch, which
@@ -148,14 +159,37 @@ class Runtime:
         check_timeout(timeout)
         offered = [*tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
+        remote = None if executor is None else (executor, self._worker_setup(tools))
         if journal is None:
-            return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout)
+            return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout, remote)
         from ._journal import BatchJournal
 
         with BatchJournal.open(
             journal, parsed, extend=extend_journal, rerun_failed=rerun_failed
         ) as book:
-            return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout, book)
+            return await self._batch(
+                parsed, offered, max_concurrent, fail_fast, timeout, remote, book
+            )
+
+    def _worker_setup(self, tools: Sequence[Tool[Any]]) -> WorkerSetup:
+        """What Ray workers run this runtime's batch with, checked to travel there."""
+        from ._ray_worker import WorkerSetup, check_sendable
+
+        quota = self.tracker
+        shared: Quota | None = quota
+        if isinstance(quota, QuotaTracker):
+            if quota.limits != QuotaLimits():
+                raise ConfigError(
+                    "a Ray batch's quota must be one every worker reaches: give the Runtime "
+                    "quota=RedisQuota(url, tree=..., limits=...) (an in-memory QuotaTracker "
+                    "lives in this process only)"
+                )
+            shared = None  # unlimited: the driver counts what the workers report
+        setup = WorkerSetup(
+            self.provider, self.config, shared, tuple(tools), self.pricing, self._telemetry
+        )
+        check_sendable(setup)
+        return setup
 
     async def _batch(
         self,
@@ -164,6 +198,7 @@ class Runtime:
         max_concurrent: int | None,
         fail_fast: bool,
         timeout: float | None,  # noqa: ASYNC109 - a deadline for the tree, not a wait
+        remote: tuple[RayExecutor, WorkerSetup] | None,
         book: BatchJournal | None = None,
     ) -> BatchResult:
         """The batch of ``tasks``; with a journal, only those it does not hold as done."""
@@ -179,10 +214,27 @@ class Runtime:
             now=now,
             pricing=self.pricing,
         )
-        if book is None:
-            return await self.spawner.run_batch(
-                root, tasks, max_concurrent=max_concurrent, fail_fast=fail_fast
+
+        async def run(
+            tasks: list[SubagentTask], on_end: Callable[[int, RunResult], bool] | None = None
+        ) -> BatchResult:
+            if remote is None:
+                return await self.spawner.run_batch(
+                    root, tasks, max_concurrent=max_concurrent, fail_fast=fail_fast, on_end=on_end
+                )
+            executor, setup = remote
+            return await executor.run_batch(
+                self.spawner,
+                root,
+                tasks,
+                setup,
+                max_concurrent=max_concurrent,
+                fail_fast=fail_fast,
+                on_end=on_end,
             )
+
+        if book is None:
+            return await run(tasks)
         to_run, failures = book.to_run, list[JournalWriteError]()
 
         def commit(position: int, result: RunResult) -> bool:
@@ -196,13 +248,7 @@ class Runtime:
         results: list[RunResult | None] = [book.done.get(i) for i in range(len(tasks))]
         duration = 0.0
         if to_run:
-            ran = await self.spawner.run_batch(
-                root,
-                [tasks[i] for i in to_run],
-                max_concurrent=max_concurrent,
-                fail_fast=fail_fast,
-                on_end=commit,
-            )
+            ran = await run([tasks[i] for i in to_run], commit)
             for index, result in zip(to_run, ran.results, strict=True):
                 results[index] = result
             duration = ran.duration

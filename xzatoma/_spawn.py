@@ -19,7 +19,7 @@ import anyio.lowlevel
 
 from ._agent import Agent
 from ._child_provider import provider_for_children
-from ._limits import QuotaLimits, QuotaTracker, as_tracker, check_depth
+from ._limits import Quota, QuotaLimits, as_tracker, check_depth
 from ._result import ErrorType, RunResult, RunStatus
 from ._run import Batch, Run
 from ._subagent_models import (
@@ -33,7 +33,7 @@ from ._subagent_models import (
 )
 from ._text import replace_lone_surrogates
 from ._tools import Tool, parse_arguments
-from .errors import DepthLimitExceeded, QuotaExceeded
+from .errors import DepthLimitExceeded, QuotaExceeded, QuotaUnavailable
 from .providers._base import Provider
 
 __all__ = ("Refused", "Spawner")
@@ -68,7 +68,7 @@ class Spawner:
     def __init__(
         self,
         config: SubagentConfig | None = None,
-        quota: QuotaTracker | QuotaLimits | None = None,
+        quota: Quota | QuotaLimits | None = None,
         *,
         provider: Provider | None = None,
     ) -> None:
@@ -120,6 +120,17 @@ class Spawner:
         with _Execution(child):
             await self._run(child, task)
 
+    def child_of(self, parent: Run, label: str, index: int) -> Run:
+        """A batch task's child of ``parent`` (from Python: no tool call), not yet started."""
+        return self._child(parent, label, index, None)
+
+    async def run_announced_elsewhere(self, child: Run, task: SubagentTask) -> None:
+        """Run ``child`` (from :meth:`child_of`) for a batch task whose start and end hooks
+        another process calls: a Ray worker runs it, its driver announces it, so the task
+        is counted once, where the batch is. Ends ``child`` however it ends."""
+        with _Execution(child, announce=False):
+            await self._run(child, task)
+
     def _child(self, parent: Run, label: str, index: int, call_id: int | None) -> Run:
         """A child of ``parent``, on the tree's quota, its output cut to ``output_max_size``."""
         child = parent.child(label, index, call_id=call_id)
@@ -127,7 +138,7 @@ class Spawner:
         child.quota = self._quota_of(parent)
         return child
 
-    def _quota_of(self, parent: Run) -> QuotaTracker | None:
+    def _quota_of(self, parent: Run) -> Quota | None:
         """The tree's quota; this spawner's own only for a tree with none (a ``Run`` made by
         hand: an ``Agent`` adopts its subagent tools' quota, a ``Runtime`` shares one)."""
         return parent.quota if parent.quota is not None else self.quota
@@ -137,30 +148,31 @@ class Spawner:
         then the run; a refusal raises :class:`Refused`."""
         parent = child.parent
         assert parent is not None
-        self.check(child.quota, parent.depth)
-        if isinstance(task, Refused):
-            raise task
-        agent = self._child_agent(child, task)
-        if child.quota is not None:
-            try:
-                child.quota.reserve()
-            except QuotaExceeded as exc:
-                raise Refused("quota_exceeded", str(exc)) from None
+        quota = child.quota
+        try:  # inline, not `await self.check(...)`: one coroutine less in every spawn
+            if quota is not None:
+                await quota.acheck()
+            check_depth(parent.depth, self.config.max_depth)
+            if isinstance(task, Refused):
+                raise task
+            agent = self._child_agent(child, task)
+            if quota is not None:
+                await quota.areserve()
+        except (QuotaExceeded, QuotaUnavailable, DepthLimitExceeded) as exc:
+            raise _refusal(exc) from None
         child.provider, child.tools = agent.provider, agent.tools
         self._set_deadline(child)
         summary = task.summary_prompt or self.config.summary_prompt
         await agent.drive(child, task.task_prompt, (summary,) if summary else ())
 
-    def check(self, quota: QuotaTracker | None, parent_depth: int) -> None:
+    async def check(self, quota: Quota | None, parent_depth: int) -> None:
         """Quota, then depth: the refusals that come before the arguments are read."""
         try:
             if quota is not None:
-                quota.check()
+                await quota.acheck()
             check_depth(parent_depth, self.config.max_depth)
-        except QuotaExceeded as exc:
-            raise Refused("quota_exceeded", str(exc)) from None
-        except DepthLimitExceeded as exc:
-            raise Refused("max_depth_reached", str(exc)) from None
+        except (QuotaExceeded, QuotaUnavailable, DepthLimitExceeded) as exc:
+            raise _refusal(exc) from None
 
     def _child_agent(self, child: Run, task: SubagentTask) -> Agent:
         """The child's agent: its tools chosen from the parent's, its provider, its turns.
@@ -256,7 +268,7 @@ class Spawner:
         """The ``parallel_subagent`` tool's call: the batch, or the one refused execution
         that stands for it when quota, depth or the arguments refuse it."""
         try:
-            self.check(self._quota_of(parent), parent.depth)
+            await self.check(self._quota_of(parent), parent.depth)
             args = _parse(ParallelSubagentArgs, arguments)
         except Refused as refusal:
             return self.refuse(self._child(parent, "parallel_subagent", 0, call_id), refusal)
@@ -336,13 +348,15 @@ class Spawner:
 class _Execution:
     """One execution's start and end hooks, and every way it can end, in one place."""
 
-    __slots__ = ("child",)
+    __slots__ = ("announce", "child")
 
-    def __init__(self, child: Run) -> None:
+    def __init__(self, child: Run, *, announce: bool = True) -> None:
         self.child = child
+        self.announce = announce
 
     def __enter__(self) -> Run:
-        self.child.hooks.subagent_started(self.child)
+        if self.announce:
+            self.child.hooks.subagent_started(self.child)
         return self.child
 
     def __exit__(
@@ -359,8 +373,19 @@ class _Execution:
                 child.interrupted(exc)
             child.attach()
         finally:
-            child.hooks.subagent_ended(child)
+            if self.announce:
+                child.hooks.subagent_ended(child)
         return isinstance(exc, Refused)
+
+
+def _refusal(exc: QuotaExceeded | QuotaUnavailable | DepthLimitExceeded) -> Refused:
+    """What a quota or depth refusal is on the child's result (a quota that cannot be
+    reached fails the spawn: it never runs unlimited)."""
+    if isinstance(exc, QuotaExceeded):
+        return Refused("quota_exceeded", str(exc))
+    if isinstance(exc, DepthLimitExceeded):
+        return Refused("max_depth_reached", str(exc))
+    return Refused("execution_failed", str(exc))
 
 
 def _parse(model: type[Any], arguments: str) -> Any:

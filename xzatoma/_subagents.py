@@ -7,7 +7,7 @@ model reads.
 
 from __future__ import annotations
 
-from ._limits import QuotaLimits, QuotaTracker
+from ._limits import Quota, QuotaLimits
 from ._run import Run
 from ._spawn import Spawner
 from ._subagent_models import ParallelSubagentArgs, SubagentConfig, SubagentTask
@@ -33,7 +33,7 @@ class _SpawningTool(Tool[ArgsT]):
     def __init__(
         self,
         config: SubagentConfig | None = None,
-        quota: QuotaTracker | QuotaLimits | None = None,
+        quota: Quota | QuotaLimits | None = None,
         *,
         _spawner: Spawner | None = None,
     ) -> None:

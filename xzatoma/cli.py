@@ -17,16 +17,18 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
+from ._cli_distributed import check_distributed, check_reachable, ray_executor
 from ._cli_metrics import linger_for_a_scrape, metrics_for, serve_metrics
 from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser
 from ._cli_parser import flag_names as _flag_names
 from ._hooks import Instrument
 from ._interrupt import Interrupted, handling_signals, until_signal
 from ._progress import BatchProgress, Finished
+from ._redis_quota import RedisQuota
 from ._render import print_batch, print_interrupted, print_json, print_run
 from ._result import RunResult
 from ._runtime import Runtime
@@ -37,6 +39,10 @@ from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, 
 from .errors import ConfigError, JournalWriteError, LocalModelError
 from .providers import OpenAIProvider
 from .providers._tool_replies import SHOWN
+from .providers._urls import shown_url
+
+if TYPE_CHECKING:
+    from ._ray_executor import RayExecutor
 
 __all__ = ("build_parser", "main")
 
@@ -143,6 +149,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             linger_for_a_scrape(server, args.metrics_linger)
         return code
     config = _configure(args)
+    check_distributed(args, config)
     if args.command == "run":
         return _run(args, config)
     return _batch(args, config)
@@ -215,20 +222,22 @@ def _configure(args: argparse.Namespace) -> XzatomaConfig:
     try:
         return apply_overrides(config, **given)
     except ConfigError as exc:
-        flags = _flag_names(args.subparser)
+        flags, said = _flag_names(args.subparser), str(exc)
         named = [
-            f"{flags[k]} {_as_typed(v)}"
+            f"{flags[k]} {_as_typed(k, v)}"
             for k, v in given.items()
-            if str(exc).startswith(OVERRIDE_KEYS[k])
+            if k in flags and said.startswith((f"{OVERRIDE_KEYS[k]} ", f"{OVERRIDE_KEYS[k]}:"))
         ]
-        raise ConfigError(f"{exc} (from {', '.join(named)})" if named else str(exc)) from None
+        raise ConfigError(f"{exc} (from {', '.join(named)})" if named else said) from None
 
 
-def _as_typed(value: object) -> str:
+def _as_typed(key: str, value: object) -> str:
     """A flag's value as a person would write it: ``0``, not the parsed ``0.0``; every
-    digit kept (``2.0000001``, not ``2``)."""
+    digit kept (``2.0000001``, not ``2``); a Redis URL without its password."""
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
+    if key == "redis_url" and isinstance(value, str) and "://" in value:
+        return shown_url(value)
     return str(value)
 
 
@@ -240,13 +249,16 @@ def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime
             "NAME), or set provider.base_url in a --config file; 'xzatoma demo' runs offline"
         )
     children = config.subagent_config(config.build_provider(subagents=True))
-    return Runtime(
+    quota = config.build_quota()
+    runtime = Runtime(
         provider,
         subagents=children,
-        quota=config.quota_limits(),
+        quota=quota,
         hooks=hooks,
         pricing=config.build_pricing(),
     )
+    check_reachable(quota)  # Redis is read once, after every check that needs no network
+    return runtime
 
 
 async def _close(runtime: Runtime) -> None:
@@ -254,6 +266,8 @@ async def _close(runtime: Runtime) -> None:
         for provider in (runtime.provider, runtime.config.provider):
             if isinstance(provider, OpenAIProvider):
                 await provider.aclose()
+        if isinstance(runtime.tracker, RedisQuota):
+            await runtime.tracker.aclose()  # this process's connections; the tree stays
 
 
 def _endpoint_error(results: Sequence[RunResult]) -> str | None:
@@ -323,6 +337,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
     stream: TextIO = sys.stderr if args.json else sys.stdout
     progress = BatchProgress(stream, live=stream.isatty(), of=len(tasks))
     runtime = _runtime(config, hooks=[progress])
+    executor: RayExecutor | None = None
 
     async def go() -> BatchResult:
         try:
@@ -334,11 +349,13 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
                 journal=args.journal,
                 rerun_failed=args.rerun_failed,
                 extend_journal=args.extend_journal,
+                executor=executor,
             )
         finally:
             await _close(runtime)
 
     with metrics_for(config) as server:
+        executor = ray_executor(config, server)
         try:
             batch = until_signal(go)
         except Interrupted as why:
@@ -367,6 +384,8 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
             return _fail(str(error), EXIT_FAILED)
         finally:
             progress.close()
+            if executor is not None:
+                executor.close()  # the workers end with the command
         resumed = frozenset(batch.resumed)  # read back from the journal: not run now
         problem = _endpoint_error([r for i, r in enumerate(batch.results) if i not in resumed])
         if args.json:

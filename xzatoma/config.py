@@ -15,6 +15,7 @@ from pathlib import Path
 from ._config_models import DEFAULT_BASE_URLS as DEFAULT_BASE_URLS
 from ._config_models import PROVIDER_DEFAULTS as PROVIDER_DEFAULTS
 from ._config_models import AgentSettings as AgentSettings
+from ._config_models import DistributedSettings as DistributedSettings
 from ._config_models import PriceSettings as PriceSettings
 from ._config_models import PrometheusSettings as PrometheusSettings
 from ._config_models import ProviderSettings as ProviderSettings
@@ -34,6 +35,7 @@ __all__ = (
     "OVERRIDE_KEYS",
     "PROVIDER_DEFAULTS",
     "AgentSettings",
+    "DistributedSettings",
     "PriceSettings",
     "PrometheusSettings",
     "ProviderSettings",
@@ -49,6 +51,7 @@ __all__ = (
 # The models are documented (and pickled) as this module's, where they were always defined.
 for _model in (
     AgentSettings,
+    DistributedSettings,
     PriceSettings,
     PrometheusSettings,
     ProviderSettings,
@@ -97,6 +100,13 @@ _OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "max_connections": ("provider", "max_connections"),
     "http_transport": ("provider", "transport"),
     **{name: ("provider", name) for name in (*SETTING_NAMES, "text_tool_calls")},
+    "ray": ("distributed", "ray"),
+    "ray_address": ("distributed", "ray_address"),
+    "workers": ("distributed", "workers"),
+    "per_worker": ("distributed", "per_worker"),
+    "file_sd": ("distributed", "file_sd"),
+    "redis_url": ("distributed", "redis_url"),
+    "quota_tree": ("distributed", "tree"),
 }
 
 _CHILDREN_TOO = frozenset(
@@ -122,8 +132,10 @@ def apply_overrides(config: XzatomaConfig, **overrides: object) -> XzatomaConfig
     ``provider.transport``), ``temperature``, ``top_p``, ``seed``, ``max_tokens``,
     ``tool_choice``, ``parallel_tool_calls``, ``text_tool_calls`` (these last twelve set
     ``provider`` and, when the file has one, ``agent.subagent.provider``: the command line
-    beats the file everywhere). The result is validated again, so an override
-    gets the same messages as the file.
+    beats the file everywhere), and ``ray``, ``ray_address``, ``workers``, ``per_worker``,
+    ``file_sd``, ``redis_url``, ``quota_tree`` (the keys of ``distributed``; ``quota_tree`` sets
+    ``distributed.tree``). The result is validated again, so an override gets the same
+    messages as the file.
     """
     data = config.model_dump()
     for name, value in overrides.items():

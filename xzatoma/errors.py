@@ -9,6 +9,7 @@
     ├── JournalWriteError        a batch journal that could no longer be written mid-batch
     ├── ProviderError            the model endpoint failed or answered something unusable
     ├── QuotaExceeded            a shared quota limit was reached
+    ├── QuotaUnavailable         a shared quota kept elsewhere (Redis) could not be reached
     ├── DepthLimitExceeded       a spawn would nest subagents deeper than ``max_depth``
     └── LocalModelError          the local model could not be fetched, verified or served
 
@@ -30,6 +31,7 @@ __all__ = (
     "LocalModelError",
     "ProviderError",
     "QuotaExceeded",
+    "QuotaUnavailable",
     "XzatomaError",
 )
 
@@ -130,3 +132,13 @@ def usd(amount: float | Decimal, rounding: str = ROUND_HALF_EVEN) -> str:
         if abs(value) < Decimal("0.01"):
             return f"${value:f}"
     return f"${value.quantize(Decimal('0.01'), rounding)}"
+
+
+class QuotaUnavailable(XzatomaError):
+    """A quota kept outside this process (:class:`~xzatoma.RedisQuota`) that could not be
+    reached, or did not answer within its timeout.
+
+    A tree never runs unlimited for want of its quota: the spawn that needed it is refused
+    (``error_type`` ``execution_failed``, this message on the result), and a running agent
+    whose model call could not be charged or checked ends ``failed`` the same way.
+    """

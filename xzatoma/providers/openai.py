@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -76,6 +77,11 @@ class OpenAIProvider:
             ``http://127.0.0.1:11434/v1`` (Ollama).
         model: The model to ask for.
         api_key: Sent as ``Authorization: Bearer ...``; local servers usually need none.
+        api_key_env: The environment variable that holds the key: read here when
+            ``api_key`` is not given. A provider sent to another process (a Ray worker)
+            carries only this name and reads the key from that process's environment, so
+            the key itself is never serialised; a provider with a key given as a value
+            cannot be sent (``docs/distributed.md``).
         timeout: Seconds one attempt may take as a whole: connect, send and every byte of
             the reply.
         max_retries: Retries after the first attempt, so ``2`` means up to 3 attempts.
@@ -111,6 +117,7 @@ class OpenAIProvider:
         model: str,
         *,
         api_key: str | None = None,
+        api_key_env: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -139,6 +146,8 @@ class OpenAIProvider:
             raise ConfigError(f"text_tool_calls must be True or False, got {text_tool_calls!r}")
         if settings is not None and not isinstance(settings, ModelSettings):
             raise ConfigError(f"settings must be a ModelSettings, got {type(settings).__name__}")
+        if api_key is None and api_key_env is not None:
+            api_key = _key_from_environment(api_key_env)
         if api_key is not None:
             api_key = clean_api_key(api_key)
         if not math.isfinite(timeout):  # infinity would remove the bound; NaN is no number
@@ -160,6 +169,9 @@ class OpenAIProvider:
         self._base_url = base_url
         self._model = model
         self._api_key = api_key
+        self._api_key_env = api_key_env
+        self._own_client = client is None
+        self._transport_choice: TransportChoice = transport
         self._timeout = float(timeout)
         self._max_retries = int(max_retries)
         self._max_response_bytes = int(max_response_bytes)
@@ -263,6 +275,40 @@ class OpenAIProvider:
         twin = copy.copy(self)
         twin._model, twin._owns_clients = model, False
         return twin
+
+    def __copy__(self) -> OpenAIProvider:
+        """A shallow copy sharing the pool (the twins of :meth:`with_model`); without it,
+        ``copy.copy`` would go through :meth:`__reduce__` and make a new provider."""
+        twin = object.__new__(OpenAIProvider)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """What another process (a Ray worker) rebuilds this provider from: its settings and
+        the name of the key's variable, never the key; the copy makes its own connections."""
+        if self._api_key and not self._api_key_env:
+            raise ConfigError(
+                "this OpenAIProvider's API key was given as a value, and xzatoma never "
+                "serialises a key: to send the provider to another process (a Ray worker), "
+                "make it with api_key_env='NAME', the environment variable that holds the key "
+                "there too"
+            )
+        if not self._own_client:
+            raise ConfigError(
+                "an OpenAIProvider made with client= cannot be sent to another process (its "
+                "httpx client stays here); make it without client="
+            )
+        options = {
+            "api_key_env": self._api_key_env if self._api_key else None,
+            "timeout": self._timeout,
+            "max_retries": self._max_retries,
+            "max_response_bytes": self._max_response_bytes,
+            "max_connections": self._transports.size,
+            "transport": self._transport_choice,
+            "settings": self._settings,
+            "text_tool_calls": self._tool_replies.recover,
+        }
+        return (_rebuilt, (self._base_url, self._model, options))
 
     async def __aenter__(self) -> Self:
         return self
@@ -398,3 +444,16 @@ class OpenAIProvider:
 
     def _backoff(self, attempt: int) -> float:  # full jitter
         return backoff(attempt, self._random())
+
+
+def _rebuilt(base_url: str, model: str, options: dict[str, object]) -> OpenAIProvider:
+    return OpenAIProvider(base_url, model, **options)  # type: ignore[arg-type]
+
+
+def _key_from_environment(name: str) -> str:
+    key = os.environ.get(name)
+    if not key:
+        raise ConfigError(
+            f"environment variable {name} (named by api_key_env) is not set in this process"
+        )
+    return key
