@@ -662,3 +662,20 @@ async def test_the_telemetry_invariants_hold_with_a_redis_quota(
     assert captured.value(n.ACTIVE_COUNT, depth=1) == 0
     assert captured.histogram(n.DURATION, depth=1).count == executions
     assert subscriber.in_flight == 0
+
+
+async def test_the_root_answers_when_its_calls_cannot_be_charged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The quota never stops the root (DESIGN.md section 4): with Redis unreachable, its
+    model calls cannot be charged, and it still answers, with a warning logged."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # released: nothing listens there
+    quota = RedisQuota(f"redis://127.0.0.1:{port}/0", tree="root-charge", timeout=1)
+    provider = ScriptedProvider(["the root's answer"])
+    runtime = Runtime(provider, quota=quota, telemetry=False)
+    result = await runtime.agent().run("hi")
+    await quota.aclose()
+    assert (result.status, result.output) == ("complete", "the root's answer")
+    assert "could not be charged" in caplog.text

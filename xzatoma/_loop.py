@@ -127,7 +127,10 @@ class RunLoop:
                 try:
                     await run.quota.acharge(completion.usage.total_tokens, cost)
                 except QuotaUnavailable as exc:  # the call was made and cannot be counted
-                    return "failed", "execution_failed", str(exc)
+                    if run.depth > 0:
+                        return "failed", "execution_failed", str(exc)
+                    # The root is never stopped by the quota: it answers with what it has.
+                    logger.warning("the root's model call could not be charged: %s", exc)
             messages.append(completion.message)
             if completion.finish_reason in CUT_SHORT:
                 # A followup (the summary) cut short keeps the whole answer given before it.

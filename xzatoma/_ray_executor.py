@@ -183,6 +183,7 @@ class RayExecutor:
         # Written beside and renamed over: Prometheus never reads half a file.
         folder = self.file_sd.parent
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".xzatoma-sd-", suffix=".json")
+        os.fchmod(fd, 0o644)  # mkstemp makes it 0600: Prometheus runs as its own user
         with os.fdopen(fd, "w") as out:
             json.dump(groups, out, indent=1)
         Path(tmp).replace(self.file_sd)
@@ -307,18 +308,24 @@ class RayExecutor:
                 with anyio.CancelScope(shield=True):
                     actor.cancel.remote(batch_id, [index])
                     with anyio.move_on_after(self.cancel_grace):
-                        child.adopt(await ref)
+                        try:
+                            child.adopt(await ref)
+                        except Exception as exc:  # lost meanwhile: recorded, still cancelled
+                            self._ended_remotely(worker, child, exc)
                 raise
         except Exception as exc:
-            if _is_lost(exc):
-                self._worker_lost(worker, exc)
-                child.finish("failed", "execution_failed", self._lost_message(worker, exc))
-            else:
-                child.finish(
-                    "failed", "execution_failed", f"Ray worker {worker} failed the task: {exc}"
-                )
+            self._ended_remotely(worker, child, exc)
             return
         child.adopt(result)
+
+    def _ended_remotely(self, worker: int, child: Run, exc: Exception) -> None:
+        """End ``child`` for what its remote run raised: its worker lost, or a failure."""
+        if _is_lost(exc):
+            self._worker_lost(worker, exc)
+            child.finish("failed", "execution_failed", self._lost_message(worker, exc))
+        else:
+            why = f"Ray worker {worker} failed the task: {_first_line(exc)}"
+            child.finish("failed", "execution_failed", why)
 
     def _worker_lost(self, worker: int, exc: BaseException) -> None:
         if worker not in self._lost:

@@ -246,12 +246,15 @@ class RedisQuota:
             from redis.asyncio.retry import Retry
         else:
             from redis.retry import Retry  # type: ignore[assignment]
-        # One retry at once (a connection Redis closed while idle), then the error: a Redis
-        # that is down fails the spawn within two timeouts.
+        from redis.exceptions import ConnectionError as Unreachable
+
+        # One retry at once, of a connection error only (a connection Redis closed while
+        # idle): a timed-out call may have run the script, and reserving or charging twice
+        # would count twice.
         return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 1),
+            "retry": Retry(NoBackoff(), 1, supported_errors=(Unreachable,)),
         }
 
     def _script(self) -> Any:

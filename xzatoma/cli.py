@@ -343,7 +343,8 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         try:
             return await runtime.run_batch(
                 tasks,
-                max_concurrent=config.agent.subagent.max_concurrent,
+                # On Ray, workers x per_worker is the batch's concurrency.
+                max_concurrent=None if executor else config.agent.subagent.max_concurrent,
                 fail_fast=args.fail_fast,
                 timeout=config.agent.timeout_seconds,
                 journal=args.journal,
