@@ -526,3 +526,17 @@ def test_a_redis_that_does_not_answer_is_exit_2_before_any_model_call(
     line = one_error_line(err)
     assert f"the shared quota (tree {tree!r}) at {redis_server.url} could not be reached" in line
     assert server.requests == []
+
+
+def test_file_sd_without_metrics_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], server: ScriptedHTTPServer, tmp_path: Path
+) -> None:
+    code, out, err = cli(capsys, "batch", str(tasks_file(tmp_path)), "--ray",
+                         "--file-sd", str(tmp_path / "t.json"), *endpoint(server))  # fmt: skip
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        "xzatoma: error: --file-sd lists the /metrics of the workers, which serve one only "
+        "when the batch does: add --metrics-port PORT (or telemetry.enabled in the --config "
+        "file)"
+    )
+    assert server.requests == []

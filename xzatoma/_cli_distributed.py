@@ -33,6 +33,11 @@ def check_distributed(args: argparse.Namespace, config: XzatomaConfig) -> None:
             "Ray, and this one is not: add --ray [ADDRESS] (or distributed.ray: true in the "
             "--config file)"
         )
+    if batch and d.ray and d.file_sd is not None and not config.telemetry.enabled:
+        raise ConfigError(
+            "--file-sd lists the /metrics of the workers, which serve one only when the batch "
+            "does: add --metrics-port PORT (or telemetry.enabled in the --config file)"
+        )
     if args.quota_tree is not None and d.redis_url is None:
         raise ConfigError(
             "--quota-tree names a quota kept in Redis, and there is none: add --redis-url URL "
