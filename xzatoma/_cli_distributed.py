@@ -74,6 +74,7 @@ def ray_executor(config: XzatomaConfig, metrics: MetricsServer | None) -> RayExe
     if not config.distributed.ray:
         return None
     from ._ray_executor import RayExecutor
+    from ._ray_worker import metrics_target
 
     d = config.distributed
     return RayExecutor(
@@ -82,10 +83,5 @@ def ray_executor(config: XzatomaConfig, metrics: MetricsServer | None) -> RayExe
         per_worker=d.per_worker,
         metrics_host=None if metrics is None else metrics.host,
         file_sd=d.file_sd,
-        driver_target=None if metrics is None else _target(metrics.url),
+        driver_target=None if metrics is None else metrics_target(metrics.url),
     )
-
-
-def _target(url: str) -> str:
-    """``host:port`` of a ``/metrics`` URL, as Prometheus lists its targets."""
-    return url.removeprefix("http://").removesuffix("/metrics")

@@ -36,6 +36,7 @@ __all__ = (
     "check_count",
     "check_depth",
     "check_timeout",
+    "snapshot",
     "truncate_utf8",
 )
 
@@ -99,6 +100,35 @@ class QuotaStatistics:
     """US dollars charged (calls whose price is not known add nothing)."""
     remaining_cost: Decimal | None = None
     """US dollars left under ``max_total_cost``; ``None`` when there is no cost limit."""
+
+
+def snapshot(
+    limits: QuotaLimits,
+    executions: int,
+    tokens: int,
+    elapsed: float,
+    cost: Decimal,
+    max_cost: Decimal | None,
+) -> QuotaStatistics:
+    """What a quota has used, with its limits and what remains (every :class:`Quota`'s
+    ``statistics()``)."""
+    return QuotaStatistics(
+        executions=executions,
+        total_tokens=tokens,
+        elapsed=elapsed,
+        limits=limits,
+        remaining_executions=None
+        if limits.max_executions is None
+        else max(0, limits.max_executions - executions),
+        remaining_tokens=None
+        if limits.max_total_tokens is None
+        else max(0, limits.max_total_tokens - tokens),
+        remaining_time=None
+        if limits.max_total_time is None
+        else max(0.0, limits.max_total_time - elapsed),
+        total_cost=cost,
+        remaining_cost=None if max_cost is None else max(NO_COST, max_cost - cost),
+    )
 
 
 @runtime_checkable
@@ -315,23 +345,7 @@ class QuotaTracker:
         except Exception:  # asked after the event loop ended: as of the last reading
             last, started = self._last, self._started
             elapsed = 0.0 if last is None or started is None else last - started
-        return QuotaStatistics(
-            executions=executions,
-            total_tokens=tokens,
-            elapsed=elapsed,
-            limits=limits,
-            remaining_executions=None
-            if limits.max_executions is None
-            else max(0, limits.max_executions - executions),
-            remaining_tokens=None
-            if limits.max_total_tokens is None
-            else max(0, limits.max_total_tokens - tokens),
-            remaining_time=None
-            if limits.max_total_time is None
-            else max(0.0, limits.max_total_time - elapsed),
-            total_cost=cost,
-            remaining_cost=None if self._max_cost is None else max(NO_COST, self._max_cost - cost),
-        )
+        return snapshot(limits, executions, tokens, elapsed, cost, self._max_cost)
 
 
 def as_tracker(quota: QuotaLimits | Quota | None) -> Quota | None:

@@ -23,7 +23,6 @@ import anyio
 from ._limits import Quota, QuotaStatistics
 from ._pricing import Pricing
 from ._result import RunResult
-from ._run import Run, loop_clock
 from ._subagent_models import SubagentConfig, SubagentTask
 from ._tools import Tool
 from .errors import ConfigError
@@ -32,7 +31,7 @@ from .providers._base import Provider
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
-__all__ = ("BatchWorker", "WorkerInfo", "WorkerSetup", "check_sendable")
+__all__ = ("BatchWorker", "WorkerInfo", "WorkerSetup", "check_sendable", "metrics_target")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +61,12 @@ class WorkerInfo:
     @property
     def metrics_target(self) -> str | None:
         """``host:port`` of its ``/metrics`` (for Prometheus), when it serves one."""
-        if self.metrics_url is None:
-            return None
-        return self.metrics_url.removeprefix("http://").removesuffix("/metrics")
+        return None if self.metrics_url is None else metrics_target(self.metrics_url)
+
+
+def metrics_target(url: str) -> str:
+    """``host:port`` of a ``/metrics`` URL, as Prometheus lists its targets."""
+    return url.removeprefix("http://").removesuffix("/metrics")
 
 
 class BatchWorker:
@@ -137,18 +139,8 @@ class BatchWorker:
     ) -> RunResult:
         """Run task ``index`` of ``batch`` with ``remaining`` seconds of the batch's time."""
         setup, runtime, agents = self._batches[batch]
-        now = loop_clock()
-        root = Run(
-            label="batch",
-            name="batch",
-            hooks=runtime.hooks,
-            quota=runtime.tracker,
-            provider=runtime.provider,
-            tools=(*setup.tools, runtime.subagent_tool, runtime.parallel_tool),
-            deadline=math.inf if remaining == math.inf else now() + remaining,
-            now=now,
-            pricing=runtime.pricing,
-        )
+        tools = (*setup.tools, runtime.subagent_tool, runtime.parallel_tool)
+        root = runtime.batch_root(tools, None if remaining == math.inf else remaining)
         root.child_agents = agents  # one set of child agents for all of this batch's tasks
         child = runtime.spawner.child_of(root, task.label, index)
         scope = self._running[(batch, index)] = anyio.CancelScope()

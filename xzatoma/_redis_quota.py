@@ -23,7 +23,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ._limits import QuotaLimits, QuotaStatistics
+from ._limits import QuotaLimits, QuotaStatistics, snapshot
 from ._pricing import dollars
 from ._result import NO_COST
 from .errors import ConfigError, QuotaExceeded, QuotaUnavailable
@@ -363,26 +363,9 @@ class RedisQuota:
 
     def _statistics(self, reply: tuple[str, int, int, int, int]) -> QuotaStatistics:
         _, executions, tokens, nanos, micros = reply
-        limits, elapsed, cost = self.limits, micros / 1_000_000, nanos * NANO
-        return QuotaStatistics(
-            executions=executions,
-            total_tokens=tokens,
-            elapsed=elapsed,
-            limits=limits,
-            remaining_executions=None
-            if limits.max_executions is None
-            else max(0, limits.max_executions - executions),
-            remaining_tokens=None
-            if limits.max_total_tokens is None
-            else max(0, limits.max_total_tokens - tokens),
-            remaining_time=None
-            if limits.max_total_time is None
-            else max(0.0, limits.max_total_time - elapsed),
-            total_cost=cost if nanos else NO_COST,
-            remaining_cost=None
-            if self._max_nanos is None
-            else max(NO_COST, (self._max_nanos - nanos) * NANO),
-        )
+        cost = nanos * NANO if nanos else NO_COST
+        max_cost = None if self._max_nanos is None else self._max_nanos * NANO
+        return snapshot(self.limits, executions, tokens, micros / 1_000_000, cost, max_cost)
 
 
 def _rebuild(

@@ -191,6 +191,23 @@ class Runtime:
         check_sendable(setup)
         return setup
 
+    def batch_root(self, tools: Sequence[Tool[Any]], timeout: float | None) -> Run:
+        """The root a batch's tasks are children of (no model of its own): this runtime's
+        hooks, quota, provider and prices, ``tools`` to choose from, ``timeout`` seconds
+        from now (None: no deadline). A Ray worker makes one per task."""
+        now = loop_clock()
+        return Run(
+            label="batch",
+            name="batch",
+            hooks=self.hooks,
+            quota=self.tracker,
+            provider=self.provider,
+            tools=tools,
+            deadline=math.inf if timeout is None else now() + timeout,
+            now=now,
+            pricing=self.pricing,
+        )
+
     async def _batch(
         self,
         tasks: list[SubagentTask],
@@ -202,18 +219,7 @@ class Runtime:
         book: BatchJournal | None = None,
     ) -> BatchResult:
         """The batch of ``tasks``; with a journal, only those it does not hold as done."""
-        now = loop_clock()
-        root = Run(
-            label="batch",
-            name="batch",
-            hooks=self.hooks,
-            quota=self.tracker,
-            provider=self.provider,
-            tools=offered,
-            deadline=math.inf if timeout is None else now() + timeout,
-            now=now,
-            pricing=self.pricing,
-        )
+        root = self.batch_root(offered, timeout)
 
         async def run(
             tasks: list[SubagentTask], on_end: Callable[[int, RunResult], bool] | None = None
