@@ -60,7 +60,9 @@ class _State:
         meter = self._meter
         if meter is None:
             provider = self.config.meter_provider or metrics.get_meter_provider()
-            meter = self._meter = provider.get_meter(_names.SCOPE, _version())
+            meter = self._meter = provider.get_meter(
+                _names.SCOPE, _version(), schema_url=_names.SCHEMA_URL
+            )
         return meter
 
     def tracing(self) -> bool:
@@ -86,7 +88,9 @@ class _State:
         tracer = self._tracer
         if tracer is None:
             provider = self.config.tracer_provider or trace.get_tracer_provider()
-            tracer = self._tracer = provider.get_tracer(_names.SCOPE, _version())
+            tracer = self._tracer = provider.get_tracer(
+                _names.SCOPE, _version(), schema_url=_names.SCHEMA_URL
+            )
         return tracer
 
 

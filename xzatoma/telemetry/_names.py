@@ -13,6 +13,8 @@ from typing import Final
 
 SCOPE: Final = "xzatoma"
 """Meter and tracer scope name (the version is the package's)."""
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
+"""The semantic conventions the names below follow; the meter and tracer scopes carry it."""
 
 # -- subagent instruments (DESIGN.md section 5) ----------------------------------------------
 EXECUTIONS: Final = "subagent.executions"
