@@ -7,7 +7,7 @@ LOCAL_STAMP := $(VENV)/.installed-local
 # Where the real model (490 MB, assembled from PyPI) is kept between runs; ignored by git.
 export XZATOMA_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: demo demo-local test test-real lint typecheck pytest bench clean
+.PHONY: demo demo-local test test-real lint typecheck pytest package-check bench clean
 
 # Extra arguments for pytest or the benchmarks: `make pytest ARGS="-k quota"`, `make bench ARGS=--quick`.
 ARGS ?=
@@ -17,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,redis,ray,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,dev]'
 	touch $(STAMP)
 
 $(LOCAL_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,cli,redis,ray,dev,local]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,dev,local]'
 	touch $(LOCAL_STAMP)
 
 demo: $(STAMP)
@@ -43,7 +43,12 @@ pytest: $(STAMP)
 	./.ci/ensure-redis
 	$(BIN)/pytest $(ARGS)
 
-test: lint typecheck pytest
+# The sdist and wheel built, checked (twine check --strict), installed in a fresh virtualenv
+# (not editable) and run from outside the checkout: .ci/package-check. About 30 s.
+package-check: $(STAMP)
+	$(BIN)/python .ci/package-check
+
+test: lint typecheck pytest package-check
 
 # The real small model in the test suite (tests/test_real_model.py); CI runs it after `make test`.
 test-real: $(LOCAL_STAMP)

@@ -1089,7 +1089,7 @@ async def test_a_known_root_with_unknown_children_counts_the_root_only(
     assert root.attributes is not None
     assert root.attributes[n.XZ_COST] == pytest.approx(float(2 * ROOT_COST))
     assert n.XZ_TOTAL_COST not in root.attributes  # a child's cost is unknown
-    for span in captured.spans_named("invoke_agent subagent"):
+    for span in captured.subagent_spans():
         assert span.attributes is not None
         assert n.XZ_COST not in span.attributes
         assert n.XZ_TOTAL_COST not in span.attributes
@@ -1114,7 +1114,7 @@ async def test_span_attributes_carry_each_call_s_and_each_run_s_cost(
     nodes = by_label(result)
     (root,) = captured.spans_named("invoke_agent agent")
     runs = {"agent": root}
-    for span in captured.spans_named("invoke_agent subagent"):
+    for span in captured.subagent_spans():
         assert span.attributes is not None
         runs[str(span.attributes[n.XZ_LABEL])] = span
     assert set(runs) == set(nodes)

@@ -38,8 +38,8 @@ from xzatoma.testing import ScriptedProvider
 PARTS = (b"first part, ", b"the second, ", b"and the last")
 WHOLE = b"".join(PARTS)
 MISSING_XLLAMACPP = (
-    "serving a local model needs the xllamacpp wheel: pip install 'xzatoma[local]' "
-    "(or run 'make demo-local' in a checkout)"
+    "serving a local model needs the xllamacpp wheel: pip install '.[local]' in a checkout of "
+    "xzatoma (or the built wheel's [local]), or run 'make demo-local' in the checkout"
 )
 
 
@@ -380,7 +380,8 @@ def test_metrics_note_without_the_prometheus_extra() -> None:
     )
     assert done.stdout == (
         "(no subagent_* series: the prometheus extra is not installed: "
-        "pip install 'xzatoma[prometheus]')\n"
+        "pip install '.[prometheus]' in a checkout of xzatoma (or the built wheel's "
+        "[prometheus]))\n"
     )
 
 

@@ -37,7 +37,7 @@ from xzatoma.telemetry._config import configuration
 from xzatoma.testing import ScriptedProvider, call, tool_calls
 
 ROOT = Path(__file__).resolve().parent.parent
-# promtool's linter flags every non-histogram name ending in _count. DESIGN.md section 5
+# promtool's linter flags every non-histogram name ending in _count. docs/telemetry.md
 # names the active gauge `subagent_active_count`, so this one problem is expected; the
 # exposition must parse and raise no other problem.
 KNOWN_LINT = (
@@ -179,7 +179,7 @@ def test_exposition_uses_exactly_the_contract_names(exposition: str) -> None:
             assert (instrument, types[base]) == (n.ACTIVE_COUNT, "gauge")
             assert name in samples
     subagent_families = {v for k, v in n.PROMETHEUS_NAMES.items() if k.startswith("subagent.")}
-    assert len(subagent_families) == 10  # DESIGN.md section 5's nine, and subagent.cost
+    assert len(subagent_families) == 10  # docs/telemetry.md's ten, subagent.cost with them
     # le is a label of the histograms' buckets only; the advisory bounds come through as-is.
     assert 'subagent_duration_seconds_bucket{depth="1",le="409.6"' in exposition
 
@@ -256,7 +256,7 @@ def test_without_the_prometheus_extra_the_error_names_the_package(
     module: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
-    with pytest.raises(ConfigError, match=r"pip install 'xzatoma\[prometheus\]'"):
+    with pytest.raises(ConfigError, match=r"pip install '\.\[prometheus\]' in a checkout"):
         start_metrics_server(port=0)
 
 

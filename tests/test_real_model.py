@@ -131,7 +131,7 @@ def check_run(ran: Ran) -> None:
 
 
 def check_invariants(ran: Ran) -> None:
-    """DESIGN.md section 5, on a real scrape: executions = completions + errors per depth,
+    """docs/telemetry.md metrics, on a real scrape: executions = completions + errors per depth,
     nothing active at rest, and every spawn of the tree counted."""
     depths = {dict(lb).get("depth") for (n, lb) in ran.metrics if n.startswith("subagent_")}
     depths.discard(None)

@@ -667,7 +667,7 @@ async def test_the_telemetry_invariants_hold_with_a_redis_quota(
 async def test_the_root_answers_when_its_calls_cannot_be_charged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The quota never stops the root (DESIGN.md section 4): with Redis unreachable, its
+    """The quota never stops the root (docs/concepts.md, The quota): with Redis unreachable, its
     model calls cannot be charged, and it still answers, with a warning logged."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -155,7 +155,7 @@ async def test_a_batch_from_python_nests_its_runs_under_the_callers_current_span
         )
         assert trace.get_current_span() is outer
     assert batch.status == "complete"
-    runs = captured.spans_named("invoke_agent subagent")
+    runs = captured.subagent_spans()
     assert len(runs) == 2
     assert {_parent_name(s, captured.spans) for s in runs} == {"nightly job"}
 
@@ -353,7 +353,7 @@ async def test_metrics_recorded_while_spans_are_current_carry_no_exemplars(
     runtime = Runtime(provider, subagents=NO_SUMMARY, telemetry=TelemetrySubscriber())
     with captured.tracer_provider.get_tracer("caller").start_as_current_span("caller"):
         await runtime.run("x")
-    assert captured.spans_named("invoke_agent subagent"), "no span: the check would prove nothing"
+    assert captured.subagent_spans(), "no span: the check would prove nothing"
     names = ("subagent.duration", "gen_ai.client.operation.duration", "gen_ai.client.token.usage")
     for name in names:
         points = captured.points(name)

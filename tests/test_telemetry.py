@@ -465,7 +465,7 @@ async def test_spans_nest_across_subagent_and_parallel_subagent(
     assert _parent(root, spans) is captured.spans_named("caller")[0]
     (spawn_span,) = captured.spans_named("execute_tool subagent")
     assert _parent(spawn_span, spans) is root
-    runs = captured.spans_named("invoke_agent subagent")
+    runs = captured.subagent_spans()
     by_label = {s.attributes[n.XZ_LABEL]: s for s in runs if s.attributes is not None}
     assert set(by_label) == {"a", "p1", "p2"}
     assert _parent(by_label["a"], spans) is spawn_span
@@ -691,7 +691,7 @@ async def test_a_broken_meter_provider_turns_metrics_off_and_spans_go_on(
     assert result.status == "complete"
     assert len(caplog.records) == 1
     assert "metrics is off" in caplog.records[0].getMessage()
-    assert len(captured.spans_named("invoke_agent subagent")) == 1
+    assert len(captured.subagent_spans()) == 1
     assert len(captured.spans_named("chat scripted")) == 3
     assert subscriber.in_flight == 0
 

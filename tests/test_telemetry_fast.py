@@ -445,3 +445,132 @@ def test_a_global_tracer_provider_set_later_is_picked_up() -> None:
     trace._TRACER_PROVIDER = TracerProvider()
 
     assert state.tracing()
+
+
+# -- the queue: values are handed over in bulk, at each collection --------------------------
+
+
+def _bound(reader: InMemoryMetricReader) -> Any:
+    provider = MeterProvider(metric_readers=[reader])
+    histogram = provider.get_meter("t").create_histogram(
+        "h", explicit_bucket_boundaries_advisory=BUCKETS
+    )
+    recorder: Any = fast_histogram(histogram)
+    assert recorder.bound
+    recorder.record(0.3, DEPTH_1)  # binds, through record()
+    return recorder
+
+
+def _queued(recorder: Any) -> int:
+    return sum(len(binding.queued or ()) for binding in recorder._bindings.values())
+
+
+def test_a_collection_sees_every_value_queued_before_it() -> None:
+    reader = InMemoryMetricReader()
+    recorder = _bound(reader)
+    for value in (0.05, 0.15, 9.0):
+        recorder.record(value, DEPTH_1)
+    assert _queued(recorder) == 3  # queued, not yet handed over
+    (point,) = _points(reader)
+    assert dict(point[2])["count"] == 4
+    assert dict(point[2])["bucket_counts"] == (1, 1, 1, 0, 0, 1)
+    assert _queued(recorder) == 0
+    recorder.record(0.5, DEPTH_1)
+    (point,) = _points(reader)
+    assert dict(point[2])["count"] == 5  # cumulative: the next collection adds what followed
+
+
+def test_the_queue_is_bounded_without_any_collection() -> None:
+    reader = InMemoryMetricReader()
+    recorder = _bound(reader)
+    for _ in range(_fast._MAX_QUEUED * 3 + 7):
+        recorder.record(0.05, DEPTH_1)
+        assert _queued(recorder) < _fast._MAX_QUEUED
+    (point,) = _points(reader)
+    assert dict(point[2])["count"] == _fast._MAX_QUEUED * 3 + 8
+
+
+def test_threads_recording_while_others_collect_lose_and_double_nothing() -> None:
+    import threading
+
+    reader = InMemoryMetricReader()
+    recorder = _bound(reader)
+    start = threading.Barrier(6)
+    per_thread = 5_000
+
+    def record() -> None:
+        start.wait()
+        for i in range(per_thread):
+            recorder.record(0.05 if i % 2 else 1.0, DEPTH_1)
+
+    def collect() -> None:
+        start.wait()
+        for _ in range(50):
+            reader.get_metrics_data()
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    threads += [threading.Thread(target=collect) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    (point,) = _points(reader)
+    data = dict(point[2])
+    assert data["count"] == 4 * per_thread + 1
+    assert data["bucket_counts"] == (2 * per_thread, 0, 1, 0, 2 * per_thread, 0)
+    assert data["sum"] == pytest.approx(0.3 + 2 * per_thread * (0.05 + 1.0))
+
+
+def test_a_collection_waits_for_a_hand_over_another_thread_has_begun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    reader = InMemoryMetricReader()
+    recorder = _bound(reader)
+    for value in (0.05, 0.15, 9.0):
+        recorder.record(value, DEPTH_1)
+    entered, release = threading.Event(), threading.Event()
+    add = _fast._add_to_buckets
+
+    def slow_add(aggregation: Any, amounts: Sequence[float]) -> None:
+        entered.set()  # the values are taken from the queue, not yet added
+        assert release.wait(timeout=60)
+        add(aggregation, amounts)
+
+    monkeypatch.setattr(_fast, "_add_to_buckets", slow_add)
+    handing_over = threading.Thread(target=recorder.flush)
+    handing_over.start()
+    assert entered.wait(timeout=60)
+    monkeypatch.setattr(_fast, "_add_to_buckets", add)
+    seen: list[Any] = []
+    collecting = threading.Thread(target=lambda: seen.append(_points(reader)))
+    collecting.start()
+    collecting.join(timeout=0.5)
+    assert collecting.is_alive(), "the collection read the aggregation mid-hand-over"
+    release.set()
+    for thread in (handing_over, collecting):
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    ((point,),) = seen
+    assert dict(point[2])["count"] == 4
+
+
+def test_a_binding_replaced_while_values_wait_still_hands_them_over() -> None:
+    reader = InMemoryMetricReader()
+    recorder = _bound(reader)
+    binding = recorder._bindings[id(DEPTH_1)]
+    assert binding.queued is not None
+    recorder.record(0.05, DEPTH_1)
+    # What a record on another thread does when it found the binding just before the
+    # bindings were cleared: its append lands on the retired binding's queue.
+    recorder._retire(recorder._bindings.values())
+    recorder._bindings.clear()
+    binding.queued.append(0.15)
+    recorder.record(9.0, DEPTH_1)  # binds anew
+    (point,) = _points(reader)
+    assert dict(point[2])["count"] == 4
+    assert not recorder._retired or all(not b.queued for b in recorder._retired)
+    (point,) = _points(reader)
+    assert not recorder._retired  # found empty: dropped

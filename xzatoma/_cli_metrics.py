@@ -17,12 +17,15 @@ if TYPE_CHECKING:
 __all__ = ("linger_for_a_scrape", "metrics_for", "serve_metrics")
 
 
-def metrics_for(config: XzatomaConfig) -> contextlib.AbstractContextManager[MetricsServer | None]:
-    """Serve ``/metrics`` around a run when the config or ``--metrics-port`` asks for it."""
+def metrics_for(
+    config: XzatomaConfig, *, announce: bool = True
+) -> contextlib.AbstractContextManager[MetricsServer | None]:
+    """Serve ``/metrics`` around a run when the config or ``--metrics-port`` asks for it;
+    ``announce`` says where on stderr (not with ``--quiet``)."""
     if not config.telemetry.enabled:
         return contextlib.nullcontext()
     prom = config.telemetry.prometheus
-    return serve_metrics(prom.host, prom.port)
+    return serve_metrics(prom.host, prom.port, announce=announce)
 
 
 @contextlib.contextmanager

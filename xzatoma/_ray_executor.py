@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from ._extras import install_hint
 from ._limits import Quota, QuotaTracker, check_count
 from ._ray_worker import BatchWorker, WorkerInfo, WorkerSetup
 from ._result import RunResult
@@ -44,8 +45,8 @@ _batch_ids = itertools.count(1)
 class RayExecutor:
     """Runs ``Runtime.run_batch`` on Ray: ``run_batch(tasks, executor=RayExecutor(...))``.
 
-    Needs the ``ray`` extra (``pip install 'xzatoma[ray]'``) and anyio's asyncio backend. The
-    workers are started at the first batch and kept for the next ones (and their
+    Needs the ``ray`` extra (``pip install '.[ray]'`` in a checkout) and anyio's asyncio
+    backend. The workers are started at the first batch and kept for the next ones (and their
     ``/metrics``) until :meth:`close` or the end of a ``with`` block.
 
     Args:
@@ -385,7 +386,7 @@ def _require_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise ConfigError("RayExecutor needs the ray extra: pip install 'xzatoma[ray]'") from None
+        raise ConfigError(f"RayExecutor needs the ray extra: {install_hint('ray')}") from None
 
 
 def _require_asyncio() -> None:

@@ -23,6 +23,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ._extras import install_hint
 from ._limits import QuotaLimits, QuotaStatistics, snapshot
 from ._pricing import dollars
 from ._result import NO_COST
@@ -79,8 +80,8 @@ class RedisQuota:
 
     ``Runtime(provider, quota=RedisQuota("redis://127.0.0.1:6379/0", tree="nightly",
     limits=QuotaLimits(max_executions=500)))`` in as many processes as you like: together
-    they start at most 500 subagents. Needs the ``redis`` extra (``pip install
-    'xzatoma[redis]'``) and an asyncio event loop.
+    they start at most 500 subagents. Needs the ``redis`` extra (``pip install '.[redis]'``
+    in a checkout) and an asyncio event loop.
 
     Args:
         url: The Redis server, ``redis://host:port/db`` (``rediss://`` for TLS).
@@ -404,6 +405,4 @@ def _require_redis() -> None:
     try:
         import redis.asyncio  # noqa: F401
     except ImportError:
-        raise ConfigError(
-            "RedisQuota needs the redis extra: pip install 'xzatoma[redis]'"
-        ) from None
+        raise ConfigError(f"RedisQuota needs the redis extra: {install_hint('redis')}") from None

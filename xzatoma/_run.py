@@ -90,6 +90,7 @@ class Run:
         "quota",
         "started",
         "status",
+        "tool_calls",
         "tools",
         "truncated",
         "turns",
@@ -154,6 +155,8 @@ class Run:
         """US dollars of this run's own model calls (``None`` once one had no known price)."""
         self.turns = 0
         """Model calls made."""
+        self.tool_calls = 0
+        """Tool calls the model asked for (each one run, or answered with an error)."""
         self.output = ""
         """The answer so far (the final one once ended, cut to ``output_limit``)."""
         self.output_limit: int | None = None
@@ -319,7 +322,17 @@ def _order(entry: tuple[tuple[int, int], RunResult]) -> tuple[int, int]:
 class ModelCall:
     """One model call of a run, as hooks see it: live while it runs, complete at its end."""
 
-    __slots__ = ("completion", "cost", "ended", "error_type", "id", "model", "provider", "started")
+    __slots__ = (
+        "completion",
+        "cost",
+        "ended",
+        "error_type",
+        "id",
+        "model",
+        "provider",
+        "started",
+        "status_code",
+    )
 
     def __init__(self, run: Run) -> None:
         self.id = new_id()
@@ -340,6 +353,17 @@ class ModelCall:
         self.cost: Decimal | None = None
         """US dollars of the reply's usage, once it came; ``None`` while it runs, for a call
         that failed, and when the model's price is not known."""
+        self.status_code: int | None = None
+        """The HTTP status of a call the endpoint refused (:class:`~xzatoma.ProviderError`'s)."""
+
+    @property
+    def error_code(self) -> str | None:
+        """``error.type`` of a call that did not complete: the HTTP status the endpoint
+        refused it with (``429``, ``503``), else :attr:`error_type`; ``None`` if it did."""
+        status = self.status_code
+        if status is not None and status >= 400:  # not a 200 whose body was unusable
+            return str(status)
+        return self.error_type
 
     @property
     def duration(self) -> float:

@@ -135,6 +135,8 @@ class Completion:
     tool_calls_from_text: bool = False
     """The model wrote ``tool_calls`` into its text and the provider recovered them
     (``OpenAIProvider(text_tool_calls=True)``, the default)."""
+    response_id: str | None = None
+    """The endpoint's id of this reply (``gen_ai.response.id``), when it gives one."""
 
     @property
     def message(self) -> Message:

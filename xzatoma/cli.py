@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
 from ._cli_distributed import check_distributed, check_reachable, ray_executor
 from ._cli_metrics import linger_for_a_scrape, metrics_for, serve_metrics
-from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser
+from ._cli_otlp import otlp_push
+from ._cli_output import batch_document, logging_for
+from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, build_parser, settle
 from ._cli_parser import flag_names as _flag_names
 from ._hooks import Instrument
 from ._interrupt import Interrupted, handling_signals, until_signal
@@ -34,11 +35,16 @@ from ._result import RunResult
 from ._runtime import Runtime
 from ._subagent_models import BatchResult
 from ._terminal import one_line, printable, tolerant_streams
-from ._views import batch_dict
-from .config import OVERRIDE_KEYS, XzatomaConfig, apply_overrides, load_config, load_tasks
+from .config import (
+    OVERRIDE_KEYS,
+    XzatomaConfig,
+    apply_overrides,
+    load_config,
+    load_given_config,
+    load_tasks,
+)
 from .errors import ConfigError, JournalWriteError, LocalModelError
 from .providers import OpenAIProvider
-from .providers._tool_replies import SHOWN
 from .providers._urls import shown_url
 
 if TYPE_CHECKING:
@@ -74,10 +80,11 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        settle(args, parser)  # -q/-v (args.verbosity), --messages without --json
     except SystemExit as exc:  # --help, --version, or argparse's own usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        with tolerant_streams(), _logging(getattr(args, "verbose", False)):
+        with tolerant_streams(), logging_for(args.verbosity):
             return _dispatch(args)
     except (UsageError, ConfigError) as exc:
         return _fail(str(exc))
@@ -87,40 +94,21 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_FAILED
 
 
-class _EscapingFormatter(logging.Formatter):
-    """Log records quote endpoints' words too: escape them like everything else printed."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
-
-
-@contextlib.contextmanager
-def _logging(verbose: bool) -> Iterator[None]:
-    """xzatoma's log records on stderr while a command runs: warnings with ``--verbose``
-    (retries), else errors only, so a failure stays one line; a warning marked
-    as :data:`~xzatoma.providers._tool_replies.ALWAYS_SHOWN` (the endpoint dropped the
-    tools) is shown either way."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EscapingFormatter("xzatoma: %(levelname)s: %(message)s"))
-    if not verbose:
-        handler.addFilter(
-            lambda record: record.levelno >= logging.ERROR or getattr(record, SHOWN, False)
-        )
-    logger = logging.getLogger("xzatoma")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
 def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; its telemetry pushed over OTLP when OTEL_EXPORTER_OTLP_*
+    name a collector, and flushed however the command ends (:mod:`xzatoma._cli_otlp`)."""
+    with otlp_push(args):
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     """Run the parsed command."""
     _refuse_undecodable(args)
     if args.command == "config":
         config = load_config(args.file)
         print(f"OK: {args.file} is valid")
-        if config.provider.endpoint is None:
+        provider = config.provider
+        if provider.type is None and provider.base_url is None and args.verbosity >= 0:
             print("note: no provider.base_url or provider.type; give --base-url when running")
         return EXIT_OK
     if args.command == "journal":
@@ -217,7 +205,7 @@ def _prompt(given: str) -> str:
 
 def _configure(args: argparse.Namespace) -> XzatomaConfig:
     """The file (or defaults) with the command line on top; names the flag in an error."""
-    config = load_config(args.config) if args.config else XzatomaConfig()
+    config = load_given_config(args.config or None)  # else XZATOMA_CONFIG, else defaults
     given = {k: getattr(args, k) for k in OVERRIDE_KEYS if getattr(args, k, None) is not None}
     try:
         return apply_overrides(config, **given)
@@ -242,13 +230,13 @@ def _as_typed(key: str, value: object) -> str:
 
 
 def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime:
-    provider = config.build_provider()
+    provider = config.build_model()
     if provider is None:
         raise UsageError(
             "no model endpoint: give --base-url URL --model NAME (or --provider ollama --model "
             "NAME), or set provider.base_url in a --config file; 'xzatoma demo' runs offline"
         )
-    children = config.subagent_config(config.build_provider(subagents=True))
+    children = config.subagent_config(config.build_model(subagents=True))
     quota = config.build_quota()
     runtime = Runtime(
         provider,
@@ -310,7 +298,7 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
         finally:
             await _close(runtime)
 
-    with metrics_for(config) as server:
+    with metrics_for(config, announce=args.verbosity >= 0) as server:
         try:
             result = until_signal(go)
         except Interrupted as why:
@@ -321,7 +309,7 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
             return _interrupted(why, "the run and its subagents were cancelled")
         problem = _endpoint_error([result])
         if args.json:
-            print_json(result.to_dict(), sys.stdout)
+            print_json(result.to_dict(messages=args.messages), sys.stdout)
         if problem:
             return _fail(problem)
         print_run(result, sys.stdout, sys.stderr, tree=args.tree, as_json=args.json)
@@ -335,7 +323,8 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         flag = "--rerun-failed" if args.rerun_failed else "--extend-journal"
         raise UsageError(f"{flag} works with --journal PATH, which was not given")
     stream: TextIO = sys.stderr if args.json else sys.stdout
-    progress = BatchProgress(stream, live=stream.isatty(), of=len(tasks))
+    quiet = args.verbosity < 0
+    progress = BatchProgress(stream, live=stream.isatty(), of=len(tasks), show=not quiet)
     runtime = _runtime(config, hooks=[progress])
     executor: RayExecutor | None = None
 
@@ -355,7 +344,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         finally:
             await _close(runtime)
 
-    with metrics_for(config) as server:
+    with metrics_for(config, announce=not quiet) as server:
         executor = ray_executor(config, server)
         try:
             batch = until_signal(go)
@@ -379,7 +368,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
             progress.close()
             if isinstance(error.result, BatchResult):
                 if args.json:
-                    print_json(batch_dict(error.result), sys.stdout)
+                    print_json(batch_document(error.result, messages=args.messages), sys.stdout)
                 else:
                     print_batch(error.result, sys.stdout)
             return _fail(str(error), EXIT_FAILED)
@@ -390,7 +379,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
         resumed = frozenset(batch.resumed)  # read back from the journal: not run now
         problem = _endpoint_error([r for i, r in enumerate(batch.results) if i not in resumed])
         if args.json:
-            print_json(batch_dict(batch), sys.stdout)
+            print_json(batch_document(batch, messages=args.messages), sys.stdout)
         if problem:
             return _fail(problem)
         if not args.json:

@@ -1,9 +1,10 @@
 """The YAML configuration file: load it, validate it, and put the command line on top.
 
-Keys are those of DESIGN.md section 6, one pydantic model per section (defined in
+Keys are those of ``docs/configuration.md``, one pydantic model per section (defined in
 ``_config_models``, imported from here); unknown keys are refused by their dotted name. The
 API key is never stored here: ``provider.api_key_env`` names the environment variable to
-read it from. Precedence is command line > file > defaults (see :func:`apply_overrides`).
+read it from. Precedence is command line > file > defaults (see :func:`apply_overrides`); the
+command line's file is ``--config``, else the one ``XZATOMA_CONFIG`` names.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ._config_env import CONFIG_VARIABLE
 from ._config_models import DEFAULT_BASE_URLS as DEFAULT_BASE_URLS
 from ._config_models import PROVIDER_DEFAULTS as PROVIDER_DEFAULTS
 from ._config_models import AgentSettings as AgentSettings
@@ -76,6 +78,25 @@ def load_config(path: str | os.PathLike[str]) -> XzatomaConfig:
         return XzatomaConfig.from_dict({} if data is None else data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_given_config(
+    given: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> XzatomaConfig:
+    """The command line's configuration: the file ``--config`` gives (``given``), else the
+    one ``XZATOMA_CONFIG`` names (blank: none), else the defaults. An error in a file the
+    variable named says so, the missing file included, so the variable is not forgotten."""
+    if given is not None:
+        return load_config(given)
+    named = (os.environ if env is None else env).get(CONFIG_VARIABLE, "")
+    if not named.strip():
+        return XzatomaConfig()
+    try:
+        return load_config(named)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} (the file {CONFIG_VARIABLE} names; unset it or pass --config FILE)"
+        ) from None
 
 
 _OVERRIDES: Mapping[str, tuple[str, ...]] = {

@@ -170,11 +170,13 @@ def parse_reply(body: bytes | bytearray, messages: Sequence[Message]) -> Complet
     content = None if content is None else clean_text(content)
     finish = choice.get("finish_reason")
     model = data.get("model")
+    response_id = data.get("id")
     return Completion(
         content=content,
         tool_calls=tuple(calls),
         usage=_usage(data.get("usage"), messages, content, calls),
         model=clean_text(model) if isinstance(model, str) else None,
+        response_id=clean_text(response_id) if isinstance(response_id, str) else None,
         finish_reason=clean_text(finish) if isinstance(finish, str) else None,
     )
 

@@ -16,7 +16,7 @@ import httpx
 from ..errors import ConfigError
 from ._secrets import REDACTED, Redactor
 
-__all__ = ("chat_completions_url", "shown_url", "url_secrets", "validate_base_url")
+__all__ = ("chat_completions_url", "server_of", "shown_url", "url_secrets", "validate_base_url")
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE)
 """One DNS label as resolvers accept it (underscores too: Docker and Compose service names)."""
@@ -103,6 +103,19 @@ def shown_url(url: str) -> str:
     start = url.index("://") + 3
     host = authority.rpartition("@")[2]
     return f"{url[:start]}{REDACTED}@{host}{url[start + len(authority) :]}"
+
+
+def server_of(url: str) -> tuple[str, int]:
+    """The host and port a (validated) URL reaches: the scheme's port when none is written;
+    an IPv6 literal without its brackets. Never the ``user:password@`` part."""
+    host_and_port = _authority(url).rpartition("@")[2]
+    if host_and_port.startswith("["):
+        host, _, rest = host_and_port[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = host_and_port.partition(":")
+    default = 443 if url[: url.index("://")].lower() == "https" else 80
+    return host.lower(), int(port) if port else default
 
 
 def url_secrets(url: str) -> tuple[str, ...]:

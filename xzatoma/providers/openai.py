@@ -40,7 +40,13 @@ from ._secrets import Redactor, clean_api_key
 from ._settings import ModelSettings, ToolChoice
 from ._tool_replies import ToolReplies
 from ._transport import Reply, Transport, TransportFailure, connect_hints, environment_proxy
-from ._urls import chat_completions_url, shown_url, url_secrets, validate_base_url
+from ._urls import (
+    chat_completions_url,
+    server_of,
+    shown_url,
+    url_secrets,
+    validate_base_url,
+)
 
 __all__ = ("OpenAIProvider", "clean_api_key", "validate_base_url")
 
@@ -102,6 +108,9 @@ class OpenAIProvider:
         text_tool_calls: Read a reply whose whole text is tool calls written out (bare JSON,
             a fenced JSON block, ``<tool_call>`` tags) naming offered tools as those tool
             calls (``docs/providers.md``). Many local models answer that way.
+        provider_name: What :attr:`name` (and so ``gen_ai.provider.name`` in telemetry)
+            says: the kind of server behind the URL, e.g. ``ollama``, ``vllm``,
+            ``llamacpp``; ``openai`` by default. The config file's ``provider.type`` sets it.
 
     Raises:
         ConfigError: ``base_url`` is unusable, the key holds a control or non-ASCII
@@ -132,6 +141,7 @@ class OpenAIProvider:
         parallel_tool_calls: bool | None = None,
         settings: ModelSettings | None = None,
         text_tool_calls: bool = True,
+        provider_name: str = "openai",
     ) -> None:
         validate_base_url(base_url)
         given = ModelSettings(
@@ -146,6 +156,8 @@ class OpenAIProvider:
             raise ConfigError(f"text_tool_calls must be True or False, got {text_tool_calls!r}")
         if settings is not None and not isinstance(settings, ModelSettings):
             raise ConfigError(f"settings must be a ModelSettings, got {type(settings).__name__}")
+        if not isinstance(provider_name, str) or not provider_name.strip():
+            raise ConfigError(f"provider_name must be a non-empty string, got {provider_name!r}")
         if api_key is None and api_key_env is not None:
             api_key = _key_from_environment(api_key_env)
         if api_key is not None:
@@ -168,6 +180,8 @@ class OpenAIProvider:
         check_transport_options(max_connections, transport)
         self._base_url = base_url
         self._model = model
+        self._provider_name = provider_name
+        self._server = server_of(base_url)
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._own_client = client is None
@@ -211,8 +225,13 @@ class OpenAIProvider:
 
     @property
     def name(self) -> str:
-        """Always ``openai``: the wire protocol, whichever server speaks it."""
-        return "openai"
+        """The kind of server (``provider_name``): ``openai`` unless told otherwise."""
+        return self._provider_name
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """The endpoint's host and port (``server.address`` and ``server.port`` on spans)."""
+        return self._server
 
     @property
     def model(self) -> str:
@@ -307,6 +326,7 @@ class OpenAIProvider:
             "transport": self._transport_choice,
             "settings": self._settings,
             "text_tool_calls": self._tool_replies.recover,
+            "provider_name": self._provider_name,
         }
         return (_rebuilt, (self._base_url, self._model, options))
 

@@ -1,10 +1,12 @@
-"""OpenTelemetry for xzatoma: subagent metrics, GenAI metrics and spans, Prometheus ``/metrics``.
+"""OpenTelemetry for xzatoma: subagent metrics, GenAI metrics and spans, Prometheus ``/metrics``,
+OTLP push.
 
 The core tells its subscribers what each run does; :class:`TelemetrySubscriber` (which
 ``Runtime`` subscribes by default) records it to the providers set with :func:`configure`, or
 to OpenTelemetry's global ones, which are the no-op API until an SDK is installed.
-:func:`start_metrics_server` serves the metrics to Prometheus. This package is the only part
-of xzatoma that imports ``opentelemetry``.
+:func:`start_metrics_server` serves the metrics to Prometheus; ``configure(otlp_endpoint=...)``
+pushes metrics and spans to an OTLP/HTTP collector (:class:`OtlpExport`). This package is the
+only part of xzatoma that imports ``opentelemetry``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._config import configure as configure
+from ._otlp import OtlpExport as OtlpExport
 from ._recorder import SubagentMetrics as SubagentMetrics
 from ._server import MetricsServer as MetricsServer
 from ._server import MetricsServerStatistics as MetricsServerStatistics
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "configure",
+    "OtlpExport",
     "start_metrics_server",
     "MetricsServer",
     "MetricsServerStatistics",
@@ -39,6 +43,7 @@ __all__ = (
 # The public names say where to import them from, not which private module holds them.
 for _value in (
     configure,
+    OtlpExport,
     SubagentMetrics,
     MetricsServer,
     MetricsServerStatistics,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util.types import AttributeValue
 
+from . import _names
 from ._config import configuration, configure, restore
 
 __all__ = ("HistogramSnapshot", "TelemetryCapture", "capture_telemetry")
@@ -116,6 +118,17 @@ class TelemetryCapture:
     def spans_named(self, name: str) -> list[ReadableSpan]:
         """The finished spans called ``name``."""
         return [s for s in self.spans if s.name == name]
+
+    def subagent_spans(self) -> list[ReadableSpan]:
+        """The finished ``invoke_agent`` spans of subagents (depth 1 and deeper), whatever
+        their labels (each is named ``invoke_agent {label}``)."""
+        return [
+            s
+            for s in self.spans
+            if s.attributes is not None
+            and s.attributes.get(_names.GEN_AI_OPERATION_NAME) == _names.OP_INVOKE_AGENT
+            and cast(int, s.attributes.get(_names.XZ_DEPTH, 0)) > 0
+        ]
 
     def clear(self) -> None:
         """Forget the finished spans (metrics are cumulative and cannot be cleared)."""

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Final
 
 from ._connection import BUSY, LINGERING, NEVER, WAITING, Connection, Limits
+from ._exposition import Variant
 from ._http import Rejection, Request, find_head_end, parse_head, response_head
 from ._pool import Pool
 
-__all__ = ("EXPOSITION", "Exchange")
+__all__ = ("Exchange",)
 
-EXPOSITION: Final = "text/plain; version=0.0.4; charset=utf-8"
 _TEXT: Final = "text/plain; charset=utf-8"
 _NOT_FOUND: Final = b"Not found: the metrics are at /metrics\n"
 _NOT_ALLOWED: Final = b"Method not allowed: /metrics answers GET\n"
@@ -39,13 +39,21 @@ _BLANK: Final = frozenset(b"\r\n")
 class Exchange:
     """Reads requests off the pool's connections and writes their answers.
 
-    A request for the metrics is passed to ``render``; the transport calls
-    :meth:`answer_render` with the body once the render thread has it.
+    A request for the metrics is passed to ``render`` with the variant ``negotiate`` picks
+    from its ``Accept`` headers; the transport calls :meth:`answer_render` with the body
+    once the render thread has it.
     """
 
-    def __init__(self, pool: Pool, limits: Limits, render: Callable[[Connection], None]) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        limits: Limits,
+        negotiate: Callable[[str, str], Variant],
+        render: Callable[[Connection, Variant], None],
+    ) -> None:
         self._pool = pool
         self._limits = limits
+        self._negotiate = negotiate
         self._render = render
         self.pipelined: deque[Connection] = deque()
         """Answered, with a next request already read: :meth:`read_pipelined` answers it."""
@@ -135,14 +143,14 @@ class Exchange:
         elif parsed.method not in ("GET", "HEAD"):
             self._respond(conn, 405, _TEXT, _NOT_ALLOWED, (("Allow", "GET, HEAD"),))
         else:
-            self._render(conn)
+            self._render(conn, self._negotiate(parsed.accept, parsed.accept_encoding))
 
-    def answer_render(self, conn: Connection, body: bytes | None) -> None:
-        """Answer a request for the metrics with the rendered ``body`` (None: it failed)."""
+    def answer_render(self, conn: Connection, variant: Variant, body: bytes | None) -> None:
+        """Answer a request for the metrics with its ``variant``'s ``body`` (None: failed)."""
         if body is None:
             self._respond(conn, 500, _TEXT, _RENDER_FAILED)
         else:
-            self._respond(conn, 200, EXPOSITION, body)
+            self._respond(conn, 200, variant.content_type, body, variant.headers)
 
     def _begin(self, conn: Connection, request: Request | None) -> None:
         """A complete request (or one refused): being answered, so no longer evictable."""

@@ -34,13 +34,16 @@ import dataclasses
 import logging
 import os
 import re
+import threading
+import weakref
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from time import time_ns
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics
 from opentelemetry.context import Context, get_current
+from opentelemetry.trace import INVALID_SPAN
 
 __all__ = (
     "OLDEST_TESTED_SDK",
@@ -138,6 +141,11 @@ class _Sdk:
         self.SynchronousMeasurementConsumer = SynchronousMeasurementConsumer
         self.hash_attributes = _hash_attributes
         self.TraceBasedExemplarFilter = TraceBasedExemplarFilter
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        self.span_key = _SPAN_KEY
+        """Where a context keeps its span: no span there, no exemplar (the trace-based
+        filter's first answer), found without calling it."""
         self.ExplicitBuckets = _explicit_buckets_if_inlinable(Measurement)
 
 
@@ -162,9 +170,11 @@ def _explicit_buckets_if_inlinable(measurement: type) -> type | None:
 
         for record_min_max in (True, False):
             by_sdk, inlined = made(record_min_max), made(record_min_max)
-            for value in (1.5, 0.0, 2.0, 7.0):
+            values = (1.5, 0.0, 2.0, 7.0, 0.1, 0.2)
+            for value in values:
                 by_sdk.aggregate(measurement(value, 0, None, None, None), False)
-                _add_to_buckets(inlined, value)
+            _add_to_buckets(inlined, values[:1])
+            _add_to_buckets(inlined, values[1:])
             # Every field but the lock and the reservoir (objects of their own, never equal):
             # a field a later release adds, and aggregate() changes, shows up here.
             if _state(by_sdk) != _state(inlined):
@@ -178,19 +188,27 @@ def _state(aggregation: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(aggregation).items() if k not in ("_lock", "_reservoir")}
 
 
-def _add_to_buckets(aggregation: Any, amount: float) -> None:
-    """What an explicit-bucket aggregation's ``aggregate`` does with a value it keeps no
-    exemplar of, without the ``Measurement`` it would be handed (``amount`` is finite)."""
+def _add_to_buckets(aggregation: Any, amounts: Sequence[float]) -> None:
+    """What an explicit-bucket aggregation's ``aggregate`` does with each of ``amounts`` (in
+    order, keeping no exemplar), without the ``Measurement`` it would be handed, under one
+    lock (the amounts are finite; the sum is added in the same order, so it is the same)."""
     with aggregation._lock:
-        if aggregation._value is None:
-            aggregation._value = [0] * (len(aggregation._boundaries) + 1)
-        aggregation._sum += amount
+        counts = aggregation._value
+        if counts is None:
+            counts = aggregation._value = [0] * (len(aggregation._boundaries) + 1)
+        total = aggregation._sum
+        for amount in amounts:
+            total += amount
+        aggregation._sum = total
         if aggregation._record_min_max:
-            if amount < aggregation._min:
-                aggregation._min = amount
-            if amount > aggregation._max:
-                aggregation._max = amount
-        aggregation._value[bisect_left(aggregation._boundaries, amount)] += 1
+            least, most = min(amounts), max(amounts)
+            if least < aggregation._min:
+                aggregation._min = least
+            if most > aggregation._max:
+                aggregation._max = most
+        boundaries = aggregation._boundaries
+        for amount in amounts:
+            counts[bisect_left(boundaries, amount)] += 1
 
 
 _sdk: _Sdk | None = None
@@ -219,6 +237,74 @@ def _sdk_internals() -> _Sdk | None:
 _MAX_BINDINGS: Final = 1024
 """More attribute sets than this on one histogram and the bindings start over (no leak)."""
 
+_MAX_QUEUED: Final = 1024
+"""Values a bound histogram keeps queued at most; the one after hands them all over."""
+
+
+class _Flusher:
+    """Hands the queued values of a meter provider's bound histograms to their aggregations
+    at the start of each collection, before they are read.
+
+    Registered with the provider's measurement consumer as if it were an observable
+    instrument: the consumer calls every one's ``callback`` inside ``collect`` before it
+    reads any aggregation, whichever reader collects, so a collection sees every value
+    recorded before it began.
+    """
+
+    __slots__ = ("_histograms",)
+
+    def __init__(self) -> None:
+        self._histograms: weakref.WeakSet[_BoundHistogram] = weakref.WeakSet()
+
+    def add(self, histogram: _BoundHistogram) -> None:
+        self._histograms.add(histogram)
+
+    def callback(self, options: object) -> Iterable[object]:
+        for histogram in list(self._histograms):
+            histogram.flush()
+        return ()
+
+
+_flushers: weakref.WeakKeyDictionary[object, _Flusher] = weakref.WeakKeyDictionary()
+_flushers_lock = threading.Lock()
+
+
+def _flusher_of(consumer: Any) -> _Flusher:
+    """The flusher of ``consumer``, registered with it when first asked for."""
+    with _flushers_lock:
+        flusher = _flushers.get(consumer)
+        if flusher is None:
+            flusher = _flushers[consumer] = _Flusher()
+            consumer.register_asynchronous_instrument(flusher)
+        return flusher
+
+
+class _Binding:
+    """One attribute set of a bound histogram: the aggregations its values go to, and the
+    values queued for them."""
+
+    __slots__ = ("aggregations", "attributes", "inlined", "queued", "storages")
+
+    def __init__(
+        self,
+        attributes: _Attributes,
+        storages: object,
+        aggregations: tuple[Any, ...],
+        inlined: bool,
+        queued: list[float] | None,
+    ) -> None:
+        self.attributes = attributes
+        """The mapping bound (held, so its id is not reused while this lives)."""
+        self.storages = storages
+        """The consumer's storage map bound against (replaced when a reader comes or goes)."""
+        self.aggregations = aggregations
+        self.inlined = inlined
+        """Whether every aggregation is an explicit-bucket one, added to by
+        :func:`_add_to_buckets`."""
+        self.queued = queued
+        """Values not yet handed to the aggregations (appended by any thread; taken only
+        under the histogram's flush lock); ``None`` when values are added at once."""
+
 
 class _BoundHistogram:
     """An SDK histogram whose ``record`` goes straight to the aggregations it would reach.
@@ -226,17 +312,28 @@ class _BoundHistogram:
     Bindings are keyed by the identity of the attribute mapping and hold it, so an id is
     never reused while its entry lives: callers pass the same unchanging mapping for the
     same attribute set (xzatoma's are shared constants), a new mapping just binds anew.
+
+    A value for explicit-bucket aggregations (the default) with no exemplar to keep is
+    appended to its binding's queue, and the queue handed over in bulk, under one lock per
+    aggregation: at the start of every collection (:class:`_Flusher`), when it holds
+    :data:`_MAX_QUEUED` values, and before any value reaches the same aggregations another way
+    (so each sum is added up in the order of the records, as ``record`` would). When two
+    attribute sets share an aggregation (a view that drops attributes), nothing is queued.
     """
 
     __slots__ = (
+        "__weakref__",
         "_bindings",
         "_by_context",
         "_config",
         "_consumer",
         "_decided",
+        "_flushing",
         "_histogram",
         "_measurement",
         "_public",
+        "_queueing",
+        "_retired",
         "_sdk",
         "_should_sample",
     )
@@ -254,9 +351,13 @@ class _BoundHistogram:
         self._measurement = sdk.Measurement
         self._sdk = sdk
         self._public = False  # set for good once the SDK's set-up rules the fast path out
-        # id(attributes) -> (attributes, the storage map bound against, aggregations,
-        # whether each is an explicit-bucket one whose aggregate is inlined)
-        self._bindings: dict[int, tuple[_Attributes, object, tuple[Any, ...], bool]] = {}
+        self._queueing = True  # off for good once two attribute sets share an aggregation
+        self._bindings: dict[int, _Binding] = {}  # id(attributes) -> its binding
+        # Bindings replaced or dropped while another thread may still append to their
+        # queues: drained by each flush until one finds them empty.
+        self._retired: list[_Binding] = []
+        self._flushing = threading.Lock()
+        _flusher_of(self._consumer).add(self)
 
     @property
     def bound(self) -> bool:
@@ -268,12 +369,12 @@ class _BoundHistogram:
     ) -> None:
         """``Histogram.record``: ``context`` (the current one when ``None``) is what the
         exemplar filter judges and an exemplar keeps."""
-        entry = self._bindings.get(id(attributes))
+        binding = self._bindings.get(id(attributes))
         if (
-            entry is None
-            or entry[0] is not attributes
+            binding is None
+            or binding.attributes is not attributes
             # A reader came or went: the SDK made a new storage map, so bind again.
-            or entry[1] is not self._consumer._reader_storages
+            or binding.storages is not self._consumer._reader_storages
             or not 0 <= amount < _INF
         ):
             self._record_slowly(amount, attributes, context)
@@ -284,19 +385,34 @@ class _BoundHistogram:
         context = context or get_current()  # as record: an empty context means the current
         seen, sample = self._decided
         if context is not seen:
-            sample = self._should_sample(amount, time_ns(), attributes, context)
             if self._by_context:
+                span = context.get(self._sdk.span_key)
+                sample = (
+                    span is not None
+                    and span is not INVALID_SPAN
+                    and self._should_sample(amount, time_ns(), attributes, context)
+                )
                 self._decided = (context, sample)
+            else:
+                sample = self._should_sample(amount, time_ns(), attributes, context)
+        queued = binding.queued
+        if not sample and queued is not None:  # the usual case: an append
+            queued.append(amount)
+            if len(queued) >= _MAX_QUEUED:
+                self._hand_over(binding)
+            return
+        if queued:  # the values before this one first
+            self._hand_over(binding)
         histogram = self._histogram
         if sample:
             # An exemplar keeps the measurement's attributes: made as record makes it.
             measurement = self._measurement(amount, time_ns(), histogram, context, attributes)
-            for aggregation in entry[2]:
+            for aggregation in binding.aggregations:
                 aggregation.aggregate(measurement, True)
             return
-        if entry[3]:  # explicit buckets only (the default): their aggregate, inlined
-            for aggregation in entry[2]:
-                _add_to_buckets(aggregation, amount)
+        if binding.inlined:  # explicit buckets only (the default): their aggregate, inlined
+            for aggregation in binding.aggregations:
+                _add_to_buckets(aggregation, (amount,))
             return
         # Without an exemplar an aggregation reads only the value. The dataclass's own
         # __init__ (five frozen-field stores and a check) costs twice as much as filling
@@ -313,13 +429,57 @@ class _BoundHistogram:
                 "attributes": None,
             },
         )
-        for aggregation in entry[2]:
+        for aggregation in binding.aggregations:
             aggregation.aggregate(measurement, False)
+
+    def flush(self) -> None:
+        """Hand every queued value to its aggregations (each collection does it first).
+
+        Every queue goes through :meth:`_hand_over`, which takes the lock, so a hand-over
+        another thread has begun (its values taken, not yet added) ends before this returns.
+        """
+        for binding in list(self._bindings.values()):
+            if binding.queued is not None:
+                self._hand_over(binding)
+        if self._retired:
+            with self._flushing:
+                retired, self._retired = self._retired, []
+            kept = [binding for binding in retired if self._hand_over(binding)]
+            if kept:
+                with self._flushing:
+                    self._retired.extend(kept)
+
+    def _hand_over(self, binding: _Binding) -> bool:
+        """Add the values queued on ``binding`` to its aggregations, in the order recorded;
+        whether there were any."""
+        queued = binding.queued
+        if queued is None:
+            return False
+        with self._flushing:
+            # Only a hand-over takes values, and this one holds the lock: the first ``count``
+            # are there to take, and what is appended meanwhile stays for the next.
+            count = len(queued)
+            if not count:
+                return False
+            amounts = queued[:count]
+            del queued[:count]
+            for aggregation in binding.aggregations:
+                _add_to_buckets(aggregation, amounts)
+        return True
+
+    def _retire(self, bindings: Iterable[_Binding]) -> None:
+        """Keep the queues of bindings no longer looked up until a flush finds them empty
+        (a record on another thread may have found the binding just before)."""
+        queued = [binding for binding in bindings if binding.queued is not None]
+        if queued:
+            with self._flushing:
+                self._retired.extend(queued)
 
     def _record_slowly(
         self, amount: float, attributes: _Attributes, context: Context | None
     ) -> None:
         """Bind ``attributes`` and record through ``record`` (the SDK's checks and warnings)."""
+        self.flush()  # the values before this one first, wherever record takes it
         config = self._config
         enabled = config is None or config.is_enabled
         # Binding makes the aggregation; a disabled meter's record must make nothing.
@@ -345,17 +505,52 @@ class _BoundHistogram:
                     aggregations.append(_aggregation(match, attributes, self._sdk))
         except Exception as exc:  # an SDK set up or shaped otherwise than tested
             self._public = True
+            self._retire(self._bindings.values())
             self._bindings.clear()
             logger.debug("xzatoma telemetry: %r records through record(): %s", self, exc)
             return
         if len(self._bindings) >= _MAX_BINDINGS:
+            self._retire(self._bindings.values())
             self._bindings.clear()
+        bound = tuple(aggregations)
+        if self._queueing and _shares_an_aggregation(bound, self._bindings.values(), storages):
+            # Two attribute sets whose values one aggregation sums: queues per attribute
+            # set would change the order of its additions, so add every value at once.
+            self._queueing = False
+            current = list(self._bindings.values())
+            self._retire(current)
+            for binding in current:
+                at_once = _Binding(
+                    binding.attributes,
+                    binding.storages,
+                    binding.aggregations,
+                    binding.inlined,
+                    None,
+                )
+                self._bindings[id(binding.attributes)] = at_once
+        replaced = self._bindings.get(id(attributes))
+        if replaced is not None:
+            self._retire((replaced,))
         buckets = self._sdk.ExplicitBuckets
         inlined = buckets is not None and all(type(a) is buckets for a in aggregations)
-        self._bindings[id(attributes)] = (attributes, storages, tuple(aggregations), inlined)
+        queued: list[float] | None = [] if inlined and self._queueing else None
+        self._bindings[id(attributes)] = _Binding(attributes, storages, bound, inlined, queued)
 
     def __repr__(self) -> str:
         return f"_BoundHistogram({self._histogram.name!r}, bound={self.bound})"
+
+
+def _shares_an_aggregation(
+    aggregations: tuple[Any, ...], bindings: Iterable[_Binding], storages: object
+) -> bool:
+    """Whether another current binding feeds one of ``aggregations``."""
+    mine = {id(a) for a in aggregations}
+    return any(
+        id(a) in mine
+        for binding in bindings
+        if binding.storages is storages
+        for a in binding.aggregations
+    )
 
 
 class _Unsupported(Exception):

@@ -54,6 +54,10 @@ class Request:
     """An HTTP/1.0 request: the answer must say ``Connection: keep-alive`` to keep it open."""
     keep_alive: bool
     """Whether the client lets the connection serve another request after this one."""
+    accept: str = ""
+    """Its ``Accept`` headers, joined with commas: which exposition format it wants."""
+    accept_encoding: str = ""
+    """Its ``Accept-Encoding`` headers, joined with commas: whether it takes gzip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,8 @@ def parse_head(head: bytes) -> Request | Rejection:
     http10 = matched.group(2) == "0"
     connection: set[str] = set()
     lengths: set[str] = set()
+    accept: list[str] = []
+    accept_encoding: list[str] = []
     has_body = False
     for raw in lines[1:]:
         line = raw.rstrip("\r")
@@ -127,6 +133,10 @@ def parse_head(head: bytes) -> Request | Rejection:
             lengths.update(length.strip(" \t") for length in value.split(","))
         elif key == "transfer-encoding":
             has_body = True
+        elif key == "accept":  # a field sent twice is one list (RFC 9110, 5.3)
+            accept.append(value)
+        elif key == "accept-encoding":
+            accept_encoding.append(value)
     if lengths:
         # Compared as digit strings, never converted: a 5,000-digit length is as wrong as -5.
         numbers = {length.lstrip("0") for length in lengths}
@@ -138,7 +148,14 @@ def parse_head(head: bytes) -> Request | Rejection:
     path = _path(target)
     if path is None:
         return Rejection(400, "Bad request target: expected /metrics")
-    return Request(method, path, http10, keep_alive and not has_body)
+    return Request(
+        method,
+        path,
+        http10,
+        keep_alive and not has_body,
+        ", ".join(accept),
+        ", ".join(accept_encoding),
+    )
 
 
 def _path(target: str) -> str | None:

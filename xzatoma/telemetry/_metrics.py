@@ -1,4 +1,4 @@
-"""The instruments of DESIGN.md section 5, created once per meter, and the shared attribute
+"""The instruments docs/telemetry.md lists, created once per meter, and the shared attribute
 sets they are recorded with (``SubagentMetrics``, in ``_recorder``, records one execution)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -24,9 +24,12 @@ __all__ = (
     "TURN_BUCKETS",
     "NO_EXEMPLARS",
     "Instruments",
+    "GenAIAttributes",
     "current_instruments",
     "depth_attributes",
+    "gen_ai_attributes",
     "pair_attributes",
+    "tool_attributes",
 )
 
 DURATION_BUCKETS: Final = tuple(round(0.1 * 2**k, 1) for k in range(13))
@@ -46,8 +49,10 @@ exemplar is sampled (not an empty ``Context()``, which ``record`` takes for the 
 
 While a run works its spans are current, and the SDK's default (trace-based) exemplar filter
 would keep an exemplar of nearly every value, at a cost per subagent larger than the rest of
-its metrics together, for exemplars the Prometheus text format at ``/metrics`` cannot carry.
-Exposition that can show them (OpenMetrics) is where to revisit this."""
+its metrics together. Two histograms are recorded in the current context instead, so their
+exemplars (served in OpenMetrics at ``/metrics``) link a slow bucket to its trace:
+``gen_ai.invoke_agent.duration`` (the run's span) and ``gen_ai.execute_tool.duration`` (the
+tool call's). Every other value is one of theirs again, or a model call's."""
 
 
 class Instruments:
@@ -65,12 +70,16 @@ class Instruments:
         "cost",
         "duration",
         "errors",
+        "execute_tool_duration",
         "executions",
+        "invoke_agent_duration",
         "lock",
+        "model_calls",
         "operation_duration",
         "text_tool_calls",
         "token_usage",
         "tokens",
+        "tool_calls",
         "turns",
     )
 
@@ -89,6 +98,10 @@ class Instruments:
     batch_size: HistogramRecorder
     token_usage: HistogramRecorder
     operation_duration: HistogramRecorder
+    invoke_agent_duration: HistogramRecorder
+    execute_tool_duration: HistogramRecorder
+    model_calls: HistogramRecorder
+    tool_calls: HistogramRecorder
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.lock = threading.Lock()
@@ -130,7 +143,7 @@ class Instruments:
         )
 
     def _make_histograms(self, meter: metrics.Meter) -> None:
-        """The synchronous histograms, with their advisory buckets (DESIGN.md section 5)."""
+        """The synchronous histograms, with their advisory buckets (docs/telemetry.md)."""
         self.duration = _histogram(
             meter,
             n.DURATION,
@@ -172,6 +185,34 @@ class Instruments:
             n.UNIT_SECONDS,
             "Seconds of each model call.",
             OPERATION_DURATION_BUCKETS,
+        )
+        self.invoke_agent_duration = _histogram(
+            meter,
+            n.INVOKE_AGENT_DURATION,
+            n.UNIT_SECONDS,
+            "Seconds of each agent run, the root's and every subagent's.",
+            DURATION_BUCKETS,
+        )
+        self.execute_tool_duration = _histogram(
+            meter,
+            n.EXECUTE_TOOL_DURATION,
+            n.UNIT_SECONDS,
+            "Seconds of each tool call, subagent spawns included.",
+            OPERATION_DURATION_BUCKETS,
+        )
+        self.model_calls = _histogram(
+            meter,
+            n.INVOKE_AGENT_MODEL_CALLS,
+            n.UNIT_CALL,
+            "Model calls of each agent run that made any.",
+            TURN_BUCKETS,
+        )
+        self.tool_calls = _histogram(
+            meter,
+            n.INVOKE_AGENT_TOOL_CALLS,
+            n.UNIT_CALL,
+            "Tool calls of each agent run whose model asked for any.",
+            TURN_BUCKETS,
         )
 
     def _counter(self, meter: metrics.Meter, name: str, unit: str, description: str) -> Tally:
@@ -238,3 +279,68 @@ def pair_attributes(depth: int, key: str, value: str) -> dict[str, int | str]:
     if found is None:
         found = _pair_cache[cache_key] = {n.DEPTH: depth, key: value}
     return found
+
+
+_BOUND: Final = 1024
+"""Attribute sets a bounded cache holds before it starts over (the values are bounded, but
+a provider or tool list that keeps changing must not grow it)."""
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _kept(cache: dict[_K, _V], key: _K, made: _V) -> _V:
+    """Keep ``made`` under ``key`` in a cache that starts over past :data:`_BOUND` entries."""
+    if len(cache) >= _BOUND:
+        cache.clear()
+    cache[key] = made
+    return made
+
+
+GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
+_gen_ai_cache: dict[tuple[str, str, str | None], GenAIAttributes] = {}
+
+
+def gen_ai_attributes(provider: str, model: str, error_type: str | None) -> GenAIAttributes:
+    """The attribute sets of one model call (call, input tokens, output tokens), shared.
+
+    Only values chosen by code or by the user's own configuration go on a metric: the
+    provider's name, the model asked for, and the ``error.type`` of a failed call (an HTTP
+    status or an xzatoma error type). The model name the endpoint answers with
+    (``gen_ai.response.model``) is the endpoint's choice, so it goes on the ``chat`` span
+    only: on a metric, a server answering with a new name each time would grow one series
+    per name without limit.
+    """
+    key = (provider, model, error_type)
+    found = _gen_ai_cache.get(key)
+    if found is not None:
+        return found
+    call: dict[str, str] = {
+        n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
+        n.GEN_AI_PROVIDER_NAME: provider,
+        n.GEN_AI_REQUEST_MODEL: model,
+    }
+    if error_type is not None:
+        call[n.OTEL_ERROR_TYPE] = error_type
+    made = (
+        call,
+        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_INPUT},
+        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_OUTPUT},
+    )
+    return _kept(_gen_ai_cache, key, made)
+
+
+_tool_cache: dict[tuple[int, str, str | None], dict[str, str | int]] = {}
+
+
+def tool_attributes(depth: int, tool: str, error: str | None) -> dict[str, str | int]:
+    """The attributes of one tool call's duration (``error``: its ``error.type``), shared;
+    ``tool`` is an offered tool's name, never one the model made up."""
+    key = (depth, tool, error)
+    found = _tool_cache.get(key)
+    if found is not None:
+        return found
+    made: dict[str, str | int] = {n.DEPTH: depth, n.GEN_AI_TOOL_NAME: tool}
+    if error is not None:
+        made[n.OTEL_ERROR_TYPE] = error
+    return _kept(_tool_cache, key, made)

@@ -1,6 +1,6 @@
 """Every metric, span and attribute name xzatoma's telemetry uses, spelled once.
 
-The subagent instruments are the contract of DESIGN.md section 5; the ``gen_ai.*`` names follow
+The subagent instruments are the contract docs/telemetry.md documents; the ``gen_ai.*`` names follow
 the OpenTelemetry GenAI semantic conventions. The Prometheus exporter turns ``.`` into ``_``,
 appends ``_total`` to counters and the unit (``_seconds``) when the unit is a real one; units in
 braces such as ``{execution}`` are annotations and add nothing. The Prometheus names the
@@ -16,7 +16,7 @@ SCOPE: Final = "xzatoma"
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 """The semantic conventions the names below follow; the meter and tracer scopes carry it."""
 
-# -- subagent instruments (DESIGN.md section 5) ----------------------------------------------
+# -- subagent instruments (docs/telemetry.md) -------------------------------------------------
 EXECUTIONS: Final = "subagent.executions"
 DURATION: Final = "subagent.duration"
 TURNS_USED: Final = "subagent.turns_used"
@@ -38,6 +38,14 @@ TEXT_TOOL_CALLS: Final = "xzatoma.text_tool_calls"
 TOKEN_USAGE: Final = "gen_ai.client.token.usage"
 OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
 
+# -- GenAI agent instruments (every run, the root included; spans' exemplars) -----------------
+INVOKE_AGENT_DURATION: Final = "gen_ai.invoke_agent.duration"
+EXECUTE_TOOL_DURATION: Final = "gen_ai.execute_tool.duration"
+INVOKE_AGENT_MODEL_CALLS: Final = "gen_ai.invoke_agent.model_calls"
+"""Model calls per run (of runs that made any)."""
+INVOKE_AGENT_TOOL_CALLS: Final = "gen_ai.invoke_agent.tool_calls"
+"""Tool calls per run (of runs whose model asked for any)."""
+
 PROMETHEUS_NAMES: Final = {
     EXECUTIONS: "subagent_executions_total",
     DURATION: "subagent_duration_seconds",
@@ -52,6 +60,10 @@ PROMETHEUS_NAMES: Final = {
     TEXT_TOOL_CALLS: "xzatoma_text_tool_calls_total",
     TOKEN_USAGE: "gen_ai_client_token_usage",
     OPERATION_DURATION: "gen_ai_client_operation_duration_seconds",
+    INVOKE_AGENT_DURATION: "gen_ai_invoke_agent_duration_seconds",
+    EXECUTE_TOOL_DURATION: "gen_ai_execute_tool_duration_seconds",
+    INVOKE_AGENT_MODEL_CALLS: "gen_ai_invoke_agent_model_calls",
+    INVOKE_AGENT_TOOL_CALLS: "gen_ai_invoke_agent_tool_calls",
 }
 """Instrument name -> the metric family name in the Prometheus text exposition."""
 
@@ -82,9 +94,13 @@ GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
 GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
 GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 OTEL_ERROR_TYPE: Final = "error.type"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
 
 TOKEN_TYPE_INPUT: Final = "input"
 TOKEN_TYPE_OUTPUT: Final = "output"
@@ -110,6 +126,9 @@ XZ_TOOL_CALLS_FROM_TEXT: Final = "xzatoma.tool_calls_from_text"
 TOOL_ERROR: Final = "tool_error"
 """``error.type`` of an ``execute_tool`` span whose tool answered ``Error: ...``."""
 CANCELLED: Final = "cancelled"
+UNKNOWN_TOOL: Final = "(unknown)"
+"""``gen_ai.tool.name`` on ``gen_ai.execute_tool.duration`` for a call naming no offered tool:
+the model chose that name, so on a metric it would be unbounded (the span keeps it)."""
 
 
 def invoke_agent_span(name: str) -> str:

@@ -1,4 +1,4 @@
-"""``start_metrics_server``: the Prometheus text format at ``/metrics``, on 127.0.0.1 by default.
+"""``start_metrics_server``: Prometheus's formats at ``/metrics``, on 127.0.0.1 by default.
 
 It needs the ``prometheus`` extra (``opentelemetry-exporter-prometheus`` and
 ``prometheus-client``). When nothing is configured it also sets up what it serves: an SDK
@@ -14,14 +14,17 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+from .._extras import install_hint
 from ..errors import ConfigError
 from ._config import Configuration, configuration, configure, meter_is_configured, restore, state
+from ._config import sdk_resource as _resource
 from ._connection import Limits, MetricsServerStatistics
+from ._exposition import Exposition
+from ._seconds import positive_seconds
 from ._transport import Transport
 
 if TYPE_CHECKING:  # the SDK is imported when a server starts, not with the runtime
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.resources import Resource
     from prometheus_client import CollectorRegistry
 
     _Owned: TypeAlias = tuple[MeterProvider, Configuration]
@@ -29,7 +32,7 @@ if TYPE_CHECKING:  # the SDK is imported when a server starts, not with the runt
 
 __all__ = ("INSTALL_HINT", "MetricsServer", "MetricsServerStatistics", "start_metrics_server")
 
-INSTALL_HINT = "pip install 'xzatoma[prometheus]'"
+INSTALL_HINT = install_hint("prometheus")
 """What to run when the ``prometheus`` extra is missing."""
 
 _BACKLOG: Final = 512
@@ -112,7 +115,16 @@ def start_metrics_server(
     write_timeout: float = 10.0,
     max_header_bytes: int = 16_384,
 ) -> MetricsServer:
-    """Serve xzatoma's metrics in the Prometheus text format at ``http://host:port/metrics``.
+    """Serve xzatoma's metrics to Prometheus at ``http://host:port/metrics``.
+
+    The format is the one the scraper asks for, as prometheus_client's ``choose_encoder``
+    picks it from ``Accept``: OpenMetrics for ``application/openmetrics-text`` (Prometheus's
+    default), with the exemplars the SDK kept (a value recorded while a sampled span was
+    current carries ``trace_id`` and ``span_id``), else the classic text format (for
+    ``curl``, and for an ``Accept`` that prometheus_client cannot read). The body is gzipped
+    when ``Accept-Encoding`` takes gzip. Exemplars lean on the OTel exporter's internals: for
+    a reader of your own they are a best effort, and when the exporter is not the release
+    they were checked on the metrics are served without them (a warning says so once).
 
     What it serves:
 
@@ -126,7 +138,8 @@ def start_metrics_server(
 
     The server runs two threads (one for every connection's I/O, one that renders), however
     many clients connect, and bounds what a client can hold with the limits below, so a
-    flood of connections that never finish a request costs the agents nothing.
+    flood of connections that never finish a request costs the agents nothing. Scrapes
+    waiting at once share one collection, and each format and encoding is made once.
 
     Args:
         host: Address to bind; 127.0.0.1 by default (binding elsewhere is your choice).
@@ -152,15 +165,17 @@ def start_metrics_server(
     """
     limits = _limits(max_connections, idle_timeout, header_timeout, write_timeout, max_header_bytes)
     _require_extra()
-    import prometheus_client
-
     owned: _Owned | None = None
     if registry is None:
         registry, owned = _default_registry()
     listener = _bind(host, port, owned)
+    try:
+        transport = Transport(listener, Exposition(registry), limits)
+    except BaseException:
+        listener.close()
+        _undo(owned)
+        raise
     address = listener.getsockname()
-    served = registry
-    transport = Transport(listener, lambda: prometheus_client.generate_latest(served), limits)
     return MetricsServer(transport, (address[0], address[1]), registry, owned)
 
 
@@ -219,21 +234,11 @@ def _limits(
             raise ConfigError(f"{name} must be a whole number, got {type(count).__name__}")
         if count < least:
             raise ConfigError(f"{name} must be at least {least}")
-    timeouts = {
-        "idle_timeout": idle_timeout,
-        "header_timeout": header_timeout,
-        "write_timeout": write_timeout,
-    }
-    for name, seconds in timeouts.items():
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise ConfigError(f"{name} must be a number of seconds, got {type(seconds).__name__}")
-        if not seconds > 0:
-            raise ConfigError(f"{name} must be greater than 0")
     return Limits(
         max_connections=max_connections,
-        idle_timeout=float(idle_timeout),
-        header_timeout=float(header_timeout),
-        write_timeout=float(write_timeout),
+        idle_timeout=positive_seconds("idle_timeout", idle_timeout),
+        header_timeout=positive_seconds("header_timeout", header_timeout),
+        write_timeout=positive_seconds("write_timeout", write_timeout),
         max_header_bytes=max_header_bytes,
     )
 
@@ -243,10 +248,15 @@ def _bind(host: str, port: int, owned: _Owned | None) -> socket.socket:
     try:
         return _listen(host, port)
     except OSError as exc:
-        if owned is not None:
-            restore(owned[1])
-            owned[0].shutdown()
+        _undo(owned)
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+
+
+def _undo(owned: _Owned | None) -> None:
+    """Take back the provider a server set up for itself, and the configuration before it."""
+    if owned is not None:
+        restore(owned[1])
+        owned[0].shutdown()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -262,13 +272,3 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.close()
         raise
     return listener
-
-
-def _resource() -> Resource:
-    """The SDK's resource, named ``xzatoma`` unless the environment names the service."""
-    from opentelemetry.sdk.resources import Resource
-
-    attributes = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    if os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in attributes:
-        return Resource.create()
-    return Resource.create({"service.name": "xzatoma"})

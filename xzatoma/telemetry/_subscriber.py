@@ -29,7 +29,14 @@ from .._run import Batch, ModelCall, Run
 from .._tools import ToolContext, ToolResult
 from . import _names as n
 from ._config import state
-from ._metrics import NO_EXEMPLARS, current_instruments, depth_attributes, pair_attributes
+from ._metrics import (
+    NO_EXEMPLARS,
+    current_instruments,
+    depth_attributes,
+    gen_ai_attributes,
+    pair_attributes,
+    tool_attributes,
+)
 from ._recorder import SubagentMetrics
 
 __all__ = ("TelemetrySubscriber",)
@@ -152,8 +159,8 @@ class TelemetrySubscriber(Instrument):
     @staticmethod
     def _model_call_metrics(call: ModelCall) -> None:
         inst = current_instruments()
-        call_attrs, input_attrs, output_attrs = _gen_ai_attributes(
-            call.provider, call.model, call.error_type
+        call_attrs, input_attrs, output_attrs = gen_ai_attributes(
+            call.provider, call.model, call.error_code
         )
         inst.operation_duration.record(call.duration, call_attrs, NO_EXEMPLARS)
         usage = call.usage
@@ -181,11 +188,11 @@ class TelemetrySubscriber(Instrument):
                 return
             self._start(
                 run.id,
-                n.invoke_agent_span(run.name),
+                n.invoke_agent_span(run.label),
                 SpanKind.INTERNAL,
                 {
                     n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
-                    n.GEN_AI_AGENT_NAME: run.name,
+                    n.GEN_AI_AGENT_NAME: run.label,
                     n.GEN_AI_PROVIDER_NAME: run.provider.name,
                     n.GEN_AI_REQUEST_MODEL: run.provider.model,
                     n.XZ_DEPTH: run.depth,
@@ -196,10 +203,10 @@ class TelemetrySubscriber(Instrument):
             self._switch_off(False, "run_started")
 
     def run_ended(self, run: Run) -> None:
-        if run.parent is None and run.cost and self._metrics_on:
-            # The root is no subagent execution: its own dollars are counted here, at depth 0.
+        if self._metrics_on:
             try:
-                current_instruments().cost.add(float(run.cost), depth_attributes(0))
+                # Recorded while the run's span is still current: an exemplar links to it.
+                _run_metrics(run)
             except Exception:
                 self._switch_off(True, "run_ended")
         self._end_span(run.id, "run_ended", _annotate_run, run)
@@ -208,17 +215,16 @@ class TelemetrySubscriber(Instrument):
         if not self._spans_on or run.id not in self._spans:
             return
         try:
-            self._start(
-                call.id,
-                n.chat_span(call.model),
-                SpanKind.CLIENT,
-                {
-                    n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
-                    n.GEN_AI_PROVIDER_NAME: call.provider,
-                    n.GEN_AI_REQUEST_MODEL: call.model,
-                    n.XZ_DEPTH: run.depth,
-                },
-            )
+            attributes: dict[str, str | int] = {
+                n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
+                n.GEN_AI_PROVIDER_NAME: call.provider,
+                n.GEN_AI_REQUEST_MODEL: call.model,
+                n.XZ_DEPTH: run.depth,
+            }
+            server = getattr(run.provider, "server", None)  # OpenAIProvider's (host, port)
+            if server is not None:
+                attributes[n.SERVER_ADDRESS], attributes[n.SERVER_PORT] = server
+            self._start(call.id, n.chat_span(call.model), SpanKind.CLIENT, attributes)
         except Exception:
             self._switch_off(False, "model_call_started")
 
@@ -241,6 +247,12 @@ class TelemetrySubscriber(Instrument):
             self._switch_off(False, "tool_call_started")
 
     def tool_call_ended(self, run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
+        if self._metrics_on:
+            try:
+                # While the tool's span is still current: an exemplar links to it.
+                _tool_metrics(run, ctx, result)
+            except Exception:
+                self._switch_off(True, "tool_call_ended")
         self._end_span(ctx.id, "tool_call_ended", _annotate_tool, result)
 
     def _end_span(
@@ -259,6 +271,38 @@ class TelemetrySubscriber(Instrument):
             span.end()
         except Exception:
             self._span_end_failed(where)
+
+
+def _run_metrics(run: Run) -> None:
+    """The agent-level instruments of one run's end (the root's dollars, too)."""
+    inst = current_instruments()
+    depth = run.depth
+    by_depth = depth_attributes(depth)
+    if run.parent is None and run.cost:
+        # The root is no subagent execution: its own dollars are counted here, at depth 0.
+        inst.cost.add(float(run.cost), by_depth)
+    failed = run.status == "failed" or run.status == "cancelled" or run.status is None
+    attributes = (
+        pair_attributes(depth, n.OTEL_ERROR_TYPE, run.error_type or n.CANCELLED)
+        if failed
+        else by_depth
+    )
+    inst.invoke_agent_duration.record(run.duration, attributes)
+    if run.turns:
+        inst.model_calls.record(run.turns, by_depth, NO_EXEMPLARS)
+    if run.tool_calls:
+        inst.tool_calls.record(run.tool_calls, by_depth, NO_EXEMPLARS)
+
+
+def _tool_metrics(run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
+    """``gen_ai.execute_tool.duration`` of one tool call."""
+    name = ctx.call.name
+    if ctx.agent.callable_tool(name) is None:  # the model's invention: not on a metric
+        name = n.UNKNOWN_TOOL
+    error = n.CANCELLED if result is None else n.TOOL_ERROR if result.is_error else None
+    current_instruments().execute_tool_duration.record(
+        run.now() - ctx.started, tool_attributes(run.depth, name, error)
+    )
 
 
 def _annotate_run(span: Span, run: Run) -> None:
@@ -283,7 +327,7 @@ def _annotate_run(span: Span, run: Run) -> None:
 def _annotate_chat(span: Span, call: ModelCall) -> None:
     completion = call.completion
     if completion is None:
-        _fail(span, call.error_type or n.CANCELLED)
+        _fail(span, call.error_code or n.CANCELLED)
         return
     usage = completion.usage
     span.set_attributes(
@@ -294,6 +338,10 @@ def _annotate_chat(span: Span, call: ModelCall) -> None:
     )
     if completion.model is not None:
         span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
+    if completion.response_id is not None:
+        span.set_attribute(n.GEN_AI_RESPONSE_ID, completion.response_id)
+    if completion.finish_reason is not None:
+        span.set_attribute(n.GEN_AI_RESPONSE_FINISH_REASONS, (completion.finish_reason,))
     if call.cost is not None:
         span.set_attribute(n.XZ_COST, float(call.cost))
     if completion.tool_calls_from_text:
@@ -303,42 +351,6 @@ def _annotate_chat(span: Span, call: ModelCall) -> None:
 def _annotate_tool(span: Span, result: ToolResult | None) -> None:
     if result is None or result.is_error:
         _fail(span, n.CANCELLED if result is None else n.TOOL_ERROR)
-
-
-_GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
-_gen_ai_cache: dict[tuple[str, str, str | None], _GenAIAttributes] = {}
-
-
-def _gen_ai_attributes(provider: str, model: str, error_type: str | None) -> _GenAIAttributes:
-    """The attribute sets of one model call (call, input tokens, output tokens), made once.
-
-    Only values chosen by code or by the user's own configuration go on a metric: the
-    provider's name, the model asked for, and the ``error_type`` of a failed call. The
-    model name the endpoint answers with (``gen_ai.response.model``) is the endpoint's
-    choice, so it goes on the ``chat`` span only: on a metric, a server answering with a new
-    name each time would grow one series per name without limit. Shared dicts, never changed
-    after they are made; the cache is cleared if it ever grows past 1024 entries.
-    """
-    key = (provider, model, error_type)
-    found = _gen_ai_cache.get(key)
-    if found is not None:
-        return found
-    call: dict[str, str] = {
-        n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
-        n.GEN_AI_PROVIDER_NAME: provider,
-        n.GEN_AI_REQUEST_MODEL: model,
-    }
-    if error_type is not None:
-        call[n.OTEL_ERROR_TYPE] = error_type
-    made = (
-        call,
-        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_INPUT},
-        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_OUTPUT},
-    )
-    if len(_gen_ai_cache) >= 1024:
-        _gen_ai_cache.clear()
-    _gen_ai_cache[key] = made
-    return made
 
 
 def _fail(span: Span, error_type: str) -> None:

@@ -20,8 +20,10 @@ connection may hold:
 
 This module is the I/O thread's loop, accepting, and the hand-off to the render thread; the
 open connections are a :class:`~._pool.Pool`, and the HTTP spoken on them an
-:class:`~._exchange.Exchange`. Rendering (``generate_latest``, milliseconds of CPU) runs in
-the render thread, one at a time; scrapes that arrive while it runs share its result.
+:class:`~._exchange.Exchange`. Rendering (collecting, encoding and compressing: milliseconds
+of CPU) runs in the render thread, one render at a time, of every variant (format, gzip)
+waited for when it starts; scrapes that arrive while it runs share its result when it makes
+their variant, and the others are rendered next, together.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._connection import NEVER, Connection, Limits, MetricsServerStatistics
 from ._exchange import Exchange
 from ._pool import Pool
-from ._render import Renderer
+from ._render import Rendered, Renderer
+
+if TYPE_CHECKING:
+    from ._exposition import Exposition, Variant
 
 __all__ = ("Transport",)
 
@@ -56,9 +60,7 @@ _NOTSENT_LOWAT: Final[int | None] = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 class Transport:
     """Serves ``/metrics`` on a listening socket until :meth:`stop`."""
 
-    def __init__(
-        self, listener: socket.socket, produce: Callable[[], bytes], limits: Limits
-    ) -> None:
+    def __init__(self, listener: socket.socket, exposition: Exposition, limits: Limits) -> None:
         self._listener = listener
         self._limits = limits
         self._selector = selectors.DefaultSelector()
@@ -68,16 +70,17 @@ class Transport:
         self._selector.register(listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._pool = Pool(self._selector, limits.max_connections)
-        self._exchange = Exchange(self._pool, limits, self._await_render)
-        self._awaiting: list[Connection] = []  # parsed requests waiting for the render
-        self._rendering = False
-        self._rendered: deque[bytes | None] = deque()
+        self._exchange = Exchange(self._pool, limits, exposition.negotiate, self._await_render)
+        # Parsed requests waiting for a render, by the variant they get.
+        self._awaiting: dict[Variant, list[Connection]] = {}
+        self._rendering: frozenset[Variant] = frozenset()  # what the render running makes
+        self._rendered: deque[Rendered | None] = deque()
         self._stopping = False
         self._accepting = True
         self._resume_accept = 0.0
         self._held: socket.socket | None = None  # accepted while no connection could go
         self._accepted = 0
-        self._renderer = Renderer(produce, self._on_rendered)
+        self._renderer = Renderer(exposition.render, self._on_rendered)
         port = listener.getsockname()[1]
         self._thread = threading.Thread(
             target=self._run, name=f"xzatoma-metrics-{port}", daemon=True
@@ -109,9 +112,9 @@ class Transport:
         with contextlib.suppress(OSError):  # full (a wake is pending anyway) or closed
             self._wake_w.send(b"\0")
 
-    def _on_rendered(self, body: bytes | None) -> None:
+    def _on_rendered(self, bodies: Rendered | None) -> None:
         """Called in the render thread: hand the result to the I/O thread."""
-        self._rendered.append(body)
+        self._rendered.append(bodies)
         self._wake()
 
     # -- the I/O thread ----------------------------------------------------------------------
@@ -153,24 +156,36 @@ class Transport:
         if self._held is not None:
             self._admit_held()
 
-    def _await_render(self, conn: Connection) -> None:
-        """``conn`` asked for the metrics: it shares the render in progress, or starts one."""
-        self._awaiting.append(conn)
+    def _await_render(self, conn: Connection, variant: Variant) -> None:
+        """``conn`` asked for ``variant``: it shares the render in progress if that makes
+        it, else waits for the next; with none in progress, it starts one."""
+        waiting = self._awaiting.get(variant)
+        if waiting is None:
+            self._awaiting[variant] = [conn]
+        else:
+            waiting.append(conn)
         if not self._rendering:
-            self._rendering = True
-            self._renderer.request()
+            self._start_render()
+
+    def _start_render(self) -> None:
+        """Render every variant waited for, in one collection."""
+        self._rendering = frozenset(self._awaiting)
+        self._renderer.request(self._rendering)
 
     def _on_wake(self) -> None:
         with contextlib.suppress(OSError):  # one byte per wake: one call drains them
             while len(self._wake_r.recv(4096)) == 4096:
                 pass
         while self._rendered:
-            body = self._rendered.popleft()
-            self._rendering = False
-            awaiting, self._awaiting = self._awaiting, []
-            for conn in awaiting:
-                if not conn.closed:
-                    self._exchange.answer_render(conn, body)
+            bodies = self._rendered.popleft()
+            rendered, self._rendering = self._rendering, frozenset()
+            for variant in rendered:
+                body = None if bodies is None else bodies.get(variant)
+                for conn in self._awaiting.pop(variant, ()):
+                    if not conn.closed:
+                        self._exchange.answer_render(conn, variant, body)
+        if self._awaiting and not self._rendering:  # asked for during the render: next
+            self._start_render()
 
     def _accept(self) -> None:
         for _ in range(_ACCEPTS_PER_WAKE):
