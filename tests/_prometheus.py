@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,12 @@ def by_depth(result: list[dict[str, Any]]) -> dict[str, float]:
 
 
 @contextmanager
-def prometheus_server(folder: Path, scrape_configs: str) -> Iterator[str]:
+def prometheus_server(
+    folder: Path, scrape_configs: str, features: Sequence[str] = ()
+) -> Iterator[str]:
     """A Prometheus scraping every second with ``scrape_configs`` (YAML, the list under the
-    key); yields its URL. Its data and log are kept in ``folder``."""
+    key), with the ``--enable-feature`` flags ``features`` (``exemplar-storage``); yields
+    its URL. Its data and log are kept in ``folder``."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip(f"the prometheus server is not installed: {INSTALL}")
@@ -75,6 +78,7 @@ def prometheus_server(folder: Path, scrape_configs: str) -> Iterator[str]:
             f"--config.file={config}",
             f"--storage.tsdb.path={folder / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            *(f"--enable-feature={feature}" for feature in features),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -341,25 +341,27 @@ def test_a_request_head_over_the_size_limit_is_a_431() -> None:
         assert httpx.get(server.url, timeout=10).status_code == 200
 
 
-class _Gate:
-    """A collector that blocks the render until released, and counts its collections."""
+class Gate:
+    """A collector that blocks the render until released, counts its collections, then
+    yields what ``then`` collects (nothing by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: Callable[[], Iterable[Metric]] = list) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.collections = 0
+        self._then = then
 
     def collect(self) -> Iterable[Metric]:
         self.collections += 1
         self.entered.set()
         self.release.wait(30)
-        return []
+        return self._then()
 
 
 @pytest.mark.timeout(60)
 def test_a_slow_render_blocks_no_other_connection_and_is_shared() -> None:
     registry = CollectorRegistry()
-    gate = _Gate()
+    gate = Gate()
     registry.register(gate)  # no describe(): the registry does not collect to learn names
     with start_metrics_server(port=0, registry=registry) as server:
         scrapers = [_connect(server) for _ in range(5)]
@@ -445,7 +447,7 @@ def test_pipelined_answers_that_arrive_together_are_each_read() -> None:
 @pytest.mark.timeout(60)
 def test_pipelined_requests_then_a_half_close_are_all_answered(queued: int) -> None:
     registry = CollectorRegistry()
-    gate = _Gate()
+    gate = Gate()
     registry.register(gate)
     requests = b"GET /metrics HTTP/1.1\r\n\r\n" + b"GET /nope HTTP/1.1\r\n\r\n" * queued
     with start_metrics_server(port=0, registry=registry) as server, _connect(server) as sock:
@@ -633,7 +635,7 @@ def test_a_full_server_evicts_the_stalled_answer_rather_than_refuse_a_scraper() 
 @pytest.mark.timeout(60)
 def test_a_full_server_holds_a_newcomer_while_every_connection_awaits_the_render() -> None:
     registry = CollectorRegistry()
-    gate = _Gate()
+    gate = Gate()
     registry.register(gate)
     with start_metrics_server(port=0, registry=registry, max_connections=1) as server:
         with _connect(server) as first:

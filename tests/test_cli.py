@@ -767,17 +767,18 @@ def test_batch_on_a_terminal_draws_live_progress(
     assert "batch complete: 2 succeeded" in text
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
-def test_ctrl_c_cancels_the_batch_and_reports_what_finished(
-    server: ScriptedHTTPServer, tmp_path: Path
-) -> None:
+def interrupt_after_the_first_task(
+    server: ScriptedHTTPServer, tmp_path: Path, env: dict[str, str], timeout: float = 60
+) -> tuple[subprocess.Popen[str], str, str]:
+    """``xzatoma batch`` of three tasks one at a time, Ctrl-C once the first (a) is done,
+    while b's model call hangs; the process, its stdout and stderr once it has exited."""
     release = threading.Event()
     # One task at a time: a answers (task and summary); b's model call hangs until released.
     server.add(chat("a1"), chat("a2"), Reply(body=chat("b1").body, hold=release))
     proc = subprocess.Popen(
         [sys.executable, "-m", "xzatoma.cli", "batch", str(tasks_file(tmp_path)),
          *endpoint(server), "--max-concurrent", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
     seen = []
@@ -788,8 +789,18 @@ def test_ctrl_c_cancels_the_batch_and_reports_what_finished(
     else:
         pytest.fail(f"the batch never reported its first task: {seen!r}")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    release.set()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        release.set()
+    return proc, out, err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
+def test_ctrl_c_cancels_the_batch_and_reports_what_finished(
+    server: ScriptedHTTPServer, tmp_path: Path
+) -> None:
+    proc, out, err = interrupt_after_the_first_task(server, tmp_path, child_env())
     assert proc.returncode == 130
     assert "interrupted: 1 of 3 tasks had finished" in out
     assert "  a: complete, 2 turns, 610 tokens" in out

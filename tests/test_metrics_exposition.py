@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _prometheus import INSTALL, free_port, stop
+from _prometheus import INSTALL, prometheus_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -38,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from test_boundary_telemetry import Gate
 from test_prometheus_integration import KNOWN_LINT, run_tree
 
 from xzatoma.telemetry import MetricsServer, configure, start_metrics_server
@@ -255,21 +256,6 @@ def _read_head(sock: socket.socket) -> bytes:
 # -- one render, one compression per variant -------------------------------------------------
 
 
-class _Gate:
-    """A collector that blocks the render until released, and counts its collections."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.collections = 0
-
-    def collect(self) -> Iterable[Metric]:
-        self.collections += 1
-        self.entered.set()
-        self.release.wait(30)
-        yield from _Static().collect()
-
-
 def _eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait for a state the server reaches on its own thread (a bound, not an order)."""
     deadline = time.monotonic() + timeout
@@ -291,7 +277,7 @@ def test_scrapers_waiting_together_cost_one_collection_and_one_compression_per_v
 
     monkeypatch.setattr(gzip, "compress", counting)  # the module the server calls it in
     registry = CollectorRegistry()
-    gate = _Gate()
+    gate = Gate(_Static().collect)
     registry.register(gate)
     kinds = {  # (Accept, Accept-Encoding): how many scrapers ask for it
         ("", "gzip"): 5,
@@ -517,40 +503,6 @@ def test_promtool_reports_exactly_these_remarks_on_a_real_scrape_of_each_format(
 # -- a real Prometheus with exemplar storage -------------------------------------------------
 
 
-@contextlib.contextmanager
-def _prometheus_with_exemplars(folder: Path, target: str) -> Iterator[str]:
-    """A Prometheus scraping ``target`` every second with ``exemplar-storage`` on; its URL.
-
-    (``_prometheus.prometheus_server`` takes no flags, so this starts its own.)
-    """
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip(f"the prometheus server is not installed: {INSTALL}")
-    config = folder / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n"
-        f'  - job_name: xzatoma\n    static_configs:\n      - targets: ["{target}"]\n'
-    )
-    port = free_port()
-    with (folder / "prometheus.log").open("w") as log:
-        server = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--enable-feature=exemplar-storage",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop(server)
-
-
 def _stored_exemplars(base: str, query: str) -> list[dict[str, Any]]:
     now = time.time()
     response = httpx.get(
@@ -580,7 +532,9 @@ def test_a_real_prometheus_stores_the_exemplar_of_a_run_with_its_span(tmp_path: 
             anyio.run(run_tree)
             (run,) = [s for s in spans.get_finished_spans() if s.parent is None]
             assert run.name.startswith("invoke_agent ")
-            with _prometheus_with_exemplars(tmp_path, f"127.0.0.1:{server.port}") as prometheus:
+            target = f"127.0.0.1:{server.port}"
+            scrape = f'- job_name: xzatoma\n  static_configs:\n    - targets: ["{target}"]'
+            with prometheus_server(tmp_path, scrape, ["exemplar-storage"]) as prometheus:
                 stored = _wait_for_exemplars(prometheus, f"{name}_bucket", tmp_path)
                 targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()
     finally:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from collections import Counter
@@ -28,7 +26,7 @@ import pytest
 from _http_server import Reply, ScriptedHTTPServer
 from _otlp_receiver import OtlpReceiver, ReceivedSpan, closed_port, silent_port
 from _trees import TreeModel, spec_json
-from test_cli import chat, endpoint, tasks_file
+from test_cli import endpoint, interrupt_after_the_first_task
 
 from xzatoma import Runtime, SubagentConfig
 from xzatoma._cli_otlp import pushed_signals
@@ -378,27 +376,9 @@ def test_a_traces_endpoint_alone_pushes_only_spans(receiver: OtlpReceiver) -> No
 def test_ctrl_c_still_pushes_what_the_batch_recorded(
     receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
-    release = threading.Event()
     with ScriptedHTTPServer() as server:
-        # One task at a time: a answers (task and summary); b's model call hangs until released.
-        server.add(chat("a1"), chat("a2"), Reply(body=chat("b1").body, hold=release))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xzatoma.cli", "batch", str(tasks_file(tmp_path)),
-             *endpoint(server), "--max-concurrent", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=child_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url),
-        )  # fmt: skip
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("[1/3] done a"):
-                break
-        else:
-            pytest.fail(f"the batch never reported its first task: {seen!r}")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=EXIT_TIMEOUT)
-        release.set()
+        env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url)
+        proc, _, err = interrupt_after_the_first_task(server, tmp_path, env, EXIT_TIMEOUT)
     assert proc.returncode == 130, err
     assert err.strip() == "xzatoma: interrupted; the batch was cancelled"
     agents = {
