@@ -2,13 +2,13 @@
 
 Most of what the SDK's ``record`` costs is cleaning, copying and hashing the attributes to
 find the aggregation they belong to: the same work, with the same answer, on every call.
-xzatoma records six histogram values per subagent execution from a handful of attribute
-sets, so it finds each aggregation once and then hands it the measurement directly (the
-figures are in bench/README.md, "The telemetry fast path"). What ``record`` does besides is
-kept: the finite and non-negative checks (delegated, with the SDK's warning), the meter's
-enabled flag, the exemplar filter on every measurement (the SDK's trace-based one once per
-context, all its answer depends on), and the measurement's attributes whenever an exemplar
-is sampled.
+xzatoma records seven to ten histogram values per subagent execution from a handful of
+attribute sets, so it finds each aggregation once, queues the values for it, and hands them
+over in bulk when a reader collects (the figures are in bench/README.md, "The telemetry fast
+path"). What ``record`` does besides is kept: the finite and non-negative checks (delegated,
+with the SDK's warning), the meter's enabled flag, the exemplar filter on every measurement
+(the SDK's trace-based one once per context, all its answer depends on; no span, no
+exemplar), and the measurement's attributes whenever an exemplar is sampled.
 
 This leans on SDK internals, so it is used only where it was checked to give the same data
 points as ``record`` (tests/test_telemetry_fast.py compares the two through views,
