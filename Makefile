@@ -17,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,mcp,dev]'
 	touch $(STAMP)
 
 $(LOCAL_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,dev,local]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,mcp,dev,local]'
 	touch $(LOCAL_STAMP)
 
 demo: $(STAMP)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from _clock import Backend, backend_options
 from _http_server import MakeProvider, ScriptedHTTPServer
+from _processes import boot_ticks, mcp_servers_started_since
 from _redis_server import RedisServer, redis_server_or_skip
 
 from xzatoma import OpenAIProvider
@@ -51,6 +52,16 @@ async def make_provider(server: ScriptedHTTPServer) -> AsyncIterator[MakeProvide
     yield make
     for provider in made:
         await provider.aclose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mcp_server_survives_the_suite() -> Iterator[None]:
+    """No MCP server the suite started (mcp-server-time, tests/_mcp_test_server.py) is alive
+    once it ends: closing the tools, a cancellation or a Ctrl-C ended every one."""
+    started = boot_ticks() - 1  # ticks are coarse: one early, not one late
+    yield
+    left = mcp_servers_started_since(started)
+    assert not left, f"MCP server processes outlived the test suite: {left}"
 
 
 @pytest.fixture(scope="session")

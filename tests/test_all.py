@@ -52,6 +52,7 @@ EXPECTED = {
     "JournalError",
     "JournalWriteError",
     "LocalModelError",
+    "MCPServerError",
     "ProviderError",
     "QuotaExceeded",
     "QuotaUnavailable",
@@ -84,7 +85,14 @@ def test_public_classes_say_they_come_from_xzatoma() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["xzatoma", "xzatoma.events", "xzatoma.telemetry", "xzatoma.testing", "xzatoma.config"],
+    [
+        "xzatoma",
+        "xzatoma.events",
+        "xzatoma.telemetry",
+        "xzatoma.testing",
+        "xzatoma.config",
+        "xzatoma.mcp",
+    ],
 )
 def test_every_public_class_and_function_reports_a_public_module(module: str) -> None:
     public = importlib.import_module(module)
@@ -101,6 +109,25 @@ def test_error_tree() -> None:
     assert issubclass(xzatoma.ConfigError, ValueError)
     for name in ("ProviderError", "QuotaExceeded", "DepthLimitExceeded"):
         assert issubclass(getattr(xzatoma, name), xzatoma.XzatomaError)
+
+
+def test_the_mcp_module_is_its_own_public_surface() -> None:
+    from xzatoma import mcp
+
+    assert set(mcp.__all__) == {
+        "DEFAULT_STARTUP_TIMEOUT",
+        "DEFAULT_TIMEOUT",
+        "MAX_RESTARTS",
+        "HTTPServer",
+        "MCPTool",
+        "StdioServer",
+        "open_servers",
+    }
+    for name in mcp.__all__:
+        value = getattr(mcp, name)
+        if isinstance(value, type) or inspect.isfunction(value):
+            assert value.__module__ == "xzatoma.mcp", name
+            assert value.__doc__, name
 
 
 def test_the_events_module_offers_every_event_class_a_subscriber_needs() -> None:

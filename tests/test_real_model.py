@@ -16,6 +16,7 @@ import json
 import signal
 import subprocess
 import sys
+import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,49 @@ def test_the_python_api_really_calls_a_custom_tool(llama: LocalServer) -> None:
         assert result.status == "incomplete"
         assert result.error is not None
         assert "ran out of turns" in result.error or "finish_reason 'length'" in result.error
+
+
+def test_the_real_model_is_offered_an_mcp_tool(llama: LocalServer) -> None:
+    from xzatoma.mcp import StdioServer, open_servers
+
+    clock = StdioServer(
+        "time", sys.executable, ["-m", "mcp_server_time", "--local-timezone", "UTC"]
+    )
+
+    async def run() -> tuple[Agent, RunResult]:
+        settings = ModelSettings(temperature=0.0, seed=SEEDS[0], max_tokens=200)
+        async with (
+            open_servers(clock) as tools,
+            OpenAIProvider(
+                llama.base_url, MODEL.name, timeout=900, max_retries=0, settings=settings
+            ) as provider,
+        ):
+            offered = [t for t in tools if t.name == "get_current_time"]
+            agent = Agent(provider, tools=offered, max_turns=3)
+            question = "What time is it now in the timezone Europe/Paris? Use get_current_time."
+            return agent, await agent.run(question)
+
+    agent, result = anyio.run(run)
+    called = [c for m in result.messages for c in m.tool_calls]
+    answers = [m for m in result.messages if m.role == "tool"]
+    print(f"{result.status}, {result.turns} turns; called {[c.arguments for c in called]}")
+    print(f"tool results: {[m.content for m in answers]}; answer: {result.output!r}")
+    # Offered, with mcp-server-time's own schema; calling it is the model's choice.
+    (spec,) = agent.specs
+    assert spec.name == "get_current_time"
+    assert spec.parameters["required"] == ["timezone"]
+    assert result.status in ("complete", "incomplete")
+    assert len(answers) == len(called)
+    for message, made in zip(answers, called, strict=True):
+        assert made.name == "get_current_time"
+        timezone = json.loads(made.arguments).get("timezone")
+        if timezone in zoneinfo.available_timezones():  # a real zone: a real answer
+            assert not (message.content or "").startswith("Error:"), message.content
+            assert json.loads(message.content or "{}")["timezone"] == timezone
+        else:  # the model's invention: the server's refusal, named, as a tool message
+            assert (message.content or "").startswith(
+                "Error: MCP tool 'get_current_time' of server 'time' failed: "
+            ), message.content
 
 
 def test_a_max_tokens_cut_is_reported_as_not_complete(llama: LocalServer) -> None:

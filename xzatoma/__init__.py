@@ -45,6 +45,7 @@ from .errors import DepthLimitExceeded as DepthLimitExceeded
 from .errors import JournalError as JournalError
 from .errors import JournalWriteError as JournalWriteError
 from .errors import LocalModelError as LocalModelError
+from .errors import MCPServerError as MCPServerError
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import QuotaUnavailable as QuotaUnavailable
@@ -106,6 +107,7 @@ __all__ = (
     "JournalError",
     "JournalWriteError",
     "LocalModelError",
+    "MCPServerError",
     "ProviderError",
     "QuotaExceeded",
     "QuotaUnavailable",

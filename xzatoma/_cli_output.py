@@ -54,11 +54,18 @@ def logging_for(verbosity: int) -> Iterator[None]:
     if verbosity > 0:
         logger.setLevel(level)
     logger.addHandler(handler)
+    # The MCP SDK's own records (a server's failures, which xzatoma reports in its own
+    # words) are shown with -v only; without, they must not reach Python's last-resort
+    # handler, which would print them between the command's one-line messages.
+    sdk = logging.getLogger("mcp")
+    sdk_handler = handler if verbosity > 0 else logging.NullHandler()
+    sdk.addHandler(sdk_handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(before)
+        sdk.removeHandler(sdk_handler)
 
 
 def batch_document(batch: BatchResult, *, messages: bool) -> dict[str, object]:

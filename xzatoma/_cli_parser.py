@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from ._mcp_servers import StdioServer
 from ._scripted_model import SCRIPTED
 from .config import DEFAULT_BASE_URLS
 from .providers._loop_transport import TRANSPORTS
@@ -108,6 +110,20 @@ def _seconds(text: str) -> float:
             f"must be a finite number of seconds, at least 0 (got {text!r})"
         )
     return value
+
+
+def _mcp_server(text: str) -> StdioServer:
+    """``NAME=COMMAND [ARG ...]``: a stdio MCP server, the command split as a shell would."""
+    name, equals, command = text.partition("=")
+    if not equals or not command.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=COMMAND, e.g. time=mcp-server-time (got {text[:80]!r})"
+        )
+    try:
+        words = shlex.split(command)
+        return StdioServer(name.strip(), words[0], words[1:])
+    except ValueError as exc:  # shlex's unclosed quote, or a ConfigError (a ValueError)
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: {exc}") from None
 
 
 # (flag, type, metavar, help); dest is the flag's name, an override key of the config.
@@ -235,6 +251,11 @@ def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
         g.add_argument("--subagent-max-turns", type=int, metavar="N",
                        help="model calls per subagent (default 10)")  # fmt: skip
     _options(p, "shared quota (one quota for many processes, kept in Redis)", _SHARED_QUOTA)
+    g = p.add_argument_group("MCP tools (docs/mcp.md)")
+    g.add_argument("--mcp", action="append", type=_mcp_server, default=[], metavar="NAME=COMMAND",
+                   help="start this stdio MCP server (the command split as a shell would) and "
+                   "give its tools to the whole tree; repeatable; replaces a tools.mcp_servers "
+                   "entry of the same name")  # fmt: skip
     if batch:
         g = p.add_argument_group("Ray (run the batch in Ray workers)")
         g.add_argument(

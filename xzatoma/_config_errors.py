@@ -52,7 +52,7 @@ def _known_keys(root: type[pydantic.BaseModel], loc: list[str]) -> list[str]:
         annotation = model.model_fields[part].annotation
         nested = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
         model = nested[0] if nested else pydantic.BaseModel
-        if get_origin(annotation) is dict:  # `pricing.{MODEL}`: the next part is a free name
+        if get_origin(annotation) in (dict, list):  # `pricing.{MODEL}`, `mcp_servers.0`
             next(parts, None)
     return list(model.model_fields)
 

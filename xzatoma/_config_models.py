@@ -20,6 +20,7 @@ import pydantic
 from ._config_distributed import DistributedSettings
 from ._config_env import OPENAI_URL, endpoint_of, key_variable_of
 from ._config_errors import describe
+from ._config_mcp import MCPServerSettings, ToolsSettings
 from ._limits import QuotaLimits
 from ._pricing import Pricing, dollars
 from ._redis_quota import RedisQuota
@@ -46,12 +47,14 @@ __all__ = (
     "PROVIDER_DEFAULTS",
     "AgentSettings",
     "DistributedSettings",
+    "MCPServerSettings",
     "PriceSettings",
     "PrometheusSettings",
     "ProviderSettings",
     "ProviderType",
     "SubagentSettings",
     "TelemetrySettings",
+    "ToolsSettings",
     "XzatomaConfig",
 )
 
@@ -259,6 +262,8 @@ class XzatomaConfig(_Section):
     """Metrics."""
     distributed: DistributedSettings = DistributedSettings()
     """Where batches run (Ray) and where the quota is kept (Redis)."""
+    tools: ToolsSettings = ToolsSettings()
+    """Tools the whole tree shares: MCP servers (``tools.mcp_servers``)."""
     pricing: dict[str, PriceSettings] = {}
     """Prices by model name (the name the provider asks for), in US dollars per million
     tokens: they give a local model a price (0 when free) and override the bundled ones."""
@@ -309,6 +314,7 @@ class XzatomaConfig(_Section):
                 if value is not None and not accepts(value):
                     raise ConfigError(f"{name}.{key} {words}")
         self.distributed.check()
+        self.tools.servers()
 
     def subagent_config(self, provider: Provider | None = None) -> SubagentConfig:
         """The core's :class:`SubagentConfig` (it raises the section 6 messages)."""

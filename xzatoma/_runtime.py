@@ -45,6 +45,9 @@ class Runtime:
             (which goes to OTel's no-op API unless an SDK is configured), ``False``
             subscribes nothing.
         hooks: More subscribers (progress display, your own).
+        tools: Tools every agent and batch of this runtime has, before those given to
+            :meth:`agent` and :meth:`run_batch`: the place for tools shared by the whole
+            tree, such as those of :func:`xzatoma.mcp.open_servers`.
         pricing: Where the tree's prices come from: a :class:`Pricing`, or prices by model
             name (``{"my-model": Price(0.1, 0.4)}``, US dollars per million tokens) looked up
             before genai-prices' bundled data (the default, alone). See ``docs/cost.md``.
@@ -63,9 +66,11 @@ class Runtime:
         quota: QuotaLimits | Quota | None = None,
         telemetry: Instrument | Hook | bool | None = None,
         hooks: Iterable[Instrument | Hook] = (),
+        tools: Sequence[Tool[Any]] = (),
         pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
     ) -> None:
         self.provider = provider
+        self.tools: tuple[Tool[Any], ...] = tuple(tools)
         self.config = subagents if subagents is not None else SubagentConfig()
         tracker = as_tracker(quota)
         self.tracker = tracker if tracker is not None else QuotaTracker()
@@ -95,10 +100,11 @@ class Runtime:
         name: str = "agent",
         timeout: float | None = None,
     ) -> Agent:
-        """A depth-0 agent with ``tools`` plus both subagent tools, on this runtime's quota."""
+        """A depth-0 agent with the runtime's tools, ``tools`` and both subagent tools, on
+        this runtime's quota."""
         return Agent(
             self.provider,
-            tools=[*tools, self.subagent_tool, self.parallel_tool],
+            tools=[*self.tools, *tools, self.subagent_tool, self.parallel_tool],
             system_prompt=system_prompt,
             max_turns=max_turns,
             name=name,
@@ -129,7 +135,7 @@ class Runtime:
 
         ``tasks`` are :class:`SubagentTask` or dicts of its keys (``label``, ``task_prompt``,
         ``summary_prompt``, ``allowed_tools``, ``max_turns``); ``allowed_tools`` name entries
-        of ``tools``. Results come back in input order.
+        of the runtime's tools and ``tools``. Results come back in input order.
 
         With ``journal`` (a path), each task's result is committed to that SQLite file as the
         task ends, and a batch run again with the same journal skips the tasks that already
@@ -157,9 +163,10 @@ class Runtime:
             raise ConfigError("run_batch needs at least one task")
         check_count("max_concurrent", max_concurrent)
         check_timeout(timeout)
-        offered = [*tools, self.subagent_tool, self.parallel_tool]
+        offered = [*self.tools, *tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
-        remote = None if executor is None else (executor, self._worker_setup(tools))
+        own = [*self.tools, *tools]
+        remote = None if executor is None else (executor, self._worker_setup(own))
         if journal is None:
             return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout, remote)
         from ._journal import BatchJournal

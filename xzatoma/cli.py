@@ -28,6 +28,8 @@ from ._cli_parser import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, buil
 from ._cli_parser import flag_names as _flag_names
 from ._hooks import Instrument
 from ._interrupt import Interrupted, handling_signals, until_signal
+from ._mcp_open import open_servers
+from ._mcp_servers import Server
 from ._progress import BatchProgress, Finished
 from ._redis_quota import RedisQuota
 from ._render import print_batch, print_interrupted, print_json, print_run
@@ -258,6 +260,14 @@ async def _close(runtime: Runtime) -> None:
             await runtime.tracker.aclose()  # this process's connections; the tree stays
 
 
+def _mcp_servers(args: argparse.Namespace, config: XzatomaConfig) -> list[Server]:
+    """The file's ``tools.mcp_servers``, each ``--mcp`` replacing the one of its name."""
+    given: dict[str, Server] = {server.name: server for server in config.tools.servers()}
+    for server in args.mcp:
+        given[server.name] = server
+    return list(given.values())
+
+
 def _endpoint_error(results: Sequence[RunResult]) -> str | None:
     """The rule for "unusable endpoint": no run got an answer, at least one failed at its
     very first model call with a provider error, and every other one did too or was
@@ -287,14 +297,18 @@ def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
     finished = Finished()
     runtime = _runtime(config, hooks=[finished])  # it keeps what the root had, on a signal
 
+    servers = _mcp_servers(args, config)
+
     async def go() -> RunResult:
         try:
-            agent = runtime.agent(
-                system_prompt=args.system_prompt,
-                max_turns=config.agent.max_turns,
-                timeout=config.agent.timeout_seconds,
-            )
-            return await agent.run(prompt)
+            async with open_servers(*servers) as tools:  # before the run; ended after it
+                agent = runtime.agent(
+                    tools=tools,
+                    system_prompt=args.system_prompt,
+                    max_turns=config.agent.max_turns,
+                    timeout=config.agent.timeout_seconds,
+                )
+                return await agent.run(prompt)
         finally:
             await _close(runtime)
 
@@ -328,19 +342,28 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
     runtime = _runtime(config, hooks=[progress])
     executor: RayExecutor | None = None
 
+    servers = _mcp_servers(args, config)
+    if servers and config.distributed.ray:
+        raise UsageError(
+            "MCP servers (--mcp, tools.mcp_servers) run in this process, and a batch on Ray "
+            "runs in its workers: run the batch without --ray, or without MCP servers"
+        )
+
     async def go() -> BatchResult:
         try:
-            return await runtime.run_batch(
-                tasks,
-                # On Ray, workers x per_worker is the batch's concurrency.
-                max_concurrent=None if executor else config.agent.subagent.max_concurrent,
-                fail_fast=args.fail_fast,
-                timeout=config.agent.timeout_seconds,
-                journal=args.journal,
-                rerun_failed=args.rerun_failed,
-                extend_journal=args.extend_journal,
-                executor=executor,
-            )
+            async with open_servers(*servers) as tools:  # before the batch; ended after it
+                return await runtime.run_batch(
+                    tasks,
+                    # On Ray, workers x per_worker is the batch's concurrency.
+                    max_concurrent=None if executor else config.agent.subagent.max_concurrent,
+                    fail_fast=args.fail_fast,
+                    tools=tools,
+                    timeout=config.agent.timeout_seconds,
+                    journal=args.journal,
+                    rerun_failed=args.rerun_failed,
+                    extend_journal=args.extend_journal,
+                    executor=executor,
+                )
         finally:
             await _close(runtime)
 

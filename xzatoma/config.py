@@ -18,12 +18,14 @@ from ._config_models import DEFAULT_BASE_URLS as DEFAULT_BASE_URLS
 from ._config_models import PROVIDER_DEFAULTS as PROVIDER_DEFAULTS
 from ._config_models import AgentSettings as AgentSettings
 from ._config_models import DistributedSettings as DistributedSettings
+from ._config_models import MCPServerSettings as MCPServerSettings
 from ._config_models import PriceSettings as PriceSettings
 from ._config_models import PrometheusSettings as PrometheusSettings
 from ._config_models import ProviderSettings as ProviderSettings
 from ._config_models import ProviderType as ProviderType
 from ._config_models import SubagentSettings as SubagentSettings
 from ._config_models import TelemetrySettings as TelemetrySettings
+from ._config_models import ToolsSettings as ToolsSettings
 from ._config_models import XzatomaConfig as XzatomaConfig
 from ._files import MAX_CONFIG_BYTES, load_yaml, read_text
 from ._tasks_file import load_tasks as load_tasks
@@ -38,12 +40,14 @@ __all__ = (
     "PROVIDER_DEFAULTS",
     "AgentSettings",
     "DistributedSettings",
+    "MCPServerSettings",
     "PriceSettings",
     "PrometheusSettings",
     "ProviderSettings",
     "ProviderType",
     "SubagentSettings",
     "TelemetrySettings",
+    "ToolsSettings",
     "XzatomaConfig",
     "apply_overrides",
     "load_config",
@@ -54,11 +58,13 @@ __all__ = (
 for _model in (
     AgentSettings,
     DistributedSettings,
+    MCPServerSettings,
     PriceSettings,
     PrometheusSettings,
     ProviderSettings,
     SubagentSettings,
     TelemetrySettings,
+    ToolsSettings,
     XzatomaConfig,
     load_tasks,
 ):

@@ -4,8 +4,11 @@
 
     XzatomaError                 root of everything xzatoma raises
     ├── ConfigError              the caller's mistake (also a ValueError): bad config or arguments
-    │   └── JournalError         a batch journal that cannot be used (corrupt, locked, newer,
-    │                            other tasks)
+    │   ├── JournalError         a batch journal that cannot be used (corrupt, locked, newer,
+    │   │                        other tasks)
+    │   └── MCPServerError       an MCP server that could not be started or reached (before
+    │                            the run: a missing command, an early exit, a refused
+    │                            connection, a handshake that timed out)
     ├── JournalWriteError        a batch journal that could no longer be written mid-batch
     ├── ProviderError            the model endpoint failed or answered something unusable
     ├── QuotaExceeded            a shared quota limit was reached
@@ -29,6 +32,7 @@ __all__ = (
     "JournalError",
     "JournalWriteError",
     "LocalModelError",
+    "MCPServerError",
     "ProviderError",
     "QuotaExceeded",
     "QuotaUnavailable",
@@ -113,6 +117,25 @@ class DepthLimitExceeded(XzatomaError):
         super().__init__(
             f"Maximum subagent recursion depth ({max_depth}) exceeded. Current depth: {depth}."
         )
+
+
+class MCPServerError(ConfigError):
+    """An MCP server (``xzatoma.mcp.open_servers``, ``tools.mcp_servers``, ``--mcp``) that
+    could not be started or reached, raised before the run: the message names the server and
+    why (the command not found, its exit code and the last lines of its stderr, a connection
+    refused, no MCP handshake within its ``startup_timeout``).
+
+    Attributes:
+        server: The server's name.
+        where: How it is reached (its command, or its URL without secrets).
+        reason: Why, without the server's name.
+    """
+
+    def __init__(self, server: str, where: str, reason: str) -> None:
+        super().__init__(f"MCP server '{server}' ({where}) could not be started: {reason}")
+        self.server = server
+        self.where = where
+        self.reason = reason
 
 
 class LocalModelError(XzatomaError):

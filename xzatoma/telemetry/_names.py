@@ -112,6 +112,9 @@ OP_EXECUTE_TOOL: Final = "execute_tool"
 # -- xzatoma span attributes -----------------------------------------------------------------
 XZ_DEPTH: Final = "xzatoma.depth"
 XZ_LABEL: Final = "xzatoma.label"
+XZ_MCP_SERVER: Final = "xzatoma.mcp.server"
+"""On an ``execute_tool`` span of an MCP tool: the server's name (the semantic conventions'
+``mcp.*`` attributes have none for it)."""
 XZ_STATUS: Final = "xzatoma.status"
 XZ_TURNS: Final = "xzatoma.turns"
 XZ_TOTAL_TOKENS: Final = "xzatoma.usage.total_tokens"

@@ -232,17 +232,17 @@ class TelemetrySubscriber(Instrument):
         if not self._spans_on or run.id not in self._spans:
             return
         try:
-            self._start(
-                ctx.id,
-                n.execute_tool_span(ctx.call.name),
-                SpanKind.INTERNAL,
-                {
-                    n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
-                    n.GEN_AI_TOOL_NAME: ctx.call.name,
-                    n.GEN_AI_TOOL_CALL_ID: ctx.call.id,
-                    n.XZ_DEPTH: run.depth,
-                },
-            )
+            attributes: dict[str, str | int] = {
+                n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
+                n.GEN_AI_TOOL_NAME: ctx.call.name,
+                n.GEN_AI_TOOL_CALL_ID: ctx.call.id,
+                n.XZ_DEPTH: run.depth,
+            }
+            # Only with spans on: an MCP tool names its server (xzatoma.mcp.MCPTool).
+            server = getattr(ctx.agent.callable_tool(ctx.call.name), "mcp_server", None)
+            if server is not None:
+                attributes[n.XZ_MCP_SERVER] = server
+            self._start(ctx.id, n.execute_tool_span(ctx.call.name), SpanKind.INTERNAL, attributes)
         except Exception:
             self._switch_off(False, "tool_call_started")
 
