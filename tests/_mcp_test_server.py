@@ -81,6 +81,17 @@ def _serve(stdio: bool, fifo: str | None) -> None:
         """A name with a dot, which is no OpenAI function name."""
         return f"read {path}"
 
+    @server.tool()
+    def big(size: int) -> str:
+        """A result of ``size`` characters (``x``), for the limits on what is read."""
+        return "x" * size
+
+    @server.tool()
+    def flood_stderr(size: int) -> str:
+        """Writes ``size`` bytes to stderr with no newline, then answers."""
+        os.write(2, b"e" * size)
+        return "flooded"
+
     if stdio:
         server.run("stdio")
         return

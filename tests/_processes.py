@@ -8,7 +8,7 @@ from pathlib import Path
 
 __all__ = ("MCP_MARKERS", "boot_ticks", "children", "mcp_servers_started_since")
 
-MCP_MARKERS = ("mcp-server-time", "mcp_server_time", "_mcp_test_server.py")
+MCP_MARKERS = ("mcp-server-time", "mcp_server_time", "_mcp_test_server.py", "_mcp_raw_server.py")
 """What the command line of an MCP server the suite starts contains."""
 
 

@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 import httpx2
 import mcp_types
+import pydantic
 from mcp import ClientSession
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
@@ -46,17 +47,38 @@ _MAX_PAGES = 100
 class _Session:
     """One start of the server: its session once ready, and how to end it."""
 
-    __slots__ = ("broken", "closed", "closing", "error", "process", "ready", "session", "tools")
+    __slots__ = (
+        "broken",
+        "closed",
+        "closing",
+        "error",
+        "http_status",
+        "process",
+        "ready",
+        "session",
+        "starting",
+        "tools",
+    )
 
     def __init__(self) -> None:
         self.ready = anyio.Event()
         self.closing = anyio.Event()
         self.closed = anyio.Event()
+        self.starting = anyio.CancelScope()
+        """Around the handshake: cancelled by :meth:`end`, so no start outlives its block."""
         self.session: ClientSession | None = None
         self.process: StdioProcess | None = None
         self.tools: list[mcp_types.Tool] = []
         self.error: MCPServerError | None = None
+        self.http_status: str | None = None
+        """The last HTTP error status of an HTTP server, say ``401 Unauthorized``: the SDK
+        turns it into a JSON-RPC error that no longer says it."""
         self.broken = False
+
+    def end(self) -> None:
+        """Ask the session's task to end, whether the server is ready or still starting."""
+        self.closing.set()
+        self.starting.cancel()
 
 
 class Connection:
@@ -76,8 +98,12 @@ class Connection:
         self._task_group = task_group
         self._env = env
         self._current: _Session | None = None
+        self._started: list[_Session] = []
+        """Every start, the ready and the still starting: :meth:`close` ends them all."""
         self._lock = anyio.Lock()
         self.restarts = 0
+        self.closed = False
+        """Set once the ``open_servers`` block has ended: calls are refused from then on."""
 
     @property
     def pid(self) -> int | None:
@@ -91,12 +117,17 @@ class Connection:
         return (await self._open()).tools
 
     def close(self) -> None:
-        """Ask the session's task to end (the task group waits for it, and the process)."""
-        if self._current is not None:
-            self._current.closing.set()
+        """Ask every session's task to end, a restart still under way included (the task
+        group waits for them, and their processes); later calls are refused."""
+        self.closed = True
+        for started in self._started:
+            started.end()
+        self._started.clear()
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
         """Call ``tool`` with ``arguments`` within the server's per-call timeout."""
+        if self.closed:
+            raise CallFailed("is closed: its open_servers block has ended")
         current = await self._live()
         assert current.session is not None
         try:
@@ -114,12 +145,23 @@ class Connection:
             raise CallFailed(f"refused the call: {_first_line(exc.message)}") from None
         except (httpx2.TransportError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise CallFailed(await self._stopped(current)) from None
+        except pydantic.ValidationError as exc:
+            raise CallFailed(f"sent an invalid result: {_invalid(exc)}") from None
+        except Exception as exc:  # the SDK's own surprises: one failed call, not a crashed run
+            logger.debug("MCP call to %r failed", self.server.name, exc_info=True)
+            raise CallFailed(f"could not be called: {_describe(exc)}") from None
 
     # -- the session's task ----------------------------------------------------------------
     async def _open(self) -> _Session:
         current = _Session()
+        self._started = [s for s in self._started if not s.closed.is_set()]
+        self._started.append(current)
         self._task_group.start_soon(self._hold, current)
-        await current.ready.wait()
+        try:
+            await current.ready.wait()
+        except BaseException:  # cancelled while it starts: no one will take it over
+            current.end()
+            raise
         if current.error is not None:
             raise current.error
         self._current = current
@@ -132,16 +174,26 @@ class Connection:
             async with contextlib.AsyncExitStack() as stack:
                 streams = await self._transport(stack, current)
                 session = await stack.enter_async_context(ClientSession(*streams))
-                with anyio.fail_after(self.server.startup_timeout):
-                    await session.initialize()
-                    current.tools = await _list_tools(session)
+                step = "initialize"
+                try:
+                    with current.starting, anyio.fail_after(self.server.startup_timeout):
+                        await session.initialize()
+                        step = "tools/list"
+                        current.tools = await _list_tools(session)
+                except Exception as exc:
+                    # Said now, while the server still runs: once its stdin is closed it
+                    # exits (code 0), and that would hide why the handshake failed.
+                    current.error = await self._start_failure(current, exc, step)
+                    return
+                if current.starting.cancelled_caught:
+                    return  # ended while it started (its block left, its caller cancelled)
                 current.session = session
                 current.ready.set()
                 await current.closing.wait()
         except Exception as exc:
             if current.ready.is_set():
                 logger.debug("MCP server %r ended: %r", self.server.name, exc)
-            else:
+            elif current.error is None:
                 current.error = await self._start_failure(current, exc)
         finally:
             current.broken = True
@@ -158,8 +210,15 @@ class Connection:
             current.process = process
             return streams
         assert isinstance(server, HTTPServer)
+
+        async def status(response: httpx2.Response) -> None:
+            if response.status_code >= 400:
+                current.http_status = f"{response.status_code} {response.reason_phrase}".strip()
+
         client = httpx2.AsyncClient(
-            headers=server.all_headers(self._env), timeout=httpx2.Timeout(30, read=300)
+            headers=server.all_headers(self._env),
+            timeout=httpx2.Timeout(30, read=300),
+            event_hooks={"response": [status]},
         )
         await stack.enter_async_context(client)
         read, write = await stack.enter_async_context(
@@ -196,9 +255,16 @@ class Connection:
         how = "closed the connection"
         if current.process is not None:
             how = _exit_words(await current.process.wait_ended(_EXIT_WAIT))
+        if self.restarts >= MAX_RESTARTS:
+            return (
+                f"stopped during the call ({how}); it is down: it was restarted "
+                f"{MAX_RESTARTS} times already, and is not restarted again"
+            )
         return f"stopped during the call ({how}); it is started again on the next call"
 
-    async def _start_failure(self, current: _Session, exc: Exception) -> MCPServerError:
+    async def _start_failure(
+        self, current: _Session, exc: Exception, step: str = "initialize"
+    ) -> MCPServerError:
         server = self.server
         cause = _leaf(exc)
         if isinstance(cause, MCPServerError):
@@ -216,12 +282,24 @@ class Connection:
                 f"it did not finish the MCP handshake within {server.startup_timeout:g} s "
                 "(startup_timeout)"
             )
+        elif isinstance(cause, pydantic.ValidationError):
+            reason = f"its {step} answer is invalid: {_invalid(cause)}"
+        elif (
+            isinstance(cause, MCPError)
+            and cause.code != mcp_types.CONNECTION_CLOSED
+            and isinstance(server, StdioServer)
+        ):
+            reason = f"the MCP handshake failed: {_first_line(cause.message)}"
         elif process is not None and (code := await process.wait_ended(_EXIT_WAIT)) is not None:
             reason = f"it {_exit_words(code)} before finishing the MCP handshake"
         elif isinstance(cause, httpx2.ConnectError):
             reason = f"connection refused at {server.where} (is the server running?)"
         elif isinstance(cause, httpx2.HTTPStatusError):
             reason = f"{server.where} answered HTTP {cause.response.status_code}"
+        elif isinstance(cause, MCPError) and current.http_status is not None:
+            reason = f"{server.where} answered HTTP {current.http_status}"
+            if current.http_status[:3] in ("401", "403"):
+                reason += ": check its headers / headers_from"
         elif isinstance(cause, MCPError) and isinstance(server, HTTPServer):
             reason = (
                 f"the MCP handshake failed: {_first_line(cause.message)} (is the URL an MCP "
@@ -262,6 +340,22 @@ def _exit_words(code: int | None) -> str:
     if code < 0:
         return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _invalid(exc: pydantic.ValidationError) -> str:
+    """Where and what the first mistake of an invalid message is (pydantic's own text runs
+    over many lines, with a URL)."""
+    errors = exc.errors()
+    if not errors:
+        return _first_line(str(exc))
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {_first_line(first['msg'])}{more}" if where else first["msg"] + more
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(str(exc)) or 'no detail'}"
 
 
 def _first_line(text: str) -> str:

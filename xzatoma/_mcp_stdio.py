@@ -7,6 +7,11 @@ then stops the server itself) and the SDK's :class:`~mcp.ClientSession` speaks o
 The end follows the spec's sequence, as ``stdio_client``'s does: close stdin, wait, then
 SIGTERM and SIGKILL the whole process group, shielded from cancellation and bounded in time,
 so neither a cancelled caller nor a stuck server can leave a process behind.
+
+What is read from a server is bounded: one line of stdout (one JSON-RPC message) holds at
+most :data:`MAX_LINE_BYTES`; a longer one breaks the session (the calls waiting on it are
+told why, and the server is started again on a later call). Of stderr, only the last lines
+are kept, none of them longer than :data:`STDERR_LINE_BYTES`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import anyio
 import anyio.abc
 import mcp_types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from anyio.streams.text import TextReceiveStream
 from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
@@ -29,8 +33,15 @@ __all__ = ("StdioProcess", "open_stdio")
 
 logger = logging.getLogger("xzatoma.mcp")
 
+MAX_LINE_BYTES = 16 * 1024 * 1024
+"""The longest line a stdio server may send on stdout (16 MiB): one JSON-RPC message, a
+tool's whole result included. Past it the session is broken: a server that streams without
+a newline cannot make this process buffer (or parse) without end."""
 STDERR_LINES = 20
 """Lines of a server's stderr kept for the message of a failed start."""
+STDERR_LINE_BYTES = 64 * 1024
+"""The most of one stderr line held while it is read (its last bytes; a line is shown cut
+to 500 characters): a server that writes megabytes to stderr without a newline costs this."""
 _EXIT_GRACE = 2.0
 """Seconds a server has to exit by itself once its stdin is closed (the SDK's figure)."""
 _KILL_GRACE = 2.0
@@ -47,6 +58,8 @@ class StdioProcess:
     def __init__(self, process: anyio.abc.Process) -> None:
         self.process = process
         self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self.broken: str | None = None
+        """Why the session over its pipes was broken by this side (a line too long), if it was."""
 
     @property
     def pid(self) -> int:
@@ -89,9 +102,10 @@ async def open_stdio(
     server = StdioProcess(process)
     to_session, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_server, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    pending: set[str | int] = set()  # ids of the requests sent and not answered yet
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_read_stdout, process, to_session)
-        tg.start_soon(_write_stdin, process, from_session, to_session)
+        tg.start_soon(_read_stdout, server, to_session, from_session, pending)
+        tg.start_soon(_write_stdin, process, from_session, to_session, pending)
         tg.start_soon(_read_stderr, process, server.stderr)
         try:
             yield server, (from_server, to_server)
@@ -103,19 +117,103 @@ async def open_stdio(
             tg.cancel_scope.cancel()
 
 
+class LineTooLong(Exception):
+    """A line grew past the limit of :class:`Lines` before its newline came."""
+
+
+class Lines:
+    """Splits a byte stream into lines, in time linear in its length (each chunk is searched
+    once for newlines; the pieces of a line are joined once, when it ends).
+
+    A line longer than ``limit`` bytes raises :class:`LineTooLong`, or, with ``keep_tail``,
+    keeps only its last ``limit`` bytes: never more than ``limit`` bytes are held.
+    """
+
+    def __init__(self, limit: int, *, keep_tail: bool = False) -> None:
+        self.limit = limit
+        self.keep_tail = keep_tail
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` ends (without their newline), in order."""
+        lines: list[bytes] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            self._add(chunk[start:end])
+            lines.append(b"".join(self._parts))
+            self._parts.clear()
+            self._size = 0
+            start = end + 1
+        self._add(chunk[start:])
+        return lines
+
+    def rest(self) -> bytes:
+        """What came after the last newline."""
+        return b"".join(self._parts)
+
+    def _add(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._parts.append(piece)
+        self._size += len(piece)
+        if self._size <= self.limit:
+            return
+        if not self.keep_tail:
+            raise LineTooLong
+        tail = b"".join(self._parts)[-self.limit :]
+        self._parts[:] = [tail]
+        self._size = len(tail)
+
+
+def _too_long_words() -> str:
+    return (
+        f"sent a line longer than {MAX_LINE_BYTES // 2**20} MiB on stdout (one message, "
+        "the most read from a stdio server); the session is broken"
+    )
+
+
 async def _read_stdout(
-    process: anyio.abc.Process, to_session: MemoryObjectSendStream[SessionMessage | Exception]
+    server: StdioProcess,
+    to_session: MemoryObjectSendStream[SessionMessage | Exception],
+    from_session: MemoryObjectReceiveStream[SessionMessage],
+    pending: set[str | int],
 ) -> None:
-    """One JSON-RPC message per line of stdout, to the session, until stdout ends."""
+    """One JSON-RPC message per line of stdout, to the session, until stdout ends.
+
+    A line past :data:`MAX_LINE_BYTES` ends the stream (reading stops, the server's stdin
+    is no longer written): the requests still waiting are answered with an error saying
+    why, so their callers read it rather than wait for their timeout.
+    """
+    process = server.process
     assert process.stdout is not None
     async with to_session:
-        buffer = ""
+        lines = Lines(MAX_LINE_BYTES)
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            async for chunk in TextReceiveStream(process.stdout, errors="replace"):
-                *lines, buffer = (buffer + chunk).split("\n")
-                for line in lines:
-                    if line.strip():
-                        await to_session.send(_message(line))
+            try:
+                async for chunk in process.stdout:
+                    for line in lines.feed(chunk):
+                        if line.strip():
+                            message = _message(line.decode("utf-8", "replace"))
+                            if isinstance(message, SessionMessage):
+                                _answered(message, pending)
+                            await to_session.send(message)
+            except LineTooLong:
+                server.broken = _too_long_words()
+                logger.warning("MCP server (pid %d) %s", process.pid, server.broken)
+                error = mcp_types.ErrorData(code=mcp_types.INTERNAL_ERROR, message=server.broken)
+                while pending:
+                    answer = mcp_types.JSONRPCError(jsonrpc="2.0", id=pending.pop(), error=error)
+                    await to_session.send(SessionMessage(answer))
+                # Then what the session sends fails at once (the writer ends, and so does the
+                # stream to the session), rather than waiting for an answer that cannot come.
+                from_session.close()
+
+
+def _answered(message: SessionMessage, pending: set[str | int]) -> None:
+    """Forget a request once its answer came."""
+    if isinstance(message.message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+        pending.discard(message.message.id)
 
 
 def _message(line: str) -> SessionMessage | Exception:
@@ -130,6 +228,7 @@ async def _write_stdin(
     process: anyio.abc.Process,
     from_session: MemoryObjectReceiveStream[SessionMessage],
     to_session: MemoryObjectSendStream[SessionMessage | Exception],
+    pending: set[str | int],
 ) -> None:
     """The session's messages to stdin; a server that stopped reading ends the connection
     (the session's waiting calls are then told it closed, rather than waiting forever)."""
@@ -137,25 +236,29 @@ async def _write_stdin(
     try:
         async with from_session:
             async for message in from_session:
+                if isinstance(message.message, mcp_types.JSONRPCRequest):
+                    pending.add(message.message.id)
                 text = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                 await process.stdin.send((text + "\n").encode())
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
         await to_session.aclose()
 
 
-async def _read_stderr(process: anyio.abc.Process, lines: collections.deque[str]) -> None:
-    """Keep the last lines of stderr (and log them at debug level)."""
+async def _read_stderr(process: anyio.abc.Process, kept: collections.deque[str]) -> None:
+    """Keep the last lines of stderr (and log them at debug level), holding at most
+    :data:`STDERR_LINE_BYTES` of a line not ended yet."""
     assert process.stderr is not None
-    buffer = ""
+    lines = Lines(STDERR_LINE_BYTES, keep_tail=True)
     with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-        async for chunk in TextReceiveStream(process.stderr, errors="replace"):
-            *complete, buffer = (buffer + chunk).split("\n")
-            for line in complete:
+        async for chunk in process.stderr:
+            for raw in lines.feed(chunk):
+                line = raw.decode("utf-8", "replace")
                 if line.strip():
-                    lines.append(line[:500])
-                    logger.debug("MCP server (pid %d): %s", process.pid, line)
-    if buffer.strip():
-        lines.append(buffer[:500])
+                    kept.append(line[:500])
+                    logger.debug("MCP server (pid %d): %s", process.pid, line[:500])
+    rest = lines.rest().decode("utf-8", "replace")
+    if rest.strip():
+        kept.append(rest[:500])
 
 
 async def _stop(process: anyio.abc.Process) -> None:

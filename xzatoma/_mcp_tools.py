@@ -1,15 +1,20 @@
 """An MCP server's tools as xzatoma tools: :class:`MCPTool`, and the rule that names them.
 
-The model sees each tool with the server's own description and ``inputSchema``. The name
-rule (:func:`tool_names`): a tool keeps its own name unless another server opened with it
-offers the same one (or it is ``subagent`` / ``parallel_subagent``); then it is
-``{server}_{tool}``. A name that is not an OpenAI function name (``^[a-zA-Z0-9_-]{1,64}$``)
-has every other character replaced by ``_`` and is cut to 64 characters; the server is
-always called with the tool's own name.
+The model sees each tool with the server's own description and ``inputSchema``, and at most
+:data:`MAX_RESULT_BYTES` of its result. The name rule (:func:`tool_names`): a name that is
+not an OpenAI function name (``^[a-zA-Z0-9_-]{1,64}$``) has every other character replaced
+by ``_`` and is cut to 64 characters; a tool keeps that name unless a tool of another server
+opened with it ends up with the same one (or it is ``subagent`` / ``parallel_subagent``);
+then both are ``{server}_{tool}``, made valid the same way. Tools that still share a name
+(``a.b`` and ``a_b`` of one server, two long names cut to the same 64 characters) are told
+apart by ``_`` and 6 hex digits of a hash of server and tool, within the 64: each one that
+was renamed gets it, so a tool whose name was valid as it was keeps it. The server is always
+called with the tool's own name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from ._limits import truncate_utf8
 from ._tools import Tool, ToolContext, ToolResult
 from .errors import MCPServerError
 
@@ -26,7 +32,13 @@ if TYPE_CHECKING:  # the SDK is imported by the connection, which needs the mcp 
 
     from ._mcp_connection import Connection
 
-__all__ = ("CallFailed", "MCPTool", "tool_names")
+__all__ = ("MAX_RESULT_BYTES", "CallFailed", "MCPTool", "tool_names")
+
+MAX_RESULT_BYTES = 100_000
+"""The most of one MCP tool result (or its error) the model reads, in bytes of UTF-8, the
+usual truncation marker (``[... output truncated to N bytes]``) included: a server's result
+goes into the context of every turn after it, and a tool that returns a file or a query's
+rows can return megabytes."""
 
 RESERVED = frozenset({"subagent", "parallel_subagent"})
 """Names an MCP tool never takes as they are: the subagent tools have them."""
@@ -96,8 +108,9 @@ class MCPTool(Tool[Any]):
             return ToolResult.error(f"{self._what()}: the server {exc}")
         text = result_text(result)
         if result.is_error:
-            return ToolResult.error(f"{self._what()} failed: {text or 'no detail given'}")
-        return ToolResult(text)
+            message = f"Error: {self._what()} failed: {text or 'no detail given'}"
+            return ToolResult(truncate_utf8(message, MAX_RESULT_BYTES)[0], True)
+        return ToolResult(truncate_utf8(text, MAX_RESULT_BYTES)[0])
 
 
 def result_text(result: mcp_types.CallToolResult) -> str:
@@ -132,19 +145,31 @@ def tool_names(
     reached, for the error.
 
     Raises:
-        MCPServerError: A server lists one name twice, or two tools end up with one name
-            (after invalid characters were replaced).
+        MCPServerError: A server lists one name twice (or, against all odds, two names
+            still clash after the hash suffix).
     """
-    offered: Counter[str] = Counter()
+    servers_of: dict[str, set[str]] = {}
     for server, names in listed:
         if len(set(names)) != len(names):
             twice = next(n for n, c in Counter(names).items() if c > 1)
             reached = (where or {}).get(server, "tools/list")
             raise MCPServerError(server, reached, f"it lists the tool '{twice}' twice")
-        offered.update(names)
+        for name in names:
+            servers_of.setdefault(_valid(name), set()).add(server)
+
+    def first(server: str, name: str) -> str:
+        valid = _valid(name)
+        clash = len(servers_of[valid]) > 1 or valid in RESERVED or name in RESERVED
+        return _valid(f"{server}_{name}") if clash else valid
+
+    chosen = [[first(server, n) for n in names] for server, names in listed]
+    count = Counter(name for names in chosen for name in names)
     chosen = [
-        [_valid(f"{server}_{n}" if offered[n] > 1 or n in RESERVED else n) for n in names]
-        for server, names in listed
+        [
+            _hashed(server, original, name) if count[name] > 1 and name != original else name
+            for original, name in zip(names, final, strict=True)
+        ]
+        for (server, names), final in zip(listed, chosen, strict=True)
     ]
     seen: dict[str, str] = {}
     for (server, names), final in zip(listed, chosen, strict=True):
@@ -153,8 +178,8 @@ def tool_names(
                 raise MCPServerError(
                     server,
                     (where or {}).get(server, "tools/list"),
-                    f"its tool '{original}' would be named '{name}', like {seen[name]}; give "
-                    "one of the servers another name",
+                    f"its tool '{original}' would be named '{name}', like {seen[name]}, "
+                    "even with a hash suffix; rename one of the tools on its server",
                 )
             seen[name] = f"the tool '{original}' of server '{server}'"
     return chosen
@@ -163,3 +188,10 @@ def tool_names(
 def _valid(name: str) -> str:
     """``name`` as an OpenAI function name: other characters become ``_``, cut to 64."""
     return _INVALID.sub("_", name)[:_MAX_NAME] or "_"
+
+
+def _hashed(server: str, original: str, name: str) -> str:
+    """``name`` told apart from its namesakes: ``_`` and 6 hex digits of a hash of server
+    and tool (stable from run to run), within the 64 characters."""
+    digest = hashlib.sha1(f"{server}/{original}".encode(errors="replace")).hexdigest()[:6]
+    return f"{name[: _MAX_NAME - 7]}_{digest}"

@@ -151,8 +151,8 @@ class Runtime:
 
         Raises:
             ConfigError: Invalid tasks or an invalid ``max_concurrent``; with an executor,
-                an in-memory quota with limits, or a provider or tool that cannot be sent
-                to the workers (before anything runs).
+                an in-memory quota with limits, MCP tools, or a provider or tool that
+                cannot be sent to the workers (before anything runs).
             JournalError: The journal cannot be used (not a journal, corrupt, in use by
                 another process, newer, made from other tasks), before anything runs.
             JournalWriteError: The journal could not be written during the batch, which
@@ -166,6 +166,13 @@ class Runtime:
         offered = [*self.tools, *tools, self.subagent_tool, self.parallel_tool]
         tools_by_name(offered)  # two tools of one name: a ConfigError before anything runs
         own = [*self.tools, *tools]
+        if executor is not None and any(getattr(t, "mcp_server", None) for t in own):
+            # By attribute, not isinstance: the runtime does not import the MCP SDK.
+            raise ConfigError(
+                "MCP servers (MCPTool, from xzatoma.mcp.open_servers) run in this process, and "
+                "a batch on Ray runs in its workers: run the batch without an executor, or "
+                "without MCP tools"
+            )
         remote = None if executor is None else (executor, self._worker_setup(own))
         if journal is None:
             return await self._batch(parsed, offered, max_concurrent, fail_fast, timeout, remote)
