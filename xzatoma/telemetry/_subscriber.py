@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .._hooks import Instrument
-from .._result import AnswerStatus
+from .._result import ANSWERED, AnswerStatus
 from .._run import Batch, ModelCall, Run
 from .._tools import ToolContext, ToolResult
 from . import _names as n
@@ -281,11 +281,10 @@ def _run_metrics(run: Run) -> None:
     if run.parent is None and run.cost:
         # The root is no subagent execution: its own dollars are counted here, at depth 0.
         inst.cost.add(float(run.cost), by_depth)
-    failed = run.status == "failed" or run.status == "cancelled" or run.status is None
     attributes = (
-        pair_attributes(depth, n.OTEL_ERROR_TYPE, run.error_type or n.CANCELLED)
-        if failed
-        else by_depth
+        by_depth
+        if run.status in ANSWERED  # the one rule of a success (an answer, complete or not)
+        else pair_attributes(depth, n.OTEL_ERROR_TYPE, run.error_type or n.CANCELLED)
     )
     inst.invoke_agent_duration.record(run.duration, attributes)
     if run.turns:
