@@ -17,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,mcp,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,mcp,service,dev]'
 	touch $(STAMP)
 
 $(LOCAL_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,mcp,dev,local]'
+	$(BIN)/python -m pip install --quiet -e '.[prometheus,otlp,cli,redis,ray,mcp,service,dev,local]'
 	touch $(LOCAL_STAMP)
 
 demo: $(STAMP)

@@ -86,6 +86,7 @@ class _FileExporter:
                             "span_id": f"{ctx.span_id:016x}",
                             "parent_id": None if parent is None else f"{parent.span_id:016x}",
                             "pid": os.getpid(),
+                            "session": (span.attributes or {}).get("xzatoma.session.id"),  # type: ignore[attr-defined]
                         }
                     )
                     + "\n"

@@ -35,6 +35,8 @@ EXPECTED = {
     "RayExecutor",
     "RedisQuota",
     "Runtime",
+    "RuntimeStatistics",
+    "SubagentStatistics",
     "Price",
     "Pricing",
     "SubagentConfig",

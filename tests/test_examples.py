@@ -86,6 +86,12 @@ EXPECTED = {
         r'^subagent_executions_total\{depth="1".*\} 4\.0$',
         r'^subagent_errors_total\{depth="1",error_type="quota_exceeded".*\} 1\.0$',
     ],
+    "service.py": [
+        r"^session alice: complete, 1 subagent executions at depth 1$",
+        r"^session bob: complete, 2 subagent executions at depth 1$",
+        r"^session [0-9a-f-]{36}: complete, 3 subagent executions at depth 1$",
+        r'^subagent_executions_total\{depth="1".*\} 6\.0$',
+    ],
 }
 
 

@@ -199,6 +199,7 @@ async def test_spans_of_remote_children_nest_under_the_drivers_span(tmp_path: Pa
     tops = [s for s in agents if s["parent_id"] == f"{driver.span_id:016x}"]
     assert len(tops) == 3  # the three tasks' runs, in the workers, under the driver's span
     assert {s["trace_id"] for s in lines} == {f"{driver.trace_id:032x}"}
+    assert {s["session"] for s in lines} == {runtime.session_id}  # the driver's session
     assert {s["pid"] for s in lines} <= {i.pid for i in executor.workers_info} | {
         s["pid"] for s in lines if s["pid"] != os.getpid()
     }

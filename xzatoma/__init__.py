@@ -25,6 +25,8 @@ from ._run import Batch as Batch
 from ._run import ModelCall as ModelCall
 from ._run import Run as Run
 from ._runtime import Runtime as Runtime
+from ._statistics import RuntimeStatistics as RuntimeStatistics
+from ._statistics import SubagentStatistics as SubagentStatistics
 from ._subagent_models import BatchResult as BatchResult
 from ._subagent_models import SubagentConfig as SubagentConfig
 from ._subagent_models import SubagentTask as SubagentTask
@@ -88,6 +90,8 @@ __all__ = (
     "RayExecutor",
     "RedisQuota",
     "Runtime",
+    "RuntimeStatistics",
+    "SubagentStatistics",
     # prices and cost
     "Price",
     "Pricing",

@@ -17,6 +17,7 @@ from ._loop import RunLoop
 from ._pricing import CallPrice, Price, Pricing, as_pricing
 from ._result import RunResult
 from ._run import Run, loop_clock
+from ._session import session_id_or_new
 from ._tools import Tool
 from ._types import ToolSpec
 from .errors import ConfigError
@@ -79,6 +80,8 @@ class Agent:
         pricing: Where the tree's prices come from: a :class:`Pricing`, or prices by model
             name (``{"my-model": Price(0.1, 0.4)}``) looked up before genai-prices' bundled
             data (the default, alone).
+        session_id: The tree's session id, on every span of its runs (a
+            :class:`~xzatoma.Runtime` gives its agents its own); ``None``: none.
 
     Raises:
         ConfigError: An invalid setting; or a ``max_total_cost`` in the quota while the
@@ -97,10 +100,12 @@ class Agent:
         hooks: Sequence[Instrument | Hook] | Hooks = (),
         quota: Quota | QuotaLimits | None = None,
         pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
+        session_id: str | None = None,
         _hidden_tools: Sequence[Tool[Any]] = (),
     ) -> None:
         check_count("max_turns", max_turns)
         check_timeout(timeout)
+        self.session_id = None if session_id is None else session_id_or_new(session_id)
         self.provider = provider
         self.tools: tuple[Tool[Any], ...] = tuple(tools)
         self._by_name = tools_by_name(self.tools)
@@ -175,6 +180,7 @@ class Agent:
             deadline=deadline,
             now=now,
             pricing=self.pricing,
+            session_id=self.session_id,
         )
         await self.drive(run, prompt)
         return run.result()

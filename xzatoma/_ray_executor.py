@@ -359,11 +359,8 @@ class RayExecutor:
 
 
 def _trace_context() -> dict[str, str] | None:
-    """The current span as W3C trace context, for the workers' spans to nest under it."""
-    from .telemetry._config import state
-
-    if not state.tracing():
-        return None
+    """The current span and baggage (the session id) as W3C headers: the workers' spans nest
+    under the driver's and carry its session."""
     from opentelemetry import propagate
 
     carrier: dict[str, str] = {}

@@ -47,6 +47,8 @@ class WorkerSetup:
     tools: tuple[Tool[Any], ...]
     pricing: Pricing
     telemetry: bool
+    session_id: str
+    """The driver's runtime's: the workers' spans carry it too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class BatchWorker:
             quota=setup.quota,
             telemetry=None if setup.telemetry else False,
             pricing=setup.pricing,
+            session_id=setup.session_id,
         )
         self._batches[batch] = (setup, runtime, {})
 

@@ -57,8 +57,9 @@ def loop_clock() -> Callable[[], float]:
 class Run:
     """One agent run (the root, or a subagent) or one spawn that was refused before it ran.
 
-    The tree's shared parts (``hooks``, ``quota``, the clock ``now``) are handed from parent
-    to child. Everything else is this run's own. ``status`` is ``None`` while it runs.
+    The tree's shared parts (``hooks``, ``quota``, the clock ``now``, ``session_id``) are
+    handed from parent to child. Everything else is this run's own. ``status`` is ``None``
+    while it runs.
     Subscribers and tools read a run; the runtime (the agent loop and the spawner) is what
     calls :meth:`finish`, :meth:`interrupted`, :meth:`deadline_passed` and :meth:`attach`.
     """
@@ -88,6 +89,7 @@ class Run:
         "pricing",
         "provider",
         "quota",
+        "session_id",
         "started",
         "status",
         "tool_calls",
@@ -112,6 +114,7 @@ class Run:
         index: int = 0,
         now: Callable[[], float] | None = None,
         pricing: Pricing | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.id = new_id()
         """Process-unique id; a child names its parent's tool call in ``call_id``."""
@@ -139,6 +142,11 @@ class Run:
             now = parent.now if parent is not None else loop_clock()
         self.now: Callable[[], float] = now
         """The tree's clock: anyio's, as :func:`loop_clock` found it."""
+        if session_id is None and parent is not None:
+            session_id = parent.session_id
+        self.session_id: str | None = session_id
+        """The tree's session id (its :class:`~xzatoma.Runtime`'s), on every span of the
+        tree; ``None`` for an agent run outside a runtime that was given none."""
         self.provider = provider
         """The model this run calls."""
         self.tools: tuple[Tool[Any], ...] = tuple(tools)
@@ -188,8 +196,8 @@ class Run:
     def child(self, label: str, index: int = 0, *, call_id: int | None = None) -> Run:
         """A run one level deeper, spawned by tool call ``call_id`` (its ``index``-th child).
 
-        It shares this run's hooks, quota and clock, inherits its deadline (and what passing
-        it means), and starts with its provider and tools (the spawner narrows them before
+        It shares this run's hooks, quota, clock and session, inherits its deadline (and what
+        passing it means), and starts with its provider and tools (the spawner narrows them before
         the child runs).
         """
         child = Run(

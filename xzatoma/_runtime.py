@@ -13,7 +13,9 @@ from ._limits import Quota, QuotaLimits, QuotaTracker, as_tracker, check_count, 
 from ._pricing import Price, Pricing, as_pricing
 from ._result import RunResult
 from ._run import Run, loop_clock
+from ._session import session_id_or_new
 from ._spawn import Spawner
+from ._statistics import RuntimeStatistics, StatisticsRecorder
 from ._subagent_models import BatchResult, SubagentConfig, SubagentTask
 from ._subagents import ParallelSubagentTool, SubagentTool
 from ._tools import Tool
@@ -51,11 +53,18 @@ class Runtime:
         pricing: Where the tree's prices come from: a :class:`Pricing`, or prices by model
             name (``{"my-model": Price(0.1, 0.4)}``, US dollars per million tokens) looked up
             before genai-prices' bundled data (the default, alone). See ``docs/cost.md``.
+        session_id: What names this runtime's tree on every span (``xzatoma.session.id``),
+            as OTel baggage while a traced tree runs, and in :meth:`statistics`; ``None``:
+            a new random one (a UUID). Never a metric attribute unless the telemetry subscriber is
+            told so (``metrics_include_session_id``).
+
+    Attributes:
+        session_id: The session id, given or generated.
 
     Raises:
-        ConfigError: The subagents' provider or model cannot be set up, or the quota has a
+        ConfigError: The subagents' provider or model cannot be set up, the quota has a
             ``max_total_cost`` while a model's price is not known (found here, before any
-            run).
+            run), or the session id is not a short printable string.
     """
 
     def __init__(
@@ -68,13 +77,16 @@ class Runtime:
         hooks: Iterable[Instrument | Hook] = (),
         tools: Sequence[Tool[Any]] = (),
         pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
+        session_id: str | None = None,
     ) -> None:
+        self.session_id = session_id_or_new(session_id)
         self.provider = provider
         self.tools: tuple[Tool[Any], ...] = tuple(tools)
         self.config = subagents if subagents is not None else SubagentConfig()
         tracker = as_tracker(quota)
         self.tracker = tracker if tracker is not None else QuotaTracker()
-        self.hooks = Hooks(hooks)
+        self._statistics = StatisticsRecorder(self.session_id)
+        self.hooks = Hooks([self._statistics, *hooks])
         if telemetry is None or telemetry is True:
             from .telemetry import TelemetrySubscriber
 
@@ -90,6 +102,14 @@ class Runtime:
                 self.pricing.require(priced, "max_total_cost")
         self.subagent_tool = SubagentTool(_spawner=self.spawner)
         self.parallel_tool = ParallelSubagentTool(_spawner=self.spawner)
+
+    def statistics(self) -> RuntimeStatistics:
+        """A frozen snapshot of this runtime's own subagent figures, by depth: executions,
+        completions by status, errors by type, active, tokens, turns, and durations (count
+        and sum). They count what the ``subagent.*`` metrics count, for this runtime alone,
+        with no metrics backend. With a Ray executor, the depth-1 tasks are counted here
+        and deeper levels in the workers."""
+        return self._statistics.snapshot()
 
     def agent(
         self,
@@ -112,6 +132,7 @@ class Runtime:
             hooks=self.hooks,
             quota=self.tracker,
             pricing=self.pricing,
+            session_id=self.session_id,
         )
 
     async def run(self, prompt: str, **agent_options: Any) -> RunResult:
@@ -200,7 +221,13 @@ class Runtime:
                 )
             shared = None  # unlimited: the driver counts what the workers report
         setup = WorkerSetup(
-            self.provider, self.config, shared, tuple(tools), self.pricing, self._telemetry
+            self.provider,
+            self.config,
+            shared,
+            tuple(tools),
+            self.pricing,
+            self._telemetry,
+            self.session_id,
         )
         check_sendable(setup)
         return setup
@@ -220,6 +247,7 @@ class Runtime:
             deadline=math.inf if timeout is None else now() + timeout,
             now=now,
             pricing=self.pricing,
+            session_id=self.session_id,
         )
 
     async def _batch(

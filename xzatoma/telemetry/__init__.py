@@ -3,7 +3,9 @@ OTLP push.
 
 The core tells its subscribers what each run does; :class:`TelemetrySubscriber` (which
 ``Runtime`` subscribes by default) records it to the providers set with :func:`configure`, or
-to OpenTelemetry's global ones, which are the no-op API until an SDK is installed.
+to OpenTelemetry's global ones, which are the no-op API until an SDK is installed, or to a
+runtime's own (``TelemetrySubscriber(meter_provider=..., tracer_provider=...)``), apart
+from every other runtime of the process.
 :func:`start_metrics_server` serves the metrics to Prometheus; ``configure(otlp_endpoint=...)``
 pushes metrics and spans to an OTLP/HTTP collector (:class:`OtlpExport`). This package is the
 only part of xzatoma that imports ``opentelemetry``.
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from ._capture import HistogramSnapshot as HistogramSnapshot
     from ._capture import TelemetryCapture as TelemetryCapture
     from ._capture import capture_telemetry as capture_telemetry
+    from ._session_spans import SessionSpanProcessor as SessionSpanProcessor
 
 __all__ = (
     "configure",
@@ -34,6 +37,7 @@ __all__ = (
     "MetricsServerStatistics",
     "SubagentMetrics",
     "TelemetrySubscriber",
+    "SessionSpanProcessor",
     # testing
     "capture_telemetry",
     "TelemetryCapture",
@@ -55,9 +59,14 @@ del _value
 
 
 def __getattr__(name: str) -> object:
-    # The in-memory capture pulls in the OTel SDK; import it only when a test asks for it.
+    # These pull in the OTel SDK; import them only when asked for.
     if name in ("HistogramSnapshot", "TelemetryCapture", "capture_telemetry"):
         from . import _capture
 
         return getattr(_capture, name)
+    if name == "SessionSpanProcessor":
+        from ._session_spans import SessionSpanProcessor
+
+        SessionSpanProcessor.__module__ = __name__
+        return SessionSpanProcessor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

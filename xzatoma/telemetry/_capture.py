@@ -1,7 +1,8 @@
 """``capture_telemetry``: xzatoma's metrics and spans kept in memory, for tests.
 
 The SDK's ``InMemoryMetricReader`` and ``InMemorySpanExporter`` behind providers that
-:func:`configure` points xzatoma at for the duration of a ``with`` block, plus lookups by
+:func:`configure` points xzatoma at for the duration of a ``with`` block (or that one
+runtime's subscriber records to, :meth:`TelemetryCapture.subscriber`), plus lookups by
 instrument name and attributes, so a test (yours or ours) can assert exact values.
 """
 
@@ -25,6 +26,8 @@ from opentelemetry.util.types import AttributeValue
 
 from . import _names
 from ._config import configuration, configure, restore
+from ._session_spans import SessionSpanProcessor
+from ._subscriber import TelemetrySubscriber
 
 __all__ = ("HistogramSnapshot", "TelemetryCapture", "capture_telemetry")
 
@@ -62,7 +65,16 @@ class TelemetryCapture:
             metric_readers=[self.metric_reader], shutdown_on_exit=False
         )
         self.tracer_provider = TracerProvider(shutdown_on_exit=False)
+        self.tracer_provider.add_span_processor(SessionSpanProcessor())
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+
+    def subscriber(self, **options: bool) -> TelemetrySubscriber:
+        """A subscriber that records to this capture alone, whatever :func:`configure` says:
+        ``Runtime(provider, telemetry=capture.subscriber())`` (``options``: its
+        ``metrics``, ``traces``, ``metrics_include_session_id``)."""
+        return TelemetrySubscriber(
+            meter_provider=self.meter_provider, tracer_provider=self.tracer_provider, **options
+        )
 
     def points(self, name: str) -> list[tuple[Mapping[str, AttributeValue], _DataPoint]]:
         """Every data point of instrument ``name`` with its attributes (collected now)."""

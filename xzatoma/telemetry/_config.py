@@ -28,9 +28,12 @@ __all__ = (
     "configuration",
     "configure",
     "meter_is_configured",
+    "meter_of",
     "restore",
     "sdk_resource",
     "state",
+    "tracer_of",
+    "traces",
 )
 
 
@@ -71,9 +74,7 @@ class _State:
         meter = self._meter
         if meter is None:
             provider = self.config.meter_provider or metrics.get_meter_provider()
-            meter = self._meter = provider.get_meter(
-                _names.SCOPE, _version(), schema_url=_names.SCHEMA_URL
-            )
+            meter = self._meter = meter_of(provider)
         return meter
 
     def tracing(self) -> bool:
@@ -91,7 +92,7 @@ class _State:
             return True
         marker = getattr(trace, "_TRACER_PROVIDER", _ASK_EVERY_TIME)
         if marker is not self._global_marker or marker is _ASK_EVERY_TIME:
-            self._global_tracing = not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+            self._global_tracing = traces(trace.get_tracer_provider())
             self._global_marker = marker
         return self._global_tracing
 
@@ -99,10 +100,23 @@ class _State:
         tracer = self._tracer
         if tracer is None:
             provider = self.config.tracer_provider or trace.get_tracer_provider()
-            tracer = self._tracer = provider.get_tracer(
-                _names.SCOPE, _version(), schema_url=_names.SCHEMA_URL
-            )
+            tracer = self._tracer = tracer_of(provider)
         return tracer
+
+
+def meter_of(provider: metrics.MeterProvider) -> metrics.Meter:
+    """xzatoma's meter on ``provider`` (its scope, version and schema URL)."""
+    return provider.get_meter(_names.SCOPE, _version(), schema_url=_names.SCHEMA_URL)
+
+
+def tracer_of(provider: trace.TracerProvider) -> trace.Tracer:
+    """xzatoma's tracer on ``provider`` (its scope, version and schema URL)."""
+    return provider.get_tracer(_names.SCOPE, _version(), schema_url=_names.SCHEMA_URL)
+
+
+def traces(provider: trace.TracerProvider) -> bool:
+    """Whether spans made on ``provider`` go anywhere (not the API's no-op or proxy)."""
+    return not isinstance(provider, _NO_TRACING)
 
 
 _NO_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)

@@ -1,12 +1,12 @@
-"""The instruments docs/telemetry.md lists, created once per meter, and the shared attribute
-sets they are recorded with (``SubagentMetrics``, in ``_recorder``, records one execution)."""
+"""The instruments docs/telemetry.md lists, created once per meter (``SubagentMetrics``, in
+``_recorder``, records one execution; ``_attributes`` holds the sets they are recorded with)."""
 
 from __future__ import annotations
 
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Final, TypeVar
+from typing import Final
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -24,12 +24,8 @@ __all__ = (
     "TURN_BUCKETS",
     "NO_EXEMPLARS",
     "Instruments",
-    "GenAIAttributes",
     "current_instruments",
-    "depth_attributes",
-    "gen_ai_attributes",
-    "pair_attributes",
-    "tool_attributes",
+    "instruments_of",
 )
 
 DURATION_BUCKETS: Final = tuple(round(0.1 * 2**k, 1) for k in range(13))
@@ -231,9 +227,11 @@ def _histogram(
 
 
 class _Cache:
-    __slots__ = ("by_meter", "generation", "instruments")
+    __slots__ = ("by_meter", "generation", "instruments", "lock")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        """Held while a meter's instruments are made: two threads asking at once get one set."""
         self.generation = -1
         self.instruments: Instruments | None = None
         # One set of instruments per meter, ever: an observable instrument registered twice
@@ -246,101 +244,22 @@ class _Cache:
 _cache = _Cache()
 
 
+def instruments_of(meter: metrics.Meter) -> Instruments:
+    """The instruments of ``meter``, made the first time it is asked for."""
+    instruments = _cache.by_meter.get(meter)
+    if instruments is None:
+        with _cache.lock:
+            instruments = _cache.by_meter.get(meter)
+            if instruments is None:
+                instruments = _cache.by_meter[meter] = Instruments(meter)
+    return instruments
+
+
 def current_instruments() -> Instruments:
-    """The instruments of the current configuration (made on first use of each meter)."""
+    """The instruments of the process-wide configuration (:func:`~xzatoma.telemetry.configure`)."""
     cache = _cache
     if cache.instruments is None or cache.generation != state.generation:
         generation = state.generation
-        meter = state.meter()
-        instruments = cache.by_meter.get(meter)
-        if instruments is None:
-            instruments = cache.by_meter[meter] = Instruments(meter)
-        cache.instruments = instruments
+        cache.instruments = instruments_of(state.meter())
         cache.generation = generation
     return cache.instruments
-
-
-_depth_cache: dict[int, dict[str, int]] = {}
-_pair_cache: dict[tuple[int, str, str], dict[str, int | str]] = {}
-
-
-def depth_attributes(depth: int) -> dict[str, int]:
-    """``{"depth": depth}``, one shared dict per depth (never changed once made)."""
-    found = _depth_cache.get(depth)
-    if found is None:
-        found = _depth_cache[depth] = {n.DEPTH: depth}
-    return found
-
-
-def pair_attributes(depth: int, key: str, value: str) -> dict[str, int | str]:
-    """``{"depth": depth, key: value}``, shared; keys are bounded (depth 0..11, fixed sets)."""
-    cache_key = (depth, key, value)
-    found = _pair_cache.get(cache_key)
-    if found is None:
-        found = _pair_cache[cache_key] = {n.DEPTH: depth, key: value}
-    return found
-
-
-_BOUND: Final = 1024
-"""Attribute sets a bounded cache holds before it starts over (the values are bounded, but
-a provider or tool list that keeps changing must not grow it)."""
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _kept(cache: dict[_K, _V], key: _K, made: _V) -> _V:
-    """Keep ``made`` under ``key`` in a cache that starts over past :data:`_BOUND` entries."""
-    if len(cache) >= _BOUND:
-        cache.clear()
-    cache[key] = made
-    return made
-
-
-GenAIAttributes = tuple[dict[str, str], dict[str, str], dict[str, str]]
-_gen_ai_cache: dict[tuple[str, str, str | None], GenAIAttributes] = {}
-
-
-def gen_ai_attributes(provider: str, model: str, error_type: str | None) -> GenAIAttributes:
-    """The attribute sets of one model call (call, input tokens, output tokens), shared.
-
-    Only values chosen by code or by the user's own configuration go on a metric: the
-    provider's name, the model asked for, and the ``error.type`` of a failed call (an HTTP
-    status or an xzatoma error type). The model name the endpoint answers with
-    (``gen_ai.response.model``) is the endpoint's choice, so it goes on the ``chat`` span
-    only: on a metric, a server answering with a new name each time would grow one series
-    per name without limit.
-    """
-    key = (provider, model, error_type)
-    found = _gen_ai_cache.get(key)
-    if found is not None:
-        return found
-    call: dict[str, str] = {
-        n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
-        n.GEN_AI_PROVIDER_NAME: provider,
-        n.GEN_AI_REQUEST_MODEL: model,
-    }
-    if error_type is not None:
-        call[n.OTEL_ERROR_TYPE] = error_type
-    made = (
-        call,
-        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_INPUT},
-        {**call, n.GEN_AI_TOKEN_TYPE: n.TOKEN_TYPE_OUTPUT},
-    )
-    return _kept(_gen_ai_cache, key, made)
-
-
-_tool_cache: dict[tuple[int, str, str | None], dict[str, str | int]] = {}
-
-
-def tool_attributes(depth: int, tool: str, error: str | None) -> dict[str, str | int]:
-    """The attributes of one tool call's duration (``error``: its ``error.type``), shared;
-    ``tool`` is an offered tool's name, never one the model made up."""
-    key = (depth, tool, error)
-    found = _tool_cache.get(key)
-    if found is not None:
-        return found
-    made: dict[str, str | int] = {n.DEPTH: depth, n.GEN_AI_TOOL_NAME: tool}
-    if error is not None:
-        made[n.OTEL_ERROR_TYPE] = error
-    return _kept(_tool_cache, key, made)

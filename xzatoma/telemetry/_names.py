@@ -112,6 +112,10 @@ OP_EXECUTE_TOOL: Final = "execute_tool"
 # -- xzatoma span attributes -----------------------------------------------------------------
 XZ_DEPTH: Final = "xzatoma.depth"
 XZ_LABEL: Final = "xzatoma.label"
+XZ_SESSION_ID: Final = "xzatoma.session.id"
+"""The runtime's session id: on every span of its tree, as OTel baggage while its runs work
+(so spans of libraries a tool calls can carry it), and on metrics only when a subscriber
+is told to (``metrics_include_session_id``)."""
 XZ_MCP_SERVER: Final = "xzatoma.mcp.server"
 """On an ``execute_tool`` span of an MCP tool: the server's name (the semantic conventions'
 ``mcp.*`` attributes have none for it)."""

@@ -292,6 +292,8 @@ def start_export(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from ._session_spans import SessionSpanProcessor
+
     resource = sdk_resource()
     meter_provider = tracer_provider = None
     metrics_url = traces_url = None
@@ -308,6 +310,7 @@ def start_export(
     if traces:
         traces_url = f"{base}/v1/traces" if base else signal_url("traces")
         tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(SessionSpanProcessor())
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
                 OTLPSpanExporter(

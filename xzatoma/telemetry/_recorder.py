@@ -19,13 +19,8 @@ import anyio
 from .._result import ANSWERED, AnswerStatus, ErrorType
 from .._run import loop_clock
 from . import _names as n
-from ._metrics import (
-    NO_EXEMPLARS,
-    Instruments,
-    current_instruments,
-    depth_attributes,
-    pair_attributes,
-)
+from ._attributes import SHARED, AttributeSets
+from ._metrics import NO_EXEMPLARS, Instruments, current_instruments
 from ._tally import Key as _Key
 from ._tally import Tally
 
@@ -49,6 +44,8 @@ class SubagentMetrics:
         label: The task's label; kept for ``repr`` and logs, never used as an attribute.
         depth: The subagent's depth (1 for a child of the root).
         instruments: Where to record; default: those of the current :func:`configure`.
+        attributes: The attribute sets to record with; default: the shared ones (a
+            subscriber that puts the session id on its metrics passes that session's).
     """
 
     __slots__ = (
@@ -57,16 +54,25 @@ class SubagentMetrics:
         "_instruments",
         "_key",
         "_recorded",
+        "_sets",
         "_started",
         "depth",
         "label",
     )
 
-    def __init__(self, label: str, depth: int, *, instruments: Instruments | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        depth: int,
+        *,
+        instruments: Instruments | None = None,
+        attributes: AttributeSets = SHARED,
+    ) -> None:
         self.label = label
         self.depth = depth
         self._instruments = instruments if instruments is not None else current_instruments()
-        self._attrs = depth_attributes(depth)
+        self._sets = attributes
+        self._attrs = attributes.depth(depth)
         self._key: _Key = tuple(self._attrs.items())
         self._recorded = False
         # The runtime's one clock (anyio's) inside an event loop, for a duration not given.
@@ -114,7 +120,7 @@ class SubagentMetrics:
         if self._recorded:
             return False
         self._recorded = True
-        by_status = pair_attributes(self.depth, n.STATUS, status)
+        by_status = self._sets.pair(self.depth, n.STATUS, status)
         self._finish(self._instruments.completions, by_status, by_status, turns, tokens, duration)
         return True
 
@@ -147,8 +153,8 @@ class SubagentMetrics:
         status = "cancelled" if error_type == "cancelled" else "failed"
         self._finish(
             self._instruments.errors,
-            pair_attributes(self.depth, n.ERROR_TYPE, error_type),
-            pair_attributes(self.depth, n.STATUS, status),
+            self._sets.pair(self.depth, n.ERROR_TYPE, error_type),
+            self._sets.pair(self.depth, n.STATUS, status),
             turns,
             tokens,
             duration,

@@ -6,9 +6,10 @@ at every ``model_call_ended``. Spans: ``invoke_agent`` per run, ``execute_tool``
 call, ``chat`` per model call, each made the *current* span while its work runs (attached to
 the context of the task doing it, detached at its end), so a span a tool opens, an HTTP
 client's instrumentation span under ``chat``, and a child's ``invoke_agent`` under
-``execute_tool subagent`` all nest where they happened. The two halves are independent: if
-either raises (a broken provider, processor or exporter), it is logged once and switched off
-for this subscriber, and the other half and the run go on.
+``execute_tool subagent`` all nest where they happened. A traced tree with a session id
+carries it on every span and, from the top of the tree down, as OTel baggage. The two halves are
+independent: if either raises (a broken provider, processor or exporter), it is logged once
+and switched off for this subscriber, and the other half and the run go on.
 """
 
 from __future__ import annotations
@@ -19,58 +20,104 @@ from collections.abc import Callable
 from contextvars import Token
 from typing import TypeVar, cast
 
+from opentelemetry import baggage, metrics, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
 from .._hooks import Instrument
-from .._result import ANSWERED, AnswerStatus
+from .._result import AnswerStatus
 from .._run import Batch, ModelCall, Run
 from .._tools import ToolContext, ToolResult
 from . import _names as n
-from ._config import state
-from ._metrics import (
-    NO_EXEMPLARS,
-    current_instruments,
-    depth_attributes,
-    gen_ai_attributes,
-    pair_attributes,
-    tool_attributes,
-)
+from ._annotate import annotate_chat, annotate_run, annotate_tool
+from ._attributes import SHARED, AttributeSets, kept
+from ._destination import Destination
+from ._end_metrics import model_call_metrics, run_metrics, tool_metrics
+from ._metrics import NO_EXEMPLARS
 from ._recorder import SubagentMetrics
 
 __all__ = ("TelemetrySubscriber",)
 
 logger = logging.getLogger("xzatoma.telemetry")
 
-_Current = tuple[Span, Token[otel_context.Context]]
+_Current = tuple[Span | None, Token[otel_context.Context]]
+"""A span and the token that made it current (``None`` and the token that set a Python
+batch's baggage)."""
 _T = TypeVar("_T")
-"""A span and the token that made it current (to detach at its end)."""
+_Attributes = dict[str, str | int]
 
 
 class TelemetrySubscriber(Instrument):
     """Records xzatoma's runs as OpenTelemetry metrics and spans.
 
     ``Runtime(telemetry=None)`` subscribes one; pass ``hooks=[TelemetrySubscriber()]`` to an
-    :class:`xzatoma.Agent` to instrument a bare agent. It records to the providers of
-    :func:`xzatoma.telemetry.configure` as they are at each run, so it may be made before
-    telemetry is configured. With only OTel's no-op API, a run makes no span objects at all.
+    :class:`xzatoma.Agent` to instrument a bare agent. Without providers of its own it
+    records to those of :func:`xzatoma.telemetry.configure` as they are at each run, so it
+    may be made before telemetry is configured. With only OTel's no-op API, a run makes no
+    span objects at all.
 
     Args:
-        metrics: Record the ``subagent.*`` and ``gen_ai.client.*`` instruments.
+        metrics: Record the ``subagent.*`` and ``gen_ai.*`` instruments.
         traces: Record the ``invoke_agent``, ``execute_tool`` and ``chat`` spans.
+        meter_provider: Record the metrics to this provider only (a runtime of its own in a
+            service: ``Runtime(telemetry=TelemetrySubscriber(meter_provider=...))``);
+            ``None``: the process-wide one.
+        tracer_provider: Record the spans to this provider only; ``None``: the process-wide
+            one.
+        metrics_include_session_id: Put the run's session id (``xzatoma.session.id``) on
+            every metric too. Off by default: each session then makes series of its own, so
+            a service that runs many sessions multiplies its series by their number.
+
+    Raises:
+        ConfigError: A provider is not an OpenTelemetry meter or tracer provider.
     """
 
-    __slots__ = ("_executions", "_metrics_on", "_spans", "_spans_on")
+    __slots__ = (
+        "_by_session",
+        "_destination",
+        "_executions",
+        "_instruments",
+        "_metrics_on",
+        "_spans",
+        "_spans_on",
+        "_tracer",
+        "_tracing",
+    )
 
-    def __init__(self, *, metrics: bool = True, traces: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: bool = True,
+        traces: bool = True,
+        meter_provider: metrics.MeterProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        metrics_include_session_id: bool = False,
+    ) -> None:
         self._metrics_on = metrics
         self._spans_on = traces
+        destination = self._destination = Destination(meter_provider, tracer_provider)
+        self._instruments = destination.instruments
+        self._tracing = destination.tracing
+        self._tracer = destination.tracer
+        self._by_session: dict[str, AttributeSets] | None = (
+            {} if metrics_include_session_id else None
+        )
         self._executions: dict[int, SubagentMetrics] = {}
         self._spans: dict[int, _Current] = {}
 
     def __repr__(self) -> str:
-        return f"TelemetrySubscriber(metrics={self._metrics_on}, traces={self._spans_on})"
+        own = ", own providers" if self._destination.own else ""
+        return f"TelemetrySubscriber(metrics={self._metrics_on}, traces={self._spans_on}{own})"
+
+    @property
+    def meter_provider(self) -> metrics.MeterProvider | None:
+        """Its own meter provider (``None``: it records to the process-wide one)."""
+        return self._destination.meter_provider
+
+    @property
+    def tracer_provider(self) -> trace.TracerProvider | None:
+        """Its own tracer provider (``None``: it records to the process-wide one)."""
+        return self._destination.tracer_provider
 
     @property
     def in_flight(self) -> int:
@@ -104,11 +151,26 @@ class TelemetrySubscriber(Instrument):
         if self._spans_on:
             self._switch_off(False, where)
 
+    def _session_sets(self, run: Run) -> AttributeSets:
+        """The attribute sets of ``run``'s metrics when the session id goes on them (the
+        callers take :data:`SHARED` without a call when it does not)."""
+        by_session = self._by_session
+        session = run.session_id
+        if by_session is None or session is None:
+            return SHARED
+        found = by_session.get(session)
+        if found is None:
+            found = kept(by_session, session, AttributeSets({n.XZ_SESSION_ID: session}))
+        return found
+
     # -- metrics ---------------------------------------------------------------------------
     def subagent_started(self, run: Run) -> None:
         if self._metrics_on:
             try:
-                self._executions[run.id] = SubagentMetrics(run.label, run.depth)
+                sets = SHARED if self._by_session is None else self._session_sets(run)
+                self._executions[run.id] = SubagentMetrics(
+                    run.label, run.depth, instruments=self._instruments(), attributes=sets
+                )
             except Exception:
                 self._switch_off(True, "subagent_started")
 
@@ -120,7 +182,8 @@ class TelemetrySubscriber(Instrument):
             result = run.result()
             tokens = result.usage.total_tokens
             if result.cost:  # known, and not zero
-                current_instruments().cost.add(float(result.cost), depth_attributes(run.depth))
+                sets = SHARED if self._by_session is None else self._session_sets(run)
+                self._instruments().cost.add(float(result.cost), sets.depth(run.depth))
             if result.succeeded:
                 status = cast(AnswerStatus, result.status)
                 recorder.record_completion(result.turns, tokens, status, duration=result.duration)
@@ -134,48 +197,57 @@ class TelemetrySubscriber(Instrument):
         except Exception:
             self._switch_off(True, "subagent_ended")
 
-    def batch_ended(self, run: Run, batch: Batch) -> None:
-        if not self._metrics_on or batch.result is None:
+    def batch_started(self, run: Run, batch: Batch) -> None:
+        # A batch from Python has no span at the top: its tasks' baggage is set here. (The
+        # entry is keyed by the batch's id, which no run has: the ids share one counter.)
+        if run.parent is not None or not self._spans_on:
             return
         try:
-            inst = current_instruments()
-            inst.batches.add(1, pair_attributes(batch.depth, n.STATUS, batch.result.status))
-            inst.batch_size.record(batch.size, depth_attributes(batch.depth), NO_EXEMPLARS)
+            if run.id not in self._spans and self._tracing():
+                context = _session_context(run)
+                if context is not None:
+                    self._spans[batch.id] = (None, otel_context.attach(context))
         except Exception:
-            self._switch_off(True, "batch_ended")
+            self._switch_off(False, "batch_started")
+
+    def batch_ended(self, run: Run, batch: Batch) -> None:
+        if self._metrics_on and batch.result is not None:
+            try:
+                inst = self._instruments()
+                sets = SHARED if self._by_session is None else self._session_sets(run)
+                inst.batches.add(1, sets.pair(batch.depth, n.STATUS, batch.result.status))
+                inst.batch_size.record(batch.size, sets.depth(batch.depth), NO_EXEMPLARS)
+            except Exception:
+                self._switch_off(True, "batch_ended")
+        self._end_span(batch.id, "batch_ended", _nothing, None)
 
     def model_call_ended(self, run: Run, call: ModelCall) -> None:
         if self._metrics_on:
             try:
-                self._model_call_metrics(call)
+                inst = self._instruments()
+                sets = SHARED if self._by_session is None else self._session_sets(run)
+                model_call_metrics(inst, sets, call)
                 completion = call.completion
                 if completion is not None and completion.tool_calls_from_text:
                     calls = len(completion.tool_calls)
-                    current_instruments().text_tool_calls.add(calls, depth_attributes(run.depth))
+                    inst.text_tool_calls.add(calls, sets.depth(run.depth))
             except Exception:
                 self._switch_off(True, "model_call_ended")
-        self._end_span(call.id, "model_call_ended", _annotate_chat, call)
-
-    @staticmethod
-    def _model_call_metrics(call: ModelCall) -> None:
-        inst = current_instruments()
-        call_attrs, input_attrs, output_attrs = gen_ai_attributes(
-            call.provider, call.model, call.error_code
-        )
-        inst.operation_duration.record(call.duration, call_attrs, NO_EXEMPLARS)
-        usage = call.usage
-        # A call that failed, or whose provider reported no usage, has no token counts to give.
-        if call.error_type is None and (
-            usage.prompt_tokens or usage.completion_tokens or usage.total_tokens
-        ):
-            inst.token_usage.record(usage.prompt_tokens, input_attrs, NO_EXEMPLARS)
-            inst.token_usage.record(usage.completion_tokens, output_attrs, NO_EXEMPLARS)
+        self._end_span(call.id, "model_call_ended", annotate_chat, call)
 
     # -- spans -----------------------------------------------------------------------------
-    def _start(self, key: int, name: str, kind: SpanKind, attributes: dict[str, str | int]) -> None:
-        """Start a span under the current one and make it current in this task's context."""
-        span = state.tracer().start_span(name, kind=kind, attributes=attributes)
-        token = otel_context.attach(trace.set_span_in_context(span))
+    def _start(
+        self,
+        key: int,
+        name: str,
+        kind: SpanKind,
+        attributes: _Attributes,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """Start a span under the current one (in ``context``, when given) and make it
+        current in this task's context."""
+        span = self._tracer().start_span(name, context, kind=kind, attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span, context))
         self._spans[key] = (span, token)
 
     def run_started(self, run: Run) -> None:
@@ -184,20 +256,13 @@ class TelemetrySubscriber(Instrument):
         try:
             # Decided once per run: with only the no-op API, no span objects are made at
             # all, and the run's model and tool calls (which nest under it) make none either.
-            if not state.tracing():
+            if not self._tracing():
                 return
+            # The top of a tree puts its session in the baggage; the runs below inherit it.
+            context = _session_context(run) if run.parent is None else None
+            attributes = _session_attributes(run, _invoke_agent_attributes(run))
             self._start(
-                run.id,
-                n.invoke_agent_span(run.label),
-                SpanKind.INTERNAL,
-                {
-                    n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
-                    n.GEN_AI_AGENT_NAME: run.label,
-                    n.GEN_AI_PROVIDER_NAME: run.provider.name,
-                    n.GEN_AI_REQUEST_MODEL: run.provider.model,
-                    n.XZ_DEPTH: run.depth,
-                    n.XZ_LABEL: run.label,
-                },
+                run.id, n.invoke_agent_span(run.label), SpanKind.INTERNAL, attributes, context
             )
         except Exception:
             self._switch_off(False, "run_started")
@@ -206,16 +271,17 @@ class TelemetrySubscriber(Instrument):
         if self._metrics_on:
             try:
                 # Recorded while the run's span is still current: an exemplar links to it.
-                _run_metrics(run)
+                sets = SHARED if self._by_session is None else self._session_sets(run)
+                run_metrics(self._instruments(), sets, run)
             except Exception:
                 self._switch_off(True, "run_ended")
-        self._end_span(run.id, "run_ended", _annotate_run, run)
+        self._end_span(run.id, "run_ended", annotate_run, run)
 
     def model_call_started(self, run: Run, call: ModelCall) -> None:
-        if not self._spans_on or run.id not in self._spans:
+        if not self._spans_on or run.id not in self._spans:  # no span to nest under
             return
         try:
-            attributes: dict[str, str | int] = {
+            attributes: _Attributes = {
                 n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
                 n.GEN_AI_PROVIDER_NAME: call.provider,
                 n.GEN_AI_REQUEST_MODEL: call.model,
@@ -224,6 +290,7 @@ class TelemetrySubscriber(Instrument):
             server = getattr(run.provider, "server", None)  # OpenAIProvider's (host, port)
             if server is not None:
                 attributes[n.SERVER_ADDRESS], attributes[n.SERVER_PORT] = server
+            attributes = _session_attributes(run, attributes)
             self._start(call.id, n.chat_span(call.model), SpanKind.CLIENT, attributes)
         except Exception:
             self._switch_off(False, "model_call_started")
@@ -232,7 +299,7 @@ class TelemetrySubscriber(Instrument):
         if not self._spans_on or run.id not in self._spans:
             return
         try:
-            attributes: dict[str, str | int] = {
+            attributes: _Attributes = {
                 n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
                 n.GEN_AI_TOOL_NAME: ctx.call.name,
                 n.GEN_AI_TOOL_CALL_ID: ctx.call.id,
@@ -242,6 +309,7 @@ class TelemetrySubscriber(Instrument):
             server = getattr(ctx.agent.callable_tool(ctx.call.name), "mcp_server", None)
             if server is not None:
                 attributes[n.XZ_MCP_SERVER] = server
+            attributes = _session_attributes(run, attributes)
             self._start(ctx.id, n.execute_tool_span(ctx.call.name), SpanKind.INTERNAL, attributes)
         except Exception:
             self._switch_off(False, "tool_call_started")
@@ -250,10 +318,11 @@ class TelemetrySubscriber(Instrument):
         if self._metrics_on:
             try:
                 # While the tool's span is still current: an exemplar links to it.
-                _tool_metrics(run, ctx, result)
+                sets = SHARED if self._by_session is None else self._session_sets(run)
+                tool_metrics(self._instruments(), sets, run, ctx, result)
             except Exception:
                 self._switch_off(True, "tool_call_ended")
-        self._end_span(ctx.id, "tool_call_ended", _annotate_tool, result)
+        self._end_span(ctx.id, "tool_call_ended", annotate_tool, result)
 
     def _end_span(
         self, key: int, where: str, annotate: Callable[[Span, _T], None], what: _T
@@ -266,92 +335,40 @@ class TelemetrySubscriber(Instrument):
         span, token = current
         try:
             otel_context.detach(token)
-            if span.is_recording():
-                annotate(span, what)
-            span.end()
+            if span is not None:
+                if span.is_recording():
+                    annotate(span, what)
+                span.end()
         except Exception:
             self._span_end_failed(where)
 
 
-def _run_metrics(run: Run) -> None:
-    """The agent-level instruments of one run's end (the root's dollars, too)."""
-    inst = current_instruments()
-    depth = run.depth
-    by_depth = depth_attributes(depth)
-    if run.parent is None and run.cost:
-        # The root is no subagent execution: its own dollars are counted here, at depth 0.
-        inst.cost.add(float(run.cost), by_depth)
-    attributes = (
-        by_depth
-        if run.status in ANSWERED  # the one rule of a success (an answer, complete or not)
-        else pair_attributes(depth, n.OTEL_ERROR_TYPE, run.error_type or n.CANCELLED)
-    )
-    inst.invoke_agent_duration.record(run.duration, attributes)
-    if run.turns:
-        inst.model_calls.record(run.turns, by_depth, NO_EXEMPLARS)
-    if run.tool_calls:
-        inst.tool_calls.record(run.tool_calls, by_depth, NO_EXEMPLARS)
+def _nothing(span: Span, what: None) -> None:
+    """A batch's entry holds baggage only: there is no span to annotate."""
 
 
-def _tool_metrics(run: Run, ctx: ToolContext, result: ToolResult | None) -> None:
-    """``gen_ai.execute_tool.duration`` of one tool call."""
-    name = ctx.call.name
-    if ctx.agent.callable_tool(name) is None:  # the model's invention: not on a metric
-        name = n.UNKNOWN_TOOL
-    error = n.CANCELLED if result is None else n.TOOL_ERROR if result.is_error else None
-    current_instruments().execute_tool_duration.record(
-        run.now() - ctx.started, tool_attributes(run.depth, name, error)
-    )
+def _invoke_agent_attributes(run: Run) -> _Attributes:
+    return {
+        n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
+        n.GEN_AI_AGENT_NAME: run.label,
+        n.GEN_AI_PROVIDER_NAME: run.provider.name,
+        n.GEN_AI_REQUEST_MODEL: run.provider.model,
+        n.XZ_DEPTH: run.depth,
+        n.XZ_LABEL: run.label,
+    }
 
 
-def _annotate_run(span: Span, run: Run) -> None:
-    span.set_attributes(
-        {
-            n.GEN_AI_USAGE_INPUT_TOKENS: run.usage.prompt_tokens,
-            n.GEN_AI_USAGE_OUTPUT_TOKENS: run.usage.completion_tokens,
-            n.XZ_TOTAL_TOKENS: run.usage.total_tokens,
-            n.XZ_TURNS: run.turns,
-            n.XZ_STATUS: run.status or "cancelled",
-        }
-    )
-    if run.cost is not None:
-        span.set_attribute(n.XZ_COST, float(run.cost))
-        total = run.result().total_cost
-        if total is not None:
-            span.set_attribute(n.XZ_TOTAL_COST, float(total))
-    if run.status == "failed" or run.status == "cancelled":
-        _fail(span, run.error_type or run.status)
+def _session_attributes(run: Run, attributes: _Attributes) -> _Attributes:
+    """``attributes`` with the run's session id, when its tree has one."""
+    if run.session_id is not None:
+        attributes[n.XZ_SESSION_ID] = run.session_id
+    return attributes
 
 
-def _annotate_chat(span: Span, call: ModelCall) -> None:
-    completion = call.completion
-    if completion is None:
-        _fail(span, call.error_code or n.CANCELLED)
-        return
-    usage = completion.usage
-    span.set_attributes(
-        {
-            n.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
-            n.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
-        }
-    )
-    if completion.model is not None:
-        span.set_attribute(n.GEN_AI_RESPONSE_MODEL, completion.model)
-    if completion.response_id is not None:
-        span.set_attribute(n.GEN_AI_RESPONSE_ID, completion.response_id)
-    if completion.finish_reason is not None:
-        span.set_attribute(n.GEN_AI_RESPONSE_FINISH_REASONS, (completion.finish_reason,))
-    if call.cost is not None:
-        span.set_attribute(n.XZ_COST, float(call.cost))
-    if completion.tool_calls_from_text:
-        span.set_attribute(n.XZ_TOOL_CALLS_FROM_TEXT, len(completion.tool_calls))
-
-
-def _annotate_tool(span: Span, result: ToolResult | None) -> None:
-    if result is None or result.is_error:
-        _fail(span, n.CANCELLED if result is None else n.TOOL_ERROR)
-
-
-def _fail(span: Span, error_type: str) -> None:
-    span.set_attribute(n.OTEL_ERROR_TYPE, error_type)
-    span.set_status(Status(StatusCode.ERROR, error_type))
+def _session_context(run: Run) -> otel_context.Context | None:
+    """The current context with the run's session id as baggage, or ``None`` when it has no
+    session id or the context carries it already."""
+    session = run.session_id
+    if session is None or baggage.get_baggage(n.XZ_SESSION_ID) == session:
+        return None
+    return baggage.set_baggage(n.XZ_SESSION_ID, session)

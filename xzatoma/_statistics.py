@@ -1,0 +1,216 @@
+"""``runtime.statistics()``: one runtime's own subagent figures by depth, with no backend.
+
+A :class:`StatisticsRecorder` is subscribed by every :class:`~xzatoma.Runtime`. It counts
+what the ``subagent.*`` metrics count, with the same rules (an execution when it is
+announced, its outcome exactly once when it ends), in plain integers of its own, so a
+service can show each user their own tree's figures without Prometheus and without a
+series per session. A snapshot is frozen; the recorder goes on counting.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from ._hooks import Instrument
+from ._run import Run
+
+__all__ = ("RuntimeStatistics", "StatisticsRecorder", "SubagentStatistics")
+
+
+def _no_counts() -> Mapping[str, int]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentStatistics:
+    """Subagent executions at one depth (or at every depth, as ``RuntimeStatistics.total``).
+
+    ``executions == completed + failed + active`` at every moment, and ``active == 0`` once
+    nothing runs.
+    """
+
+    executions: int = 0
+    """Spawns announced, refused ones included (``subagent.executions``)."""
+    completions: Mapping[str, int] = field(default_factory=_no_counts)
+    """Executions that returned an answer, by status: ``complete``, ``incomplete``."""
+    errors: Mapping[str, int] = field(default_factory=_no_counts)
+    """Refused, failed, timed-out or cancelled executions, by error type."""
+    active: int = 0
+    """Executions running now."""
+    tokens: int = 0
+    """Tokens of the executions that ended, failed ones included."""
+    turns: int = 0
+    """Model calls of the executions that ended."""
+    duration_count: int = 0
+    """Executions whose duration is in :attr:`duration_sum` (every one that ended)."""
+    duration_sum: float = 0.0
+    """Seconds from spawn to end, added up over the executions that ended."""
+
+    @property
+    def completed(self) -> int:
+        """Executions that returned an answer (complete or incomplete)."""
+        return sum(self.completions.values())
+
+    @property
+    def failed(self) -> int:
+        """Executions that ended without one."""
+        return sum(self.errors.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as plain JSON types."""
+        return {
+            "executions": self.executions,
+            "completions": dict(self.completions),
+            "errors": dict(self.errors),
+            "active": self.active,
+            "tokens": self.tokens,
+            "turns": self.turns,
+            "duration_count": self.duration_count,
+            "duration_sum": self.duration_sum,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatistics:
+    """A frozen snapshot of one runtime's subagent figures (:meth:`Runtime.statistics`)."""
+
+    session_id: str
+    """The runtime's session id."""
+    by_depth: Mapping[int, SubagentStatistics]
+    """The figures of each depth that had an execution (1 for children of the root)."""
+    total: SubagentStatistics
+    """The figures of every depth together."""
+
+    @property
+    def at_rest(self) -> bool:
+        """Whether nothing runs and every execution has its one outcome."""
+        total = self.total
+        return total.active == 0 and total.executions == total.completed + total.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as plain JSON types (depths as string keys, as JSON has them)."""
+        return {
+            "session_id": self.session_id,
+            "by_depth": {str(depth): s.to_dict() for depth, s in self.by_depth.items()},
+            "total": self.total.to_dict(),
+        }
+
+
+class _Depth:
+    """The running figures of one depth."""
+
+    __slots__ = (
+        "active",
+        "completions",
+        "duration_count",
+        "duration_sum",
+        "errors",
+        "executions",
+        "tokens",
+        "turns",
+    )
+
+    def __init__(self) -> None:
+        self.executions = self.active = self.tokens = self.turns = self.duration_count = 0
+        self.duration_sum = 0.0
+        self.completions: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+
+    def frozen(self) -> SubagentStatistics:
+        return SubagentStatistics(
+            executions=self.executions,
+            completions=MappingProxyType(dict(self.completions)),
+            errors=MappingProxyType(dict(self.errors)),
+            active=self.active,
+            tokens=self.tokens,
+            turns=self.turns,
+            duration_count=self.duration_count,
+            duration_sum=self.duration_sum,
+        )
+
+
+class StatisticsRecorder(Instrument):
+    """Counts a tree's subagent executions by depth; :meth:`snapshot` freezes them.
+
+    Args:
+        session_id: The session the figures belong to (named in each snapshot).
+    """
+
+    __slots__ = ("_by_depth", "_lock", "session_id")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self._by_depth: dict[int, _Depth] = {}
+        # The runs update from their event loop; a snapshot may be taken from any thread.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"StatisticsRecorder(session_id={self.session_id!r})"
+
+    def subagent_started(self, run: Run) -> None:
+        with self._lock:
+            figures = self._by_depth.get(run.depth)
+            if figures is None:
+                figures = self._by_depth[run.depth] = _Depth()
+            figures.executions += 1
+            figures.active += 1
+
+    def subagent_ended(self, run: Run) -> None:
+        result = run.result()
+        with self._lock:
+            figures = self._by_depth.get(run.depth)
+            if figures is None:  # started before this recorder was subscribed
+                return
+            key: str
+            if result.succeeded:
+                outcomes, key = figures.completions, result.status
+            else:
+                outcomes, key = figures.errors, result.error_type or "execution_failed"
+            outcomes[key] = outcomes.get(key, 0) + 1
+            figures.active -= 1
+            figures.tokens += result.usage.total_tokens
+            figures.turns += result.turns
+            figures.duration_count += 1
+            figures.duration_sum += result.duration
+
+    def snapshot(self) -> RuntimeStatistics:
+        """The figures as they are now, frozen."""
+        with self._lock:
+            by_depth = {depth: self._by_depth[depth].frozen() for depth in sorted(self._by_depth)}
+        return RuntimeStatistics(
+            session_id=self.session_id,
+            by_depth=MappingProxyType(by_depth),
+            total=_sum(by_depth.values()),
+        )
+
+
+def _sum(depths: Iterable[SubagentStatistics]) -> SubagentStatistics:
+    completions: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    executions = active = tokens = turns = duration_count = 0
+    duration_sum = 0.0
+    for s in depths:
+        executions += s.executions
+        active += s.active
+        tokens += s.tokens
+        turns += s.turns
+        duration_count += s.duration_count
+        duration_sum += s.duration_sum
+        for key, count in s.completions.items():
+            completions[key] = completions.get(key, 0) + count
+        for key, count in s.errors.items():
+            errors[key] = errors.get(key, 0) + count
+    return SubagentStatistics(
+        executions=executions,
+        completions=MappingProxyType(completions),
+        errors=MappingProxyType(errors),
+        active=active,
+        tokens=tokens,
+        turns=turns,
+        duration_count=duration_count,
+        duration_sum=duration_sum,
+    )
