@@ -102,6 +102,8 @@ def parse_run(body: Any) -> tuple[str, list[str], str | None]:
         raise BadRequest(f"prompt must be a non-empty string; {HOW_TO_SEND}")
     if not isinstance(tasks, list) or not all(isinstance(t, str) and t.strip() for t in tasks):
         raise BadRequest(f"tasks must be a list of non-empty strings; {HOW_TO_SEND}")
+    if any("\n" in t or "\r" in t for t in tasks):
+        raise BadRequest("each task must be one line (the tasks are listed one per line)")
     if "tasks" in body and not 1 <= len(tasks) <= MAX_TASKS:
         raise BadRequest(f"tasks must have 1 to {MAX_TASKS} entries, got {len(tasks)}")
     if session_id is not None and not isinstance(session_id, str):
@@ -120,7 +122,7 @@ async def post_run(request: Request) -> JSONResponse:
             )
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
         return JSONResponse({"error": f"the body is not JSON; {HOW_TO_SEND}"}, status_code=400)
     try:
         prompt, tasks, session_id = parse_run(body)

@@ -169,6 +169,8 @@ BAD_BODIES = [
     (b'{"prompt": "x", "session_id": ""}', "session_id must not be empty"),
     (json.dumps({"prompt": "x", "session_id": "s" * 200}).encode(), "session_id has 200 char"),
     (b'{"prompt": "x", "session_id": "a\\nb"}', "not printable"),
+    (b"[" * 60_000, "the body is not JSON"),
+    (b'{"prompt": "x", "tasks": ["a\\n- b\\n- c"]}', "each task must be one line"),
 ]
 
 

@@ -9,13 +9,17 @@ it must see nothing of them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import pickle
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
 import pytest
+from _clock import on_virtual_time
 from _trees import USAGE, TreeModel, spec_json, task
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
@@ -42,6 +46,7 @@ from xzatoma.telemetry import (
     capture_telemetry,
 )
 from xzatoma.telemetry import _names as n
+from xzatoma.telemetry._session_context import SESSION_KEY
 from xzatoma.testing import ScriptedProvider, call, reply, tool_calls
 
 pytestmark = pytest.mark.anyio
@@ -283,6 +288,26 @@ async def test_a_snapshot_is_frozen_and_later_runs_do_not_change_it() -> None:
         first.by_depth[1].completions["complete"] = 9  # type: ignore[index]
     with pytest.raises(TypeError):
         first.by_depth[5] = SubagentStatistics()  # type: ignore[index]
+    with pytest.raises(TypeError, match="a snapshot"):
+        first.by_depth[1].errors.update(timeout=1)  # type: ignore[attr-defined]
+
+
+async def test_a_snapshot_travels_like_plain_data() -> None:
+    """A service sends statistics to other processes, logs and JSON: they pickle, copy,
+    hash and convert like plain values, and stay frozen on the way."""
+    runtime = Runtime(TreeModel().provider(), telemetry=False)
+    await runtime.run(
+        spec_json({"id": "a", "parallel": [{"id": "a1"}, {"id": "a2", "fault": "error"}]})
+    )
+    statistics = runtime.statistics()
+    for copied in (pickle.loads(pickle.dumps(statistics)), copy.deepcopy(statistics)):
+        assert copied == statistics
+        assert hash(copied) == hash(statistics)
+        with pytest.raises(TypeError):
+            copied.by_depth[1].completions["complete"] = 5  # type: ignore[index]
+    plain = dataclasses.asdict(statistics)
+    assert plain["by_depth"][1]["errors"] == {"execution_failed": 1}
+    assert json.loads(json.dumps(statistics.to_dict()))["total"]["completions"] == {"complete": 1}
 
 
 async def test_statistics_hold_with_telemetry_off_and_count_batches_from_python() -> None:
@@ -332,9 +357,10 @@ def test_a_runtime_gets_a_new_session_id_unless_given_one() -> None:
     first, second = Runtime(model, telemetry=False), Runtime(model, telemetry=False)
     assert first.session_id != second.session_id
     assert str(uuid.UUID(first.session_id)) == first.session_id
-    assert Runtime(model, telemetry=False, session_id="tenant-7/chat-3").session_id == (
-        "tenant-7/chat-3"
-    )
+    given = Runtime(model, telemetry=False, session_id="tenant-7/chat-3, ü=%;")
+    assert given.session_id == given.statistics().session_id == "tenant-7/chat-3, ü=%;"
+    with pytest.raises(AttributeError):
+        given.session_id = "changed"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -345,6 +371,8 @@ def test_a_runtime_gets_a_new_session_id_unless_given_one() -> None:
         ("x" * 129, "has 129 characters; at most 128"),
         ("a\nb", "not printable"),
         ("a\x00b", "not printable"),
+        (" lead", "starts or ends with a space"),
+        ("trail ", "starts or ends with a space"),
         (42, "must be a string, got int"),
     ],
 )
@@ -461,7 +489,7 @@ async def test_an_untraced_tree_sets_no_baggage_and_tools_read_the_run() -> None
     assert "seen by s-2" in [m.content for m in result.messages if m.role == "tool"]
 
 
-async def test_a_session_already_in_the_baggage_is_left_as_it_is() -> None:
+async def test_other_baggage_entries_travel_with_the_session() -> None:
     capture = TelemetryCapture()
     looked = Looked()
     lookup = looking_tool(looked, trace.NoOpTracer())
@@ -489,18 +517,142 @@ async def test_a_bare_agent_has_no_session_unless_given_one() -> None:
     assert second.attributes[SESSION] == "given"
 
 
-def test_the_session_span_processor_copies_only_the_session_entry() -> None:
+def test_the_span_processor_trusts_no_baggage_from_outside() -> None:
+    """A client can send any ``baggage`` header; spans started under what a server's
+    instrumentation extracts from it are named by no session (only a tree names them)."""
     capture = TelemetryCapture()
     tracer = capture.tracer_provider.get_tracer("library")
-    context = baggage.set_baggage(SESSION, "s-9", baggage.set_baggage("user.id", "u"))
-    with tracer.start_as_current_span("under", context=context):
+    inbound = propagate.extract({"baggage": f"{SESSION}=someone-elses,user.id=u"})
+    assert baggage.get_baggage(SESSION, inbound) == "someone-elses"
+    with tracer.start_as_current_span("request", context=inbound):
         pass
-    with tracer.start_as_current_span("outside"):
-        pass
-    under, outside = capture.spans
-    assert under.attributes == {SESSION: "s-9"}
-    assert outside.attributes == {}
+    (request,) = capture.spans
+    assert request.attributes == {}
+
+
+async def test_the_span_processor_keeps_what_xzatoma_set() -> None:
+    """In a tree, a span of its own that names a session keeps it; the others get the
+    tree's."""
+    capture = TelemetryCapture()
+    tracer = capture.tracer_provider.get_tracer("library")
+
+    @tool
+    async def lookup() -> str:
+        """Look something up."""
+        with tracer.start_as_current_span("named", attributes={SESSION: "set-by-hand"}):
+            pass
+        with tracer.start_as_current_span("unnamed"):
+            pass
+        return "ok"
+
+    model = ScriptedProvider(
+        lambda m, t: reply("done") if m[-1].role == "tool" else tool_calls(call("lookup"))
+    )
+    await Runtime(model, tools=[lookup], session_id="tree", telemetry=capture.subscriber()).run(
+        "go"
+    )
+    (named,) = capture.spans_named("named")
+    (unnamed,) = capture.spans_named("unnamed")
+    assert named.attributes == {SESSION: "set-by-hand"}
+    assert unnamed.attributes == {SESSION: "tree"}
     assert isinstance(SessionSpanProcessor(), SessionSpanProcessor)
+
+
+@on_virtual_time
+@pytest.mark.parametrize("ending", ["cancelled", "timed out", "raised"])
+async def test_no_context_is_left_behind_however_a_traced_run_ends(ending: str) -> None:
+    capture = TelemetryCapture()
+    subscriber = capture.subscriber()
+    model = TreeModel()
+    runtime = Runtime(model.provider(), telemetry=subscriber, session_id="s")
+    spec = {
+        "id": "root",
+        "parallel": [{"id": "h1", "fault": "hang"}, {"id": "h2", "fault": "hang"}],
+    }
+    model.expected_hangs = 2
+    before = otel_context.get_current()
+
+    async def run() -> None:
+        await runtime.run(spec_json(spec))
+
+    with anyio.fail_after(30):
+        if ending == "cancelled":
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await model.all_hanging.wait()
+                tg.cancel_scope.cancel()
+        elif ending == "timed out":
+            result = await runtime.run(spec_json(spec), timeout=5)  # virtual seconds
+            assert result.status == "failed"
+        else:
+
+            class Stop(Exception):
+                pass
+
+            async def stop_when_hanging() -> None:
+                await model.all_hanging.wait()
+                raise Stop
+
+            with pytest.RaisesGroup(Stop, flatten_subgroups=True):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run)
+                    tg.start_soon(stop_when_hanging)
+    assert otel_context.get_current() is before
+    assert baggage.get_baggage(SESSION) is None
+    assert subscriber.in_flight == 0
+    statistics = runtime.statistics()
+    assert statistics.at_rest
+    assert statistics.total.executions == 2
+    assert_matches_capture(statistics, capture)
+
+
+async def test_an_mcp_server_restarted_in_one_session_holds_none_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server started again inside alice's tool call serves bob afterwards: its session's
+    task must run in the context its block was opened in, not alice's (her span, her
+    session), or bob's requests would be written under them."""
+    import sys
+
+    from _mcp_test_server import stdio_command
+
+    from xzatoma import _mcp_stdio
+    from xzatoma.mcp import StdioServer, open_servers
+
+    writers: list[object] = []
+    write = _mcp_stdio._write_stdin
+
+    async def recorded(*args: Any) -> None:
+        writers.append(otel_context.get_value(SESSION_KEY))  # the task each session writes in
+        await write(*args)
+
+    monkeypatch.setattr(_mcp_stdio, "_write_stdin", recorded)
+    capture = TelemetryCapture()
+
+    def model_calling(*names: str) -> ScriptedProvider:
+        def answer(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> Completion:
+            done = sum(1 for m in messages if m.role == "tool")
+            if done == len(names):
+                return reply("ok")
+            name = names[done]
+            return tool_calls(call(name, text="hi") if name.endswith("echo") else call(name))
+
+        return ScriptedProvider(answer)
+
+    with anyio.fail_after(60):
+        async with open_servers(StdioServer("t", sys.executable, stdio_command()[1:])) as tools:
+            names = [t.name for t in tools]
+            crash = next(n for n in names if n.endswith("crash"))
+            echo = next(n for n in names if n.endswith("echo"))
+            for session, calls in (("alice", (crash, echo)), ("bob", (echo,))):
+                runtime = Runtime(
+                    model_calling(*calls),
+                    tools=tools,
+                    telemetry=capture.subscriber(),
+                    session_id=session,
+                )
+                assert (await runtime.run("go")).status == "complete"
+    assert writers == [None, None], "the first start and the restart in alice's call"
 
 
 # -- the session id on metrics: only when asked for ----------------------------------------

@@ -15,6 +15,7 @@ starts it again (restart-on-next-call), at most ``MAX_RESTARTS`` times per
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -101,6 +102,10 @@ class Connection:
         self._started: list[_Session] = []
         """Every start, the ready and the still starting: :meth:`close` ends them all."""
         self._lock = anyio.Lock()
+        self._context = contextvars.copy_context()
+        """The context ``open_servers`` was entered in, which every session's task runs in:
+        a server restarted during a tool call is not held in that call's context (its span,
+        its tree's session), which every later caller's requests would then go through."""
         self.restarts = 0
         self.closed = False
         """Set once the ``open_servers`` block has ended: calls are refused from then on."""
@@ -156,7 +161,7 @@ class Connection:
         current = _Session()
         self._started = [s for s in self._started if not s.closed.is_set()]
         self._started.append(current)
-        self._task_group.start_soon(self._hold, current)
+        self._context.run(self._task_group.start_soon, self._hold, current)
         try:
             await current.ready.wait()
         except BaseException:  # cancelled while it starts: no one will take it over

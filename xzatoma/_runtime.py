@@ -58,9 +58,6 @@ class Runtime:
             a new random one (a UUID). Never a metric attribute unless the telemetry subscriber is
             told so (``metrics_include_session_id``).
 
-    Attributes:
-        session_id: The session id, given or generated.
-
     Raises:
         ConfigError: The subagents' provider or model cannot be set up, the quota has a
             ``max_total_cost`` while a model's price is not known (found here, before any
@@ -79,13 +76,13 @@ class Runtime:
         pricing: Pricing | Mapping[str, Price | Mapping[str, object]] | None = None,
         session_id: str | None = None,
     ) -> None:
-        self.session_id = session_id_or_new(session_id)
+        self._session_id = session_id_or_new(session_id)
         self.provider = provider
         self.tools: tuple[Tool[Any], ...] = tuple(tools)
         self.config = subagents if subagents is not None else SubagentConfig()
         tracker = as_tracker(quota)
         self.tracker = tracker if tracker is not None else QuotaTracker()
-        self._statistics = StatisticsRecorder(self.session_id)
+        self._statistics = StatisticsRecorder(self._session_id)
         self.hooks = Hooks([self._statistics, *hooks])
         if telemetry is None or telemetry is True:
             from .telemetry import TelemetrySubscriber
@@ -102,6 +99,11 @@ class Runtime:
                 self.pricing.require(priced, "max_total_cost")
         self.subagent_tool = SubagentTool(_spawner=self.spawner)
         self.parallel_tool = ParallelSubagentTool(_spawner=self.spawner)
+
+    @property
+    def session_id(self) -> str:
+        """The session id, given or generated (fixed for the runtime's life)."""
+        return self._session_id
 
     def statistics(self) -> RuntimeStatistics:
         """A frozen snapshot of this runtime's own subagent figures, by depth: executions,

@@ -23,9 +23,9 @@ def session_id_or_new(session_id: object) -> str:
     """``session_id`` checked, or a new one for ``None``.
 
     Raises:
-        ConfigError: Not a string, empty, longer than :data:`MAX_SESSION_ID`, or with
+        ConfigError: Not a string, empty, longer than :data:`MAX_SESSION_ID`, with
             characters that are not printable (a control character would break a log line
-            or a header).
+            or a header), or with a space at either end.
     """
     if session_id is None:
         return new_session_id()
@@ -39,4 +39,7 @@ def session_id_or_new(session_id: object) -> str:
         )
     if not session_id.isprintable():
         raise ConfigError(f"session_id {session_id!r} has characters that are not printable")
+    if session_id != session_id.strip():
+        # W3C baggage drops them on the way to another process: the ids would differ there.
+        raise ConfigError(f"session_id {session_id!r} starts or ends with a space")
     return session_id

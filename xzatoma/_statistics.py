@@ -12,17 +12,38 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from ._hooks import Instrument
 from ._run import Run
 
-__all__ = ("RuntimeStatistics", "StatisticsRecorder", "SubagentStatistics")
+__all__ = ("FrozenDict", "RuntimeStatistics", "StatisticsRecorder", "SubagentStatistics")
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class FrozenDict(dict[_K, _V]):
+    """A ``dict`` that cannot be changed (its changing methods raise ``TypeError``), so a
+    snapshot pickles, copies, compares, hashes and goes into JSON like plain data."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("statistics are a snapshot: they cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[type[FrozenDict[_K, _V]], tuple[dict[_K, _V]]]:
+        return (type(self), (dict(self),))
 
 
 def _no_counts() -> Mapping[str, int]:
-    return MappingProxyType({})
+    return FrozenDict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +144,8 @@ class _Depth:
     def frozen(self) -> SubagentStatistics:
         return SubagentStatistics(
             executions=self.executions,
-            completions=MappingProxyType(dict(self.completions)),
-            errors=MappingProxyType(dict(self.errors)),
+            completions=FrozenDict(self.completions),
+            errors=FrozenDict(self.errors),
             active=self.active,
             tokens=self.tokens,
             turns=self.turns,
@@ -183,7 +204,7 @@ class StatisticsRecorder(Instrument):
             by_depth = {depth: self._by_depth[depth].frozen() for depth in sorted(self._by_depth)}
         return RuntimeStatistics(
             session_id=self.session_id,
-            by_depth=MappingProxyType(by_depth),
+            by_depth=FrozenDict(by_depth),
             total=_sum(by_depth.values()),
         )
 
@@ -206,8 +227,8 @@ def _sum(depths: Iterable[SubagentStatistics]) -> SubagentStatistics:
             errors[key] = errors.get(key, 0) + count
     return SubagentStatistics(
         executions=executions,
-        completions=MappingProxyType(completions),
-        errors=MappingProxyType(errors),
+        completions=FrozenDict(completions),
+        errors=FrozenDict(errors),
         active=active,
         tokens=tokens,
         turns=turns,

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from contextvars import Token
 from typing import TypeVar, cast
 
-from opentelemetry import baggage, metrics, trace
 from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind
 
 from .._hooks import Instrument
@@ -35,6 +35,7 @@ from ._destination import Destination
 from ._end_metrics import model_call_metrics, run_metrics, tool_metrics
 from ._metrics import NO_EXEMPLARS
 from ._recorder import SubagentMetrics
+from ._session_context import session_attributes, session_context
 
 __all__ = ("TelemetrySubscriber",)
 
@@ -204,7 +205,7 @@ class TelemetrySubscriber(Instrument):
             return
         try:
             if run.id not in self._spans and self._tracing():
-                context = _session_context(run)
+                context = session_context(run)
                 if context is not None:
                     self._spans[batch.id] = (None, otel_context.attach(context))
         except Exception:
@@ -258,9 +259,10 @@ class TelemetrySubscriber(Instrument):
             # all, and the run's model and tool calls (which nest under it) make none either.
             if not self._tracing():
                 return
-            # The top of a tree puts its session in the baggage; the runs below inherit it.
-            context = _session_context(run) if run.parent is None else None
-            attributes = _session_attributes(run, _invoke_agent_attributes(run))
+            # The top of a tree (or of its part in a Ray worker) puts its session in the
+            # context; the runs below inherit it.
+            context = session_context(run)
+            attributes = session_attributes(run, _invoke_agent_attributes(run))
             self._start(
                 run.id, n.invoke_agent_span(run.label), SpanKind.INTERNAL, attributes, context
             )
@@ -290,7 +292,7 @@ class TelemetrySubscriber(Instrument):
             server = getattr(run.provider, "server", None)  # OpenAIProvider's (host, port)
             if server is not None:
                 attributes[n.SERVER_ADDRESS], attributes[n.SERVER_PORT] = server
-            attributes = _session_attributes(run, attributes)
+            attributes = session_attributes(run, attributes)
             self._start(call.id, n.chat_span(call.model), SpanKind.CLIENT, attributes)
         except Exception:
             self._switch_off(False, "model_call_started")
@@ -309,7 +311,7 @@ class TelemetrySubscriber(Instrument):
             server = getattr(ctx.agent.callable_tool(ctx.call.name), "mcp_server", None)
             if server is not None:
                 attributes[n.XZ_MCP_SERVER] = server
-            attributes = _session_attributes(run, attributes)
+            attributes = session_attributes(run, attributes)
             self._start(ctx.id, n.execute_tool_span(ctx.call.name), SpanKind.INTERNAL, attributes)
         except Exception:
             self._switch_off(False, "tool_call_started")
@@ -356,19 +358,3 @@ def _invoke_agent_attributes(run: Run) -> _Attributes:
         n.XZ_DEPTH: run.depth,
         n.XZ_LABEL: run.label,
     }
-
-
-def _session_attributes(run: Run, attributes: _Attributes) -> _Attributes:
-    """``attributes`` with the run's session id, when its tree has one."""
-    if run.session_id is not None:
-        attributes[n.XZ_SESSION_ID] = run.session_id
-    return attributes
-
-
-def _session_context(run: Run) -> otel_context.Context | None:
-    """The current context with the run's session id as baggage, or ``None`` when it has no
-    session id or the context carries it already."""
-    session = run.session_id
-    if session is None or baggage.get_baggage(n.XZ_SESSION_ID) == session:
-        return None
-    return baggage.set_baggage(n.XZ_SESSION_ID, session)
