@@ -415,6 +415,21 @@ def test_an_error_exit_still_pushes_the_failed_run(
     assert configuration().tracer_provider is None  # the CLI put back what it found
 
 
+def test_the_session_id_of_the_command_line_names_every_pushed_span(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    code = main(["run", "hi", "--provider", "scripted", "--session-id", "nightly-42", "-q"])
+    assert code == 0, capsys.readouterr().err
+    spans = receiver.spans()
+    assert spans
+    assert {s.attributes[n.XZ_SESSION_ID] for s in spans} == {"nightly-42"}
+    names = receiver.metric_names()
+    assert n.OPERATION_DURATION in names
+    for name in names:  # on no metric: the session is not a label unless asked for
+        assert all(n.XZ_SESSION_ID not in a for a in receiver.attribute_sets(name)), name
+
+
 def test_a_run_that_raises_still_pushes_and_restores(
     receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -180,6 +180,10 @@ _METRICS = [
     ("--metrics-host", str, "HOST", "interface to serve /metrics on (default 127.0.0.1)"),
     ("--metrics-linger", _seconds, "SECONDS", "keep serving /metrics this long after the run"),
 ]
+_SESSION = [
+    ("--session-id", str, "ID", "name the tree on every span (xzatoma.session.id) by this id, "
+     "to find its traces; default: a new UUID"),
+]  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -271,7 +275,9 @@ def _shared(p: argparse.ArgumentParser, *, batch: bool) -> None:
         for flag, kind, metavar, text in _RAY:
             g.add_argument(flag, type=kind, metavar=metavar, help=text)
         p.set_defaults(ray=None)
-    _options(p, "metrics", _METRICS, **{"--metrics-linger": {"default": 0.0}})
+    g = _options(p, "metrics", _METRICS, **{"--metrics-linger": {"default": 0.0}})
+    for flag, kind, metavar, text in _SESSION:
+        g.add_argument(flag, type=kind, metavar=metavar, help=text)
     g = _output(p)
     g.add_argument("--json", action="store_true", help="print the whole result as JSON")
     g.add_argument("--messages", action="store_true",

@@ -231,7 +231,9 @@ def _as_typed(key: str, value: object) -> str:
     return str(value)
 
 
-def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime:
+def _runtime(
+    config: XzatomaConfig, hooks: Sequence[Instrument] = (), session_id: str | None = None
+) -> Runtime:
     provider = config.build_model()
     if provider is None:
         raise UsageError(
@@ -246,6 +248,7 @@ def _runtime(config: XzatomaConfig, hooks: Sequence[Instrument] = ()) -> Runtime
         quota=quota,
         hooks=hooks,
         pricing=config.build_pricing(),
+        session_id=session_id,
     )
     check_reachable(quota)  # Redis is read once, after every check that needs no network
     return runtime
@@ -295,7 +298,8 @@ def _interrupted(why: Interrupted, what: str) -> int:
 def _run(args: argparse.Namespace, config: XzatomaConfig) -> int:
     prompt = _prompt(args.prompt)
     finished = Finished()
-    runtime = _runtime(config, hooks=[finished])  # it keeps what the root had, on a signal
+    # ``finished`` keeps what the root had, on a signal.
+    runtime = _runtime(config, hooks=[finished], session_id=args.session_id)
 
     servers = _mcp_servers(args, config)
 
@@ -339,7 +343,7 @@ def _batch(args: argparse.Namespace, config: XzatomaConfig) -> int:
     stream: TextIO = sys.stderr if args.json else sys.stdout
     quiet = args.verbosity < 0
     progress = BatchProgress(stream, live=stream.isatty(), of=len(tasks), show=not quiet)
-    runtime = _runtime(config, hooks=[progress])
+    runtime = _runtime(config, hooks=[progress], session_id=args.session_id)
     executor: RayExecutor | None = None
 
     servers = _mcp_servers(args, config)
