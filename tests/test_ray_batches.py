@@ -78,6 +78,13 @@ async def test_results_come_back_in_input_order_with_exact_usage_and_depth() -> 
     stats = runtime.tracker.statistics()
     assert stats.executions == 40 + 8
     assert stats.total_tokens == batch.total_usage.total_tokens == 15 * (40 * 2 + 8 * 3)
+    # The runtime's statistics count the depth-1 tasks the driver ran; deeper ones ran (and
+    # are counted) in the workers (docs/telemetry.md).
+    figures = runtime.statistics()
+    assert list(figures.by_depth) == [1]
+    assert figures.by_depth[1].executions == figures.by_depth[1].completed == 40
+    assert figures.by_depth[1].tokens == sum(r.usage.total_tokens for r in batch.results)
+    assert figures.at_rest
 
 
 async def test_a_redis_quota_holds_across_the_workers(redis_server: RedisServer) -> None:
