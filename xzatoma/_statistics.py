@@ -10,7 +10,7 @@ series per session. A snapshot is frozen; the recorder goes on counting.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -141,6 +141,18 @@ class _Depth:
         self.completions: dict[str, int] = {}
         self.errors: dict[str, int] = {}
 
+    def add(self, other: _Depth) -> None:
+        """Add ``other``'s figures to these (the total of every depth)."""
+        self.executions += other.executions
+        self.active += other.active
+        self.tokens += other.tokens
+        self.turns += other.turns
+        self.duration_count += other.duration_count
+        self.duration_sum += other.duration_sum
+        for mine, theirs in ((self.completions, other.completions), (self.errors, other.errors)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+
     def frozen(self) -> SubagentStatistics:
         return SubagentStatistics(
             executions=self.executions,
@@ -200,38 +212,13 @@ class StatisticsRecorder(Instrument):
 
     def snapshot(self) -> RuntimeStatistics:
         """The figures as they are now, frozen."""
+        total = _Depth()
         with self._lock:
-            by_depth = {depth: self._by_depth[depth].frozen() for depth in sorted(self._by_depth)}
+            by_depth = {}
+            for depth in sorted(self._by_depth):
+                figures = self._by_depth[depth]
+                by_depth[depth] = figures.frozen()
+                total.add(figures)
         return RuntimeStatistics(
-            session_id=self.session_id,
-            by_depth=FrozenDict(by_depth),
-            total=_sum(by_depth.values()),
+            session_id=self.session_id, by_depth=FrozenDict(by_depth), total=total.frozen()
         )
-
-
-def _sum(depths: Iterable[SubagentStatistics]) -> SubagentStatistics:
-    completions: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    executions = active = tokens = turns = duration_count = 0
-    duration_sum = 0.0
-    for s in depths:
-        executions += s.executions
-        active += s.active
-        tokens += s.tokens
-        turns += s.turns
-        duration_count += s.duration_count
-        duration_sum += s.duration_sum
-        for key, count in s.completions.items():
-            completions[key] = completions.get(key, 0) + count
-        for key, count in s.errors.items():
-            errors[key] = errors.get(key, 0) + count
-    return SubagentStatistics(
-        executions=executions,
-        completions=FrozenDict(completions),
-        errors=FrozenDict(errors),
-        active=active,
-        tokens=tokens,
-        turns=turns,
-        duration_count=duration_count,
-        duration_sum=duration_sum,
-    )

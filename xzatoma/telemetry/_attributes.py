@@ -14,16 +14,7 @@ from typing import Final, TypeVar
 
 from . import _names as n
 
-__all__ = (
-    "SHARED",
-    "AttributeSets",
-    "GenAIAttributes",
-    "depth_attributes",
-    "gen_ai_attributes",
-    "kept",
-    "pair_attributes",
-    "tool_attributes",
-)
+__all__ = ("SHARED", "AttributeSets", "GenAIAttributes", "kept")
 
 BOUND: Final = 1024
 """Entries a bounded cache holds before it starts over (the values are bounded, but a
@@ -124,8 +115,3 @@ class AttributeSets:
 
 SHARED: Final = AttributeSets()
 """The sets of every subscriber that keeps the session id off its metrics (the default)."""
-
-depth_attributes: Final = SHARED.depth
-pair_attributes: Final = SHARED.pair
-gen_ai_attributes: Final = SHARED.gen_ai
-tool_attributes: Final = SHARED.tool

@@ -199,12 +199,13 @@ class TelemetrySubscriber(Instrument):
             self._switch_off(True, "subagent_ended")
 
     def batch_started(self, run: Run, batch: Batch) -> None:
-        # A batch from Python has no span at the top: its tasks' baggage is set here. (The
-        # entry is keyed by the batch's id, which no run has: the ids share one counter.)
-        if run.parent is not None or not self._spans_on:
+        # A batch from Python has no span at the top: its tasks' session is set here (a
+        # batch inside a traced run finds it set already). The entry is keyed by the batch's
+        # id, which no run has: the ids share one counter.
+        if not self._spans_on:
             return
         try:
-            if run.id not in self._spans and self._tracing():
+            if self._tracing():
                 context = session_context(run)
                 if context is not None:
                     self._spans[batch.id] = (None, otel_context.attach(context))
