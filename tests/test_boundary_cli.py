@@ -349,6 +349,50 @@ def test_sigterm_ends_the_metrics_linger(server: CountingServer) -> None:
     assert "Traceback" not in err
 
 
+A_THREAD_TAKES_THE_SIGNAL = """
+import signal, sys, threading
+from xzatoma._interrupt import handling_signals, linger
+
+announced = threading.Event()
+
+
+class Watched:
+    # stderr that tells the helper thread when the linger listens for signals
+    def write(self, text):
+        sys.__stderr__.write(text)
+        if text.startswith("lingering"):
+            announced.set()
+        return len(text)
+
+    def flush(self):
+        sys.__stderr__.flush()
+
+
+def signal_this_thread():
+    announced.wait()
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # lands here, not in main
+
+
+sys.stderr = Watched()
+with handling_signals():
+    threading.Thread(target=signal_this_thread, daemon=True).start()
+    linger(600, "lingering")
+print("ended")
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_another_thread_receives_still_ends_the_linger() -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads (the /metrics server
+    has two); the event loop, asleep for the linger, must still be woken at once."""
+    done = subprocess.run(
+        [sys.executable, "-c", A_THREAD_TAKES_THE_SIGNAL],
+        env=child_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "ended\n"), done.stderr
+
+
 # -- item 7: --json prints the document even when the endpoint is unusable ------------------
 
 

@@ -7,9 +7,11 @@ command line starts until it returns, so neither ever ends in Python's default h
 - before the work starts (reading the prompt from stdin, loading files), a signal raises
   :class:`Interrupted`, which the command reports as one line;
 - while the work runs (:func:`until_signal`), the handler only writes the signal's number to
-  a socket the event loop watches: the first cancels the work's task group like any other
-  cancellation (every subagent cancelled, the results of the finished ones kept, printed by
-  :func:`~xzatoma._render.print_interrupted`); a second one, however soon, changes nothing;
+  a socket the event loop watches (so does Python's C-level handler, as the wakeup fd, in
+  whichever thread the kernel gave the signal to): the first cancels the work's task group
+  like any other cancellation (every subagent cancelled, the results of the finished ones
+  kept, printed by :func:`~xzatoma._render.print_interrupted`); a second one, however
+  soon, changes nothing;
 - once the work has ended, a signal changes nothing either: the report is printed and the
   command exits with its own code; during ``--metrics-linger`` a signal ends the linger.
 
@@ -110,11 +112,19 @@ def until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
     reader.setblocking(False)
     writer.setblocking(False)
     _handler.wake = writer
+    # The kernel hands a process's signal to any of its threads (the /metrics server's, say);
+    # Python runs the handler in the main thread only when that thread next runs bytecode,
+    # which an event loop asleep in the kernel (a linger, a slow model) may not do for
+    # minutes. The wakeup fd is written by the C-level handler in whichever thread got it.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False) if main else -1
     try:
         return anyio.run(_cancel_on_signal, work, reader)
     finally:
         _handler.raising = False  # first: a signal in between must not raise
         _handler.wake = None
+        if main:
+            signal.set_wakeup_fd(previous)
         reader.close()
         writer.close()
 
@@ -124,8 +134,11 @@ async def _cancel_on_signal(work: Callable[[], Awaitable[_T]], signals: socket.s
     result: list[_T] = []
 
     async def watch() -> None:
-        await anyio.wait_readable(signals)
-        caught.append(signals.recv(1)[0])
+        # The wakeup fd carries every signal that has a Python handler; only ours end it.
+        while not caught:
+            await anyio.wait_readable(signals)
+            with contextlib.suppress(BlockingIOError):
+                caught.extend(s for s in signals.recv(64) if s in SIGNALS)
         group.cancel_scope.cancel()
 
     failed: list[Exception] = []
